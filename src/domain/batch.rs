@@ -1,0 +1,300 @@
+//! Batches: their OpenAI status words, completion windows, metadata rules and
+//! request counts.
+
+use super::IllegalTransition;
+pub use super::ids::BatchId;
+use super::ids::FileId;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+text_enum!(
+    /// A batch's status, in OpenAI's words. The same words are enforced by a
+    /// CHECK constraint on `batches.status`.
+    BatchStatus {
+        /// The input is being checked.
+        Validating => "validating",
+        /// The input did not validate; nothing was run. Terminal.
+        Failed => "failed",
+        /// Requests are being run.
+        InProgress => "in_progress",
+        /// Every request has ended; output files are being settled.
+        Finalizing => "finalizing",
+        /// Done (even if every request failed). Terminal.
+        Completed => "completed",
+        /// The completion window ran out; finished results are kept. Terminal.
+        Expired => "expired",
+        /// Cancel was asked for; in-flight calls are being stopped.
+        Cancelling => "cancelling",
+        /// Cancelled; finished results are kept. Terminal.
+        Cancelled => "cancelled",
+    }
+);
+
+impl BatchStatus {
+    /// Whether nothing can change this status any more.
+    pub const fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Failed | Self::Completed | Self::Expired | Self::Cancelled
+        )
+    }
+
+    /// The transition table for batches.
+    pub const fn can_become(self, to: Self) -> bool {
+        use BatchStatus::*;
+        matches!(
+            (self, to),
+            (Validating, InProgress | Failed | Cancelling)
+                | (InProgress, Finalizing | Cancelling | Expired)
+                | (Finalizing, Completed | Expired)
+                | (Cancelling, Cancelled)
+        )
+    }
+
+    /// `Ok` when `self -> to` is legal, else the typed error.
+    pub fn check(self, to: Self) -> Result<(), IllegalTransition> {
+        if self.can_become(to) {
+            Ok(())
+        } else {
+            Err(IllegalTransition {
+                kind: "batch",
+                from: self.as_str(),
+                to: to.as_str(),
+            })
+        }
+    }
+
+    /// The statuses from which `to` may be reached, for SQL guards.
+    pub fn sources_of(to: Self) -> Vec<&'static str> {
+        Self::ALL
+            .iter()
+            .filter(|from| from.can_become(to))
+            .map(|s| s.as_str())
+            .collect()
+    }
+}
+
+/// The longest completion window accepted (a year), so deadlines stay sane.
+pub const MAX_COMPLETION_WINDOW: Duration = Duration::days(366);
+
+/// A completion window such as `24h` or `90m`, as a duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletionWindow(Duration);
+
+/// Why a completion window was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "completion_window must look like `24h` or `90m` (a positive whole number of hours or minutes, at most a year), not {0:?}"
+)]
+pub struct BadCompletionWindow(pub String);
+
+impl CompletionWindow {
+    /// Parses `Nh` or `Nm`.
+    pub fn parse(text: &str) -> Result<Self, BadCompletionWindow> {
+        let bad = || BadCompletionWindow(text.to_owned());
+        let (digits, unit) = text.split_at(text.len().saturating_sub(1));
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let n: i64 = digits.parse().map_err(|_| bad())?;
+        let duration = match unit {
+            "h" => Duration::try_hours(n),
+            "m" => Duration::try_minutes(n),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        if n == 0 || duration > MAX_COMPLETION_WINDOW {
+            return Err(bad());
+        }
+        Ok(Self(duration))
+    }
+
+    /// The window's length.
+    pub fn duration(self) -> Duration {
+        self.0
+    }
+}
+
+/// The most metadata pairs a batch may carry (as OpenAI).
+pub const MAX_METADATA_PAIRS: usize = 16;
+/// The longest metadata key.
+pub const MAX_METADATA_KEY: usize = 64;
+/// The longest metadata value.
+pub const MAX_METADATA_VALUE: usize = 512;
+
+/// Why metadata was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadMetadata(pub String);
+
+/// Checks metadata against OpenAI's limits (16 pairs, keys ≤ 64, values ≤ 512 characters).
+pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), BadMetadata> {
+    if metadata.len() > MAX_METADATA_PAIRS {
+        return Err(BadMetadata(format!(
+            "metadata has {} pairs; at most {MAX_METADATA_PAIRS} are allowed",
+            metadata.len()
+        )));
+    }
+    for (k, v) in metadata {
+        if k.chars().count() > MAX_METADATA_KEY {
+            return Err(BadMetadata(format!(
+                "metadata key {k:?} is longer than {MAX_METADATA_KEY} characters"
+            )));
+        }
+        if v.chars().count() > MAX_METADATA_VALUE {
+            return Err(BadMetadata(format!(
+                "metadata value of {k:?} is longer than {MAX_METADATA_VALUE} characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One reason a batch failed validation: `errors.data[]` in OpenAI's batch object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchError {
+    /// A short machine-readable code.
+    pub code: String,
+    /// A sentence for people.
+    pub message: String,
+    /// The parameter at fault, if any.
+    #[serde(default)]
+    pub param: Option<String>,
+    /// The 1-based line of the input file, if any.
+    #[serde(default)]
+    pub line: Option<i64>,
+}
+
+/// How many of a batch's requests are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    /// All requests of the batch.
+    pub total: i64,
+    /// Waiting to be claimed.
+    pub pending: i64,
+    /// Claimed or being processed.
+    pub in_progress: i64,
+    /// Ended with a 2xx.
+    pub completed: i64,
+    /// Ended with an error.
+    pub failed: i64,
+    /// Ended because the batch was cancelled.
+    pub canceled: i64,
+}
+
+impl RequestCounts {
+    /// Requests that have reached a terminal state.
+    pub fn finished(&self) -> i64 {
+        self.completed + self.failed + self.canceled
+    }
+}
+
+/// A batch as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// The batch's id.
+    pub id: BatchId,
+    /// Who owns it ("" when auth is off).
+    pub owner: String,
+    /// The input file it runs.
+    pub input_file_id: FileId,
+    /// The endpoint every line must target, e.g. `/v1/chat/completions`.
+    pub endpoint: String,
+    /// The completion window as given, e.g. `24h`.
+    pub completion_window: String,
+    /// The caller's key/value pairs.
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Where the batch is in its life.
+    pub status: BatchStatus,
+    /// Validation errors, when the batch failed.
+    pub errors: Option<Vec<BatchError>>,
+    /// The virtual output file (successes).
+    pub output_file_id: Option<FileId>,
+    /// The virtual error file (failures).
+    pub error_file_id: Option<FileId>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it started running.
+    pub in_progress_at: Option<DateTime<Utc>>,
+    /// Its deadline: created_at + completion window.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When every request had ended.
+    pub finalizing_at: Option<DateTime<Utc>>,
+    /// When it completed.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// When it failed validation.
+    pub failed_at: Option<DateTime<Utc>>,
+    /// When it expired.
+    pub expired_at: Option<DateTime<Utc>>,
+    /// When cancel was asked for.
+    pub cancelling_at: Option<DateTime<Utc>>,
+    /// When it was cancelled.
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// Its requests by state.
+    pub request_counts: RequestCounts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip() {
+        for s in BatchStatus::ALL {
+            assert_eq!(s.as_str().parse::<BatchStatus>().unwrap(), *s);
+        }
+    }
+
+    #[test]
+    fn terminal_statuses_never_change() {
+        for from in BatchStatus::ALL.iter().filter(|s| s.is_terminal()) {
+            for to in BatchStatus::ALL {
+                assert!(from.check(*to).is_err(), "{from} -> {to}");
+            }
+        }
+        assert_eq!(
+            BatchStatus::sources_of(BatchStatus::Cancelling),
+            vec!["validating", "in_progress"]
+        );
+    }
+
+    #[test]
+    fn completion_windows() {
+        assert_eq!(
+            CompletionWindow::parse("24h").unwrap().duration(),
+            Duration::hours(24)
+        );
+        assert_eq!(
+            CompletionWindow::parse("90m").unwrap().duration(),
+            Duration::minutes(90)
+        );
+        for bad in [
+            "",
+            "h",
+            "0h",
+            "24",
+            "24d",
+            "-1h",
+            "1.5h",
+            "h24",
+            "99999999h",
+            "24H",
+        ] {
+            assert!(CompletionWindow::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metadata_limits() {
+        let mut m: BTreeMap<String, String> =
+            (0..16).map(|i| (format!("k{i}"), "v".into())).collect();
+        assert!(check_metadata(&m).is_ok());
+        m.insert("one-too-many".into(), "v".into());
+        assert!(check_metadata(&m).is_err());
+        let long_key = BTreeMap::from([("k".repeat(65), String::new())]);
+        assert!(check_metadata(&long_key).is_err());
+        let long_value = BTreeMap::from([("k".into(), "v".repeat(513))]);
+        assert!(check_metadata(&long_value).is_err());
+    }
+}
