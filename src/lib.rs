@@ -1,4 +1,31 @@
-//! fusillade: runs large batches of LLM requests against OpenAI-compatible
+//! fusillade runs large batches of LLM requests against OpenAI-compatible
 //! inference servers, with PostgreSQL as its only state.
+//!
+//! # Layout
+//!
+//! - [`domain`]: pure types and rules (ids, states and their transitions,
+//!   JSONL parsing and validation, output lines). No SQL, no I/O.
+//! - [`store`]: every SQL statement, one module per table, behind traits.
+//! - `migrations/`: the PostgreSQL schema, the only place it changes.
+//! - `cli` (in the binary): one module per subcommand.
 
 pub mod domain;
+pub mod store;
+
+/// Requests: ids, states, records.
+pub mod request {
+    pub use crate::domain::request::*;
+}
+
+/// Response steps of multi-step responses and their store.
+pub mod response_step {
+    pub use crate::domain::step::*;
+    pub use crate::store::ResponseStepStore;
+}
+
+pub use domain::batch::{Batch, BatchId, BatchStatus, RequestCounts};
+pub use domain::file::{File, FileId, IngestLimits};
+pub use store::{
+    BatchStore, DaemonStore, DbPools, FileStore, PostgresRequestManager,
+    PostgresResponseStepManager, PostgresStore, RequestStore, StoreError, TestDbPools,
+};

@@ -4,6 +4,7 @@
 mod text_enum;
 
 pub mod batch;
+pub mod daemon;
 pub mod file;
 pub mod ids;
 pub mod output;

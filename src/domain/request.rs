@@ -84,7 +84,7 @@ pub struct RequestRecord {
     /// How many times it has been claimed; guards every state write.
     pub attempt: i32,
     /// Earliest time it may be claimed again (retry backoff).
-    pub not_before: Option<DateTime<Utc>>,
+    pub not_before: DateTime<Utc>,
     /// The daemon holding it, while claimed or processing.
     pub daemon_id: Option<DaemonId>,
     /// When it was created.

@@ -1,0 +1,442 @@
+//! `batches`: created from a file with set-based SQL, listed, cancelled, counted.
+
+use super::{BatchStore, MAX_PAGE, Owner, Page, PostgresStore, Result, StoreError};
+use crate::domain::batch::{
+    Batch, BatchError, BatchId, BatchStatus, CompletionWindow, RequestCounts, check_metadata,
+};
+use crate::domain::file::{FileId, FileKind, LineError};
+use crate::domain::output::codes;
+use crate::domain::request::RequestState;
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{PgExecutor, Row};
+use std::collections::BTreeMap;
+
+/// What is needed to create a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBatch<'a> {
+    /// Who creates it; the input file must be theirs ("" when auth is off).
+    pub owner: &'a str,
+    /// The input file to run.
+    pub input_file_id: FileId,
+    /// The endpoint every line must target.
+    pub endpoint: &'a str,
+    /// `24h`, `90m`, ...
+    pub completion_window: &'a str,
+    /// The caller's key/value pairs.
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// A repeat with the same key returns the first batch instead of a new one.
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// Which batches to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchListQuery<'a> {
+    /// Whose batches.
+    pub owner: Owner<'a>,
+    /// Only batches in this status.
+    pub status: Option<BatchStatus>,
+    /// Start after this batch (exclusive), newest first.
+    pub after: Option<BatchId>,
+    /// At most this many (capped at [`MAX_PAGE`]).
+    pub limit: i64,
+}
+
+const BATCH_COLUMNS: &str = "b.id, b.owner, b.input_file_id, b.endpoint, b.completion_window, \
+     b.metadata, b.status, b.errors, b.output_file_id, b.error_file_id, b.total, b.created_at, \
+     b.in_progress_at, b.expires_at, b.finalizing_at, b.completed_at, b.failed_at, b.expired_at, \
+     b.cancelling_at, b.cancelled_at";
+
+/// Counts by state from the (batch_id, state) index, as one row of columns.
+const COUNTS_LATERAL: &str = "LEFT JOIN LATERAL ( \
+     SELECT count(*) FILTER (WHERE state = 'pending') AS n_pending, \
+            count(*) FILTER (WHERE state IN ('claimed', 'processing')) AS n_in_progress, \
+            count(*) FILTER (WHERE state = 'completed') AS n_completed, \
+            count(*) FILTER (WHERE state = 'failed') AS n_failed, \
+            count(*) FILTER (WHERE state = 'canceled') AS n_canceled \
+     FROM requests r WHERE r.batch_id = b.id) c ON true";
+
+fn batch_from_row(row: &PgRow) -> Result<Batch> {
+    let metadata: Option<Json<BTreeMap<String, String>>> = row.try_get("metadata")?;
+    let errors: Option<Json<Vec<BatchError>>> = row.try_get("errors")?;
+    Ok(Batch {
+        id: row.try_get("id")?,
+        owner: row.try_get("owner")?,
+        input_file_id: row.try_get("input_file_id")?,
+        endpoint: row.try_get("endpoint")?,
+        completion_window: row.try_get("completion_window")?,
+        metadata: metadata.map(|m| m.0),
+        status: row.try_get("status")?,
+        errors: errors.map(|e| e.0),
+        output_file_id: row.try_get("output_file_id")?,
+        error_file_id: row.try_get("error_file_id")?,
+        created_at: row.try_get("created_at")?,
+        in_progress_at: row.try_get("in_progress_at")?,
+        expires_at: row.try_get("expires_at")?,
+        finalizing_at: row.try_get("finalizing_at")?,
+        completed_at: row.try_get("completed_at")?,
+        failed_at: row.try_get("failed_at")?,
+        expired_at: row.try_get("expired_at")?,
+        cancelling_at: row.try_get("cancelling_at")?,
+        cancelled_at: row.try_get("cancelled_at")?,
+        request_counts: RequestCounts {
+            total: row.try_get("total")?,
+            pending: row.try_get("n_pending")?,
+            in_progress: row.try_get("n_in_progress")?,
+            completed: row.try_get("n_completed")?,
+            failed: row.try_get("n_failed")?,
+            canceled: row.try_get("n_canceled")?,
+        },
+    })
+}
+
+async fn fetch_batch<'e>(
+    db: impl PgExecutor<'e>,
+    owner: Owner<'_>,
+    id: BatchId,
+) -> Result<Option<Batch>> {
+    let row = sqlx::query(&format!(
+        "SELECT {BATCH_COLUMNS}, c.* FROM batches b {COUNTS_LATERAL} \
+         WHERE b.id = $1 AND ($2::text IS NULL OR b.owner = $2)"
+    ))
+    .bind(id)
+    .bind(owner.param())
+    .fetch_optional(db)
+    .await?;
+    row.as_ref().map(batch_from_row).transpose()
+}
+
+fn line_error_to_batch(e: LineError) -> BatchError {
+    BatchError {
+        code: e.code.to_string(),
+        message: e.message,
+        param: None,
+        line: e.line.map(|l| l as i64),
+    }
+}
+
+impl PostgresStore {
+    /// Why the file cannot run against `endpoint`: its refused lines, then
+    /// lines for another endpoint. Empty when it can run.
+    async fn batch_validation_errors(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        file_id: FileId,
+        endpoint: &str,
+        file_errors: Vec<LineError>,
+        error_count: i64,
+        urls: Vec<String>,
+    ) -> Result<Vec<BatchError>> {
+        let keep = self.limits.max_kept_errors;
+        let mut errors: Vec<BatchError> =
+            file_errors.into_iter().map(line_error_to_batch).collect();
+        // Only when the file's distinct urls say so, find the lines at fault.
+        if urls.iter().any(|u| u != endpoint) {
+            let rows = sqlx::query(
+                "SELECT line_number, path FROM request_templates \
+                 WHERE file_id = $1 AND path <> $2 ORDER BY line_number LIMIT $3",
+            )
+            .bind(file_id)
+            .bind(endpoint)
+            .bind(keep as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in rows {
+                let line: i64 = r.try_get("line_number")?;
+                let path: String = r.try_get("path")?;
+                errors.push(BatchError {
+                    code: "invalid_url".into(),
+                    message: format!(
+                        "url {path:?} does not match the batch's endpoint {endpoint:?}"
+                    ),
+                    param: Some("url".into()),
+                    line: Some(line),
+                });
+            }
+            errors.sort_by_key(|e| e.line);
+            errors.truncate(keep);
+        }
+        if error_count as usize > errors.len() && !errors.is_empty() && errors.len() == keep {
+            errors.push(BatchError {
+                code: "too_many_errors".into(),
+                message: format!(
+                    "{error_count} lines were refused; only the first {keep} are listed"
+                ),
+                param: None,
+                line: None,
+            });
+        }
+        Ok(errors)
+    }
+}
+
+impl BatchStore for PostgresStore {
+    async fn create_batch(&self, new: NewBatch<'_>) -> Result<Batch> {
+        let window = CompletionWindow::parse(new.completion_window)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        if let Some(m) = &new.metadata {
+            check_metadata(m).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        }
+        if !self.limits.endpoints.iter().any(|e| e == new.endpoint) {
+            return Err(StoreError::Invalid(format!(
+                "endpoint {:?} is not supported; use one of: {}",
+                new.endpoint,
+                self.limits.endpoints.join(", ")
+            )));
+        }
+        let owner = Owner::Only(new.owner);
+        let mut tx = self.pools.primary.begin().await?;
+        if let Some(key) = new.idempotency_key {
+            let existing: Option<BatchId> = sqlx::query_scalar(
+                "SELECT id FROM batches WHERE owner = $1 AND idempotency_key = $2",
+            )
+            .bind(new.owner)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = existing {
+                return fetch_batch(&mut *tx, owner, id).await?.ok_or_else(|| {
+                    StoreError::NotFound {
+                        what: "batch",
+                        id: id.to_string(),
+                    }
+                });
+            }
+        }
+        // FOR SHARE keeps the file from being deleted while the batch is made.
+        let file = sqlx::query(
+            "SELECT kind, template_count, error_count, errors, urls FROM files \
+             WHERE id = $1 AND owner = $2 AND deleted_at IS NULL FOR SHARE",
+        )
+        .bind(new.input_file_id)
+        .bind(new.owner)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "file",
+            id: new.input_file_id.to_string(),
+        })?;
+        let kind: FileKind = file.try_get("kind")?;
+        if kind != FileKind::Input {
+            return Err(StoreError::Invalid(format!(
+                "file {} is a batch {kind} file, not an input file",
+                new.input_file_id
+            )));
+        }
+        let total: i64 = file.try_get("template_count")?;
+        let error_count: i64 = file.try_get("error_count")?;
+        let file_errors: Json<Vec<LineError>> = file.try_get("errors")?;
+        let urls: Vec<String> = file.try_get("urls")?;
+        let errors = self
+            .batch_validation_errors(
+                &mut tx,
+                new.input_file_id,
+                new.endpoint,
+                file_errors.0,
+                error_count,
+                urls,
+            )
+            .await?;
+
+        let id = BatchId::new();
+        let metadata = new.metadata.as_ref().map(Json);
+        if !errors.is_empty() {
+            sqlx::query(
+                "INSERT INTO batches (id, owner, input_file_id, endpoint, completion_window, \
+                 metadata, status, errors, total, idempotency_key, expires_at, failed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, 0, $8, now() + $9, now())",
+            )
+            .bind(id)
+            .bind(new.owner)
+            .bind(new.input_file_id)
+            .bind(new.endpoint)
+            .bind(new.completion_window)
+            .bind(metadata)
+            .bind(Json(&errors))
+            .bind(new.idempotency_key)
+            .bind(window.duration())
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            let output_id = FileId::new();
+            let error_id = FileId::new();
+            sqlx::query(
+                "INSERT INTO batches (id, owner, input_file_id, endpoint, completion_window, \
+                 metadata, status, total, idempotency_key, in_progress_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'in_progress', $7, $8, now(), now() + $9)",
+            )
+            .bind(id)
+            .bind(new.owner)
+            .bind(new.input_file_id)
+            .bind(new.endpoint)
+            .bind(new.completion_window)
+            .bind(metadata)
+            .bind(total)
+            .bind(new.idempotency_key)
+            .bind(window.duration())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO files (id, owner, filename, purpose, kind, batch_id) VALUES \
+                 ($1, $3, 'batch_' || replace($4::text, '-', '') || '_output.jsonl', 'batch_output', 'output', $4), \
+                 ($2, $3, 'batch_' || replace($4::text, '-', '') || '_error.jsonl', 'batch_output', 'error', $4)",
+            )
+            .bind(output_id)
+            .bind(error_id)
+            .bind(new.owner)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE batches SET output_file_id = $2, error_file_id = $3 WHERE id = $1")
+                .bind(id)
+                .bind(output_id)
+                .bind(error_id)
+                .execute(&mut *tx)
+                .await?;
+            // Request ids are the batch id with its last six bytes replaced by
+            // the line number: unique, and in line order, so the primary key
+            // index grows at its right edge only.
+            sqlx::query(
+                "INSERT INTO requests (id, batch_id, template_id, model, custom_id, deadline) \
+                 SELECT encode(overlay(uuid_send($1) PLACING substring(int8send(t.line_number) FROM 3) \
+                               FROM 11), 'hex')::uuid, \
+                        $1, t.id, t.model, t.custom_id, b.expires_at \
+                 FROM request_templates t, batches b \
+                 WHERE t.file_id = $2 AND b.id = $1",
+            )
+            .bind(id)
+            .bind(new.input_file_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let batch = fetch_batch(&mut *tx, owner, id)
+            .await?
+            .expect("the batch was just inserted");
+        tx.commit().await?;
+        Ok(batch)
+    }
+
+    async fn get_batch(&self, owner: Owner<'_>, id: BatchId) -> Result<Option<Batch>> {
+        fetch_batch(&self.pools.replica, owner, id).await
+    }
+
+    async fn list_batches(&self, q: BatchListQuery<'_>) -> Result<Page<Batch>> {
+        let limit = q.limit.clamp(1, MAX_PAGE);
+        let rows = sqlx::query(&format!(
+            "SELECT {BATCH_COLUMNS}, c.* FROM ( \
+                 SELECT * FROM batches \
+                 WHERE ($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR status = $2) \
+                   AND ($3::uuid IS NULL OR (created_at, id) < \
+                        (SELECT created_at, id FROM batches x WHERE x.id = $3 \
+                           AND ($1::text IS NULL OR x.owner = $1))) \
+                 ORDER BY created_at DESC, id DESC LIMIT $4) b \
+             {COUNTS_LATERAL} ORDER BY b.created_at DESC, b.id DESC"
+        ))
+        .bind(q.owner.param())
+        .bind(q.status)
+        .bind(q.after)
+        .bind(limit + 1)
+        .fetch_all(&self.pools.replica)
+        .await?;
+        let has_more = rows.len() as i64 > limit;
+        let items = rows
+            .iter()
+            .take(limit as usize)
+            .map(batch_from_row)
+            .collect::<Result<_>>()?;
+        Ok(Page { items, has_more })
+    }
+
+    async fn cancel_batch(&self, owner: Owner<'_>, id: BatchId) -> Result<Batch> {
+        let mut tx = self.pools.primary.begin().await?;
+        let status: Option<BatchStatus> = sqlx::query_scalar(
+            "SELECT status FROM batches WHERE id = $1 AND ($2::text IS NULL OR owner = $2) \
+             FOR UPDATE",
+        )
+        .bind(id)
+        .bind(owner.param())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let status = status.ok_or_else(|| StoreError::NotFound {
+            what: "batch",
+            id: id.to_string(),
+        })?;
+        if status == BatchStatus::Cancelling {
+            // Asking twice is not an error; the first request is in progress.
+            tx.rollback().await?;
+            return fetch_batch(&self.pools.primary, owner, id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "batch",
+                    id: id.to_string(),
+                });
+        }
+        status.check(BatchStatus::Cancelling)?;
+        sqlx::query(
+            "UPDATE batches SET status = 'cancelling', cancelling_at = now() \
+             WHERE id = $1 AND status = ANY($2)",
+        )
+        .bind(id)
+        .bind(BatchStatus::sources_of(BatchStatus::Cancelling))
+        .execute(&mut *tx)
+        .await?;
+        // Pending requests end now; in-flight ones are stopped by their daemon.
+        sqlx::query(
+            "WITH c AS ( \
+                 UPDATE requests SET state = 'canceled', finished_at = now() \
+                 WHERE batch_id = $1 AND state = 'pending' \
+                 RETURNING id, custom_id) \
+             INSERT INTO request_results (request_id, batch_id, custom_id, ok, error) \
+             SELECT id, $1, custom_id, false, $2 FROM c",
+        )
+        .bind(id)
+        .bind(Json(crate::domain::output::ResultError::new(
+            codes::BATCH_CANCELLED,
+            "the batch was cancelled before this request ran",
+        )))
+        .execute(&mut *tx)
+        .await?;
+        let in_flight: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM requests WHERE batch_id = $1 \
+             AND state IN ('claimed', 'processing'))",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !in_flight {
+            sqlx::query(
+                "UPDATE batches SET status = 'cancelled', cancelled_at = now() \
+                 WHERE id = $1 AND status = 'cancelling'",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let batch = fetch_batch(&mut *tx, owner, id)
+            .await?
+            .expect("the batch is locked by this transaction");
+        tx.commit().await?;
+        Ok(batch)
+    }
+
+    async fn request_counts(&self, id: BatchId) -> Result<RequestCounts> {
+        let rows: Vec<(RequestState, i64)> = sqlx::query_as(
+            "SELECT state, count(*) FROM requests WHERE batch_id = $1 GROUP BY state",
+        )
+        .bind(id)
+        .fetch_all(&self.pools.replica)
+        .await?;
+        let mut c = RequestCounts::default();
+        for (state, n) in rows {
+            c.total += n;
+            match state {
+                RequestState::Pending => c.pending += n,
+                RequestState::Claimed | RequestState::Processing => c.in_progress += n,
+                RequestState::Completed => c.completed += n,
+                RequestState::Failed => c.failed += n,
+                RequestState::Canceled => c.canceled += n,
+            }
+        }
+        Ok(c)
+    }
+}

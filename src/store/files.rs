@@ -1,0 +1,470 @@
+//! `files`, `file_parts` and `request_templates`: uploads parsed as they
+//! stream in, and bulk-loaded with binary COPY.
+
+use super::copy::BinaryCopy;
+use super::{
+    ByteStream, FileStore, MAX_PAGE, Owner, Page, PostgresStore, RequestStore, Result, StoreError,
+};
+use crate::domain::file::{
+    File, FileId, FileKind, FilePurpose, IngestLimits, LineError, LineErrorCode, LineSplitter,
+    RawLine, parse_line,
+};
+use crate::domain::ids::TemplateId;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt, TryStreamExt, stream};
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, Row, Transaction};
+use std::collections::BTreeSet;
+use tokio::sync::mpsc;
+
+/// What is known about an upload before its bytes arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFile {
+    /// Who owns it ("" when auth is off).
+    pub owner: String,
+    /// The name it was uploaded with.
+    pub filename: String,
+    /// When it may be deleted, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Sort order of a list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first.
+    Asc,
+    /// Newest first.
+    #[default]
+    Desc,
+}
+
+/// Which files to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileListQuery<'a> {
+    /// Whose files.
+    pub owner: Owner<'a>,
+    /// Only files with this purpose.
+    pub purpose: Option<FilePurpose>,
+    /// Start after this file (exclusive).
+    pub after: Option<FileId>,
+    /// At most this many (capped at [`MAX_PAGE`]).
+    pub limit: i64,
+    /// Newest or oldest first.
+    pub order: Order,
+}
+
+/// Bytes of templates (and of raw file parts) sent to the database at a time:
+/// big enough to amortise round trips, small enough to keep memory flat.
+const SEGMENT_BYTES: usize = 4 << 20;
+/// Incoming chunks are cut to this size so that one huge chunk cannot make a
+/// segment huge.
+const SLICE_BYTES: usize = 1 << 20;
+
+/// One unit of work for the database writer.
+struct Segment {
+    copy: Option<Vec<u8>>,
+    part: Option<Vec<u8>>,
+}
+
+/// The parser's running state for one upload.
+struct Ingest<'l> {
+    file_id: FileId,
+    limits: &'l IngestLimits,
+    copy: BinaryCopy,
+    part: Vec<u8>,
+    bytes: u64,
+    templates: u64,
+    errors: Vec<LineError>,
+    error_count: u64,
+    urls: BTreeSet<String>,
+}
+
+impl<'l> Ingest<'l> {
+    fn new(file_id: FileId, limits: &'l IngestLimits) -> Self {
+        Self {
+            file_id,
+            limits,
+            copy: BinaryCopy::with_capacity(SEGMENT_BYTES + (64 << 10)),
+            part: Vec::with_capacity(SLICE_BYTES),
+            bytes: 0,
+            templates: 0,
+            errors: Vec::new(),
+            error_count: 0,
+            urls: BTreeSet::new(),
+        }
+    }
+
+    fn error(&mut self, e: LineError) {
+        self.error_count += 1;
+        if self.errors.len() < self.limits.max_kept_errors {
+            self.errors.push(e);
+        }
+    }
+
+    fn line(&mut self, raw: RawLine<'_>) {
+        let (number, bytes) = match raw {
+            RawLine::Line { number, bytes } => (number, bytes),
+            RawLine::TooLong { number, len } => {
+                let max = self.limits.max_line_bytes;
+                return self.error(LineError {
+                    line: Some(number),
+                    code: LineErrorCode::LineTooLong,
+                    message: format!("line is {len} bytes long; the limit is {max}"),
+                });
+            }
+        };
+        match parse_line(number, bytes, &self.limits.endpoints) {
+            Err(e) => self.error(e),
+            Ok(p) => {
+                if !self.urls.contains(p.url.as_ref()) {
+                    self.urls.insert(p.url.to_string());
+                }
+                let c = &mut self.copy;
+                c.row(8);
+                c.uuid(TemplateId::new().0);
+                c.uuid(self.file_id.0);
+                c.int8(number as i64);
+                c.text(&p.custom_id);
+                c.text(&p.url);
+                c.text(p.body);
+                c.text(&p.model);
+                c.int8(p.body.len() as i64);
+                self.templates += 1;
+            }
+        }
+    }
+
+    /// Takes what is buffered, if `force` or if a buffer is full.
+    fn take_segment(&mut self, force: bool) -> Option<Segment> {
+        let copy_full = self.copy.len() >= SEGMENT_BYTES;
+        let part_full = self.part.len() >= SEGMENT_BYTES;
+        if !(force || copy_full || part_full) {
+            return None;
+        }
+        let copy = (self.copy.rows() > 0 && (force || copy_full)).then(|| {
+            std::mem::replace(
+                &mut self.copy,
+                BinaryCopy::with_capacity(SEGMENT_BYTES + (64 << 10)),
+            )
+            .finish()
+        });
+        let part = (!self.part.is_empty() && (force || part_full))
+            .then(|| std::mem::replace(&mut self.part, Vec::with_capacity(SLICE_BYTES)));
+        (copy.is_some() || part.is_some()).then_some(Segment { copy, part })
+    }
+}
+
+const TEMPLATE_COPY: &str = "COPY request_templates \
+    (id, file_id, line_number, custom_id, path, body, model, body_byte_size) \
+    FROM STDIN (FORMAT binary)";
+
+/// Writes segments into the transaction as they come.
+async fn write_segments(
+    tx: &mut Transaction<'static, Postgres>,
+    file_id: FileId,
+    mut rx: mpsc::Receiver<Segment>,
+) -> Result<()> {
+    let mut seq: i32 = 0;
+    while let Some(seg) = rx.recv().await {
+        if let Some(copy) = seg.copy {
+            let mut sink = tx.copy_in_raw(TEMPLATE_COPY).await?;
+            if let Err(e) = sink.send(copy).await {
+                let _ = sink.abort("upload failed").await;
+                return Err(e.into());
+            }
+            sink.finish().await?;
+        }
+        if let Some(part) = seg.part {
+            sqlx::query("INSERT INTO file_parts (file_id, seq, data) VALUES ($1, $2, $3)")
+                .bind(file_id)
+                .bind(seq)
+                .bind(part)
+                .execute(&mut **tx)
+                .await?;
+            seq += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Finds lines whose custom_id an earlier line already used, deletes their
+/// templates, and returns how many there were and the first `keep` of them.
+async fn remove_duplicates(
+    tx: &mut Transaction<'static, Postgres>,
+    file_id: FileId,
+    keep: usize,
+) -> Result<(u64, Vec<LineError>)> {
+    // A hash aggregate answers the common case (no duplicates) cheaply.
+    let any: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM request_templates WHERE file_id = $1 \
+         GROUP BY custom_id HAVING count(*) > 1)",
+    )
+    .bind(file_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if !any {
+        return Ok((0, Vec::new()));
+    }
+    let rows = sqlx::query(
+        "WITH ranked AS ( \
+             SELECT id, line_number, custom_id, \
+                    row_number() OVER w AS rn, first_value(line_number) OVER w AS first_line \
+             FROM request_templates WHERE file_id = $1 \
+             WINDOW w AS (PARTITION BY custom_id ORDER BY line_number)), \
+         gone AS ( \
+             DELETE FROM request_templates t USING ranked r \
+             WHERE t.id = r.id AND r.rn > 1 \
+             RETURNING r.line_number, r.custom_id, r.first_line) \
+         SELECT count(*) OVER () AS total, line_number, custom_id, first_line \
+         FROM gone ORDER BY line_number LIMIT $2",
+    )
+    .bind(file_id)
+    .bind(keep as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    let total = rows
+        .first()
+        .map(|r| r.try_get::<i64, _>("total"))
+        .transpose()?
+        .unwrap_or(0);
+    let errors = rows
+        .iter()
+        .map(|r| {
+            let line: i64 = r.try_get("line_number")?;
+            let custom_id: String = r.try_get("custom_id")?;
+            let first: i64 = r.try_get("first_line")?;
+            Ok(LineError {
+                line: Some(line as u64),
+                code: LineErrorCode::DuplicateCustomId,
+                message: format!("custom_id {custom_id:?} was already used on line {first}"),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok((total as u64, errors))
+}
+
+/// Merges two line-ordered error lists, keeping the first `keep`.
+fn merge_errors(a: Vec<LineError>, b: Vec<LineError>, keep: usize) -> Vec<LineError> {
+    let mut all: Vec<LineError> = a.into_iter().chain(b).collect();
+    all.sort_by_key(|e| e.line);
+    all.truncate(keep);
+    all
+}
+
+pub(super) const FILE_COLUMNS: &str = "id, owner, filename, purpose, kind, batch_id, bytes, \
+     template_count, error_count, errors, created_at, expires_at";
+
+pub(super) fn file_from_row(row: &PgRow) -> Result<File> {
+    let errors: sqlx::types::Json<Vec<LineError>> = row.try_get("errors")?;
+    Ok(File {
+        id: row.try_get("id")?,
+        owner: row.try_get("owner")?,
+        filename: row.try_get("filename")?,
+        purpose: row.try_get("purpose")?,
+        kind: row.try_get("kind")?,
+        batch_id: row.try_get("batch_id")?,
+        bytes: row.try_get("bytes")?,
+        template_count: row.try_get("template_count")?,
+        error_count: row.try_get("error_count")?,
+        errors: errors.0,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+impl PostgresStore {
+    /// Parses the upload into segments and hands them to `tx` as it goes.
+    async fn ingest<S>(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        file_id: FileId,
+        mut body: S,
+    ) -> Result<Ingest<'_>>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
+        let limits = &self.limits;
+        let (seg_tx, seg_rx) = mpsc::channel::<Segment>(2);
+        // Parsing and writing overlap: while the server digests one segment
+        // the parser fills the next.
+        let parse = async move {
+            let mut st = Ingest::new(file_id, limits);
+            let mut splitter = LineSplitter::new(limits.max_line_bytes);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                st.bytes += chunk.len() as u64;
+                if st.bytes > limits.max_file_bytes {
+                    return Err(StoreError::TooLarge {
+                        limit: limits.max_file_bytes,
+                    });
+                }
+                for slice in chunk.chunks(SLICE_BYTES) {
+                    st.part.extend_from_slice(slice);
+                    splitter.push(slice, |line| st.line(line));
+                    if let Some(seg) = st.take_segment(false) {
+                        if seg_tx.send(seg).await.is_err() {
+                            return Ok(st); // the writer failed; its error wins
+                        }
+                    }
+                }
+            }
+            splitter.finish(|line| st.line(line));
+            if let Some(seg) = st.take_segment(true) {
+                let _ = seg_tx.send(seg).await;
+            }
+            Ok(st)
+        };
+        let write = write_segments(tx, file_id, seg_rx);
+        let (parsed, written) = tokio::join!(parse, write);
+        written?;
+        parsed
+    }
+}
+
+impl FileStore for PostgresStore {
+    async fn create_file<S>(&self, new: NewFile, body: S) -> Result<File>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
+        let file_id = FileId::new();
+        let mut tx = self.pools.primary.begin().await?;
+        sqlx::query(
+            "INSERT INTO files (id, owner, filename, purpose, kind, expires_at) \
+             VALUES ($1, $2, $3, 'batch', 'input', $4)",
+        )
+        .bind(file_id)
+        .bind(&new.owner)
+        .bind(&new.filename)
+        .bind(new.expires_at)
+        .execute(&mut *tx)
+        .await?;
+
+        let st = self.ingest(&mut tx, file_id, body).await?;
+        let keep = self.limits.max_kept_errors;
+        let (dups, dup_errors) = remove_duplicates(&mut tx, file_id, keep).await?;
+        let mut error_count = st.error_count + dups;
+        let mut errors = merge_errors(st.errors, dup_errors, keep);
+        let templates = st.templates - dups;
+        if templates == 0 && error_count == 0 {
+            error_count = 1;
+            errors.push(LineError {
+                line: None,
+                code: LineErrorCode::EmptyFile,
+                message: "the file has no request lines".into(),
+            });
+        }
+        let urls: Vec<String> = st.urls.into_iter().collect();
+        let row = sqlx::query(&format!(
+            "UPDATE files SET bytes = $2, template_count = $3, error_count = $4, errors = $5, \
+             urls = $6 WHERE id = $1 RETURNING {FILE_COLUMNS}"
+        ))
+        .bind(file_id)
+        .bind(st.bytes as i64)
+        .bind(templates as i64)
+        .bind(error_count as i64)
+        .bind(sqlx::types::Json(&errors))
+        .bind(&urls)
+        .fetch_one(&mut *tx)
+        .await?;
+        let file = file_from_row(&row)?;
+        tx.commit().await?;
+        Ok(file)
+    }
+
+    async fn get_file(&self, owner: Owner<'_>, id: FileId) -> Result<Option<File>> {
+        let row = sqlx::query(&format!(
+            "SELECT {FILE_COLUMNS} FROM files \
+             WHERE id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR owner = $2)"
+        ))
+        .bind(id)
+        .bind(owner.param())
+        .fetch_optional(&self.pools.replica)
+        .await?;
+        row.as_ref().map(file_from_row).transpose()
+    }
+
+    async fn list_files(&self, q: FileListQuery<'_>) -> Result<Page<File>> {
+        let limit = q.limit.clamp(1, MAX_PAGE);
+        let (cmp, dir) = match q.order {
+            Order::Desc => ("<", "DESC"),
+            Order::Asc => (">", "ASC"),
+        };
+        // The cursor is an id; its (created_at, id) bounds the page. An
+        // unknown or foreign cursor yields an empty page.
+        let rows = sqlx::query(&format!(
+            "SELECT {FILE_COLUMNS} FROM files \
+             WHERE deleted_at IS NULL AND ($1::text IS NULL OR owner = $1) \
+               AND ($2::text IS NULL OR purpose = $2) \
+               AND ($3::uuid IS NULL OR (created_at, id) {cmp} \
+                    (SELECT created_at, id FROM files c WHERE c.id = $3 \
+                       AND ($1::text IS NULL OR c.owner = $1))) \
+             ORDER BY created_at {dir}, id {dir} LIMIT $4"
+        ))
+        .bind(q.owner.param())
+        .bind(q.purpose)
+        .bind(q.after)
+        .bind(limit + 1)
+        .fetch_all(&self.pools.replica)
+        .await?;
+        let has_more = rows.len() as i64 > limit;
+        let items = rows
+            .iter()
+            .take(limit as usize)
+            .map(file_from_row)
+            .collect::<Result<_>>()?;
+        Ok(Page { items, has_more })
+    }
+
+    async fn delete_file(&self, owner: Owner<'_>, id: FileId) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE files SET deleted_at = now() \
+             WHERE id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR owner = $2)",
+        )
+        .bind(id)
+        .bind(owner.param())
+        .execute(&self.pools.primary)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn file_content(&self, owner: Owner<'_>, id: FileId) -> Result<ByteStream> {
+        let file = self
+            .get_file(owner, id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "file",
+                id: id.to_string(),
+            })?;
+        match (file.kind, file.batch_id) {
+            (FileKind::Input, _) => Ok(self.file_parts_stream(id)),
+            (FileKind::Output, Some(batch)) => Ok(self.output_stream(batch)),
+            (FileKind::Error, Some(batch)) => Ok(self.error_stream(batch)),
+            (kind, None) => Err(StoreError::Invalid(format!(
+                "{kind} file {id} has no batch"
+            ))),
+        }
+    }
+}
+
+impl PostgresStore {
+    /// The stored parts of an input file, one at a time.
+    fn file_parts_stream(&self, id: FileId) -> ByteStream {
+        let pool = self.pools.replica.clone();
+        stream::try_unfold(0i32, move |seq| {
+            let pool = pool.clone();
+            async move {
+                let data: Option<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT data FROM file_parts WHERE file_id = $1 AND seq = $2",
+                )
+                .bind(id)
+                .bind(seq)
+                .fetch_optional(&pool)
+                .await?;
+                Ok::<_, sqlx::Error>(data.map(|d| (Bytes::from(d), seq + 1)))
+            }
+        })
+        .map_err(StoreError::from)
+        .boxed()
+    }
+}

@@ -1,0 +1,246 @@
+//! Every SQL statement lives here, one module per table.
+//!
+//! The rest of the crate speaks to storage only through the traits below
+//! ([`FileStore`], [`BatchStore`], [`RequestStore`], [`DaemonStore`],
+//! [`ResponseStepStore`]), never through a raw pool, so that another backend
+//! (an embedded one is planned) can implement the same traits. Everything
+//! PostgreSQL-specific stays inside [`PostgresStore`].
+//!
+//! Reads that serve the API go to the replica pool; anything that decides a
+//! write reads from the primary.
+
+mod batches;
+mod copy;
+mod daemons;
+mod files;
+mod pools;
+mod requests;
+mod response_steps;
+
+pub use batches::{BatchListQuery, NewBatch};
+pub use daemons::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
+pub use files::{FileListQuery, NewFile};
+pub use pools::{DbPools, TestDbPools};
+pub use response_steps::ResponseStepStore;
+
+use crate::domain::IllegalTransition;
+use crate::domain::batch::{Batch, BatchId, RequestCounts};
+use crate::domain::file::{File, FileId, IngestLimits};
+use crate::domain::ids::DaemonId;
+use crate::domain::request::{RequestId, RequestRecord};
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use std::future::Future;
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or refused a statement.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// No such object (or not visible to this owner).
+    #[error("no {what} with id {id}")]
+    NotFound {
+        /// What was looked for.
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The object is in a state that does not allow the change.
+    #[error(transparent)]
+    Conflict(#[from] IllegalTransition),
+    /// The input was refused; the message says why.
+    #[error("{0}")]
+    Invalid(String),
+    /// An upload exceeded the size limit.
+    #[error("file is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Reading an upload failed.
+    #[error("reading the upload failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shorthand for store results.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A stream of bytes (file content), owning everything it needs.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// One page of a keyset-paginated list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The items, in the order asked for.
+    pub items: Vec<T>,
+    /// Whether more items follow the last one.
+    pub has_more: bool,
+}
+
+/// Which objects a caller may see: one owner's, or (with auth off) all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    /// Any owner's objects.
+    Any,
+    /// Only this owner's objects.
+    Only(&'a str),
+}
+
+impl<'a> Owner<'a> {
+    /// The owner as a nullable SQL parameter (NULL matches everyone).
+    pub(crate) fn param(self) -> Option<&'a str> {
+        match self {
+            Owner::Any => None,
+            Owner::Only(o) => Some(o),
+        }
+    }
+}
+
+/// The most items a list call returns.
+pub const MAX_PAGE: i64 = 10_000;
+
+/// Files: upload, look up, list, delete, download.
+pub trait FileStore: Send + Sync {
+    /// Stores an uploaded JSONL file, parsing and validating it line by line as
+    /// it streams in. Refused lines are recorded on the file, valid ones become
+    /// request templates.
+    fn create_file<S>(&self, new: NewFile, body: S) -> impl Future<Output = Result<File>> + Send
+    where
+        S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Unpin;
+    /// One file, unless deleted or owned by someone else.
+    fn get_file(
+        &self,
+        owner: Owner<'_>,
+        id: FileId,
+    ) -> impl Future<Output = Result<Option<File>>> + Send;
+    /// Files, newest first (or oldest first), after a cursor.
+    fn list_files(
+        &self,
+        query: FileListQuery<'_>,
+    ) -> impl Future<Output = Result<Page<File>>> + Send;
+    /// Soft-deletes a file; `false` when there was none to delete.
+    fn delete_file(
+        &self,
+        owner: Owner<'_>,
+        id: FileId,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// The file's content: the original bytes of an input file, or the lines
+    /// of a batch's output or error file, streamed from the database.
+    fn file_content(
+        &self,
+        owner: Owner<'_>,
+        id: FileId,
+    ) -> impl Future<Output = Result<ByteStream>> + Send;
+}
+
+/// Batches: create from a file, look up, list, cancel, count.
+pub trait BatchStore: Send + Sync {
+    /// Creates a batch from an input file in a few set-based statements. A file
+    /// with refused lines, or with lines for another endpoint, gives a batch in
+    /// status `failed` with line-numbered errors and no requests.
+    fn create_batch(&self, new: NewBatch<'_>) -> impl Future<Output = Result<Batch>> + Send;
+    /// One batch with its request counts.
+    fn get_batch(
+        &self,
+        owner: Owner<'_>,
+        id: BatchId,
+    ) -> impl Future<Output = Result<Option<Batch>>> + Send;
+    /// Batches, newest first, after a cursor.
+    fn list_batches(
+        &self,
+        query: BatchListQuery<'_>,
+    ) -> impl Future<Output = Result<Page<Batch>>> + Send;
+    /// Asks for a batch to stop: pending requests end as cancelled at once; the
+    /// batch is `cancelled` when nothing is in flight, else `cancelling`.
+    fn cancel_batch(
+        &self,
+        owner: Owner<'_>,
+        id: BatchId,
+    ) -> impl Future<Output = Result<Batch>> + Send;
+    /// How many of the batch's requests are in each state.
+    fn request_counts(&self, id: BatchId) -> impl Future<Output = Result<RequestCounts>> + Send;
+}
+
+/// Requests as the API sees them.
+pub trait RequestStore: Send + Sync {
+    /// One request with its result, if it has one.
+    fn get_request(
+        &self,
+        id: RequestId,
+    ) -> impl Future<Output = Result<Option<RequestRecord>>> + Send;
+    /// A batch's requests in id order, after a cursor.
+    fn list_requests(
+        &self,
+        batch_id: BatchId,
+        after: Option<RequestId>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Page<RequestRecord>>> + Send;
+    /// The batch's output file: one OpenAI line per completed request.
+    fn output_stream(&self, batch_id: BatchId) -> ByteStream;
+    /// The batch's error file: one OpenAI line per failed or cancelled request.
+    fn error_stream(&self, batch_id: BatchId) -> ByteStream;
+}
+
+/// The registry of daemons.
+pub trait DaemonStore: Send + Sync {
+    /// Records a starting daemon.
+    fn register_daemon(&self, new: NewDaemon) -> impl Future<Output = Result<DaemonRecord>> + Send;
+    /// Says the daemon is alive, with its counters. A daemon that was declared
+    /// dead or stopped gets a conflict: it must stop working.
+    fn heartbeat(
+        &self,
+        id: DaemonId,
+        stats: DaemonStats,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Records a clean stop.
+    fn mark_daemon_stopped(&self, id: DaemonId) -> impl Future<Output = Result<()>> + Send;
+    /// All daemons, running ones first, newest first.
+    fn list_daemons(&self) -> impl Future<Output = Result<Vec<DaemonRecord>>> + Send;
+}
+
+/// The PostgreSQL store: every trait above over one pair of pools.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pools: DbPools,
+    limits: IngestLimits,
+}
+
+/// The reference crate's name for the request store, kept so its users can move.
+pub type PostgresRequestManager = PostgresStore;
+/// The store of response steps (the same store; named as the seed test uses it).
+pub type PostgresResponseStepManager = PostgresStore;
+
+impl PostgresStore {
+    /// A store over these pools with default upload limits.
+    pub fn new(pools: impl Into<DbPools>) -> Self {
+        Self {
+            pools: pools.into(),
+            limits: IngestLimits::default(),
+        }
+    }
+
+    /// Replaces the upload limits and allowed endpoints.
+    pub fn with_limits(mut self, limits: IngestLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The pools this store uses.
+    pub fn pools(&self) -> &DbPools {
+        &self.pools
+    }
+
+    /// The upload limits in force.
+    pub fn limits(&self) -> &IngestLimits {
+        &self.limits
+    }
+}
+
+/// The embedded migrations in `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Applies every migration not yet applied; safe to run any number of times.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}

@@ -1,0 +1,139 @@
+//! `requests` and `request_results` as the API reads them: single requests,
+//! lists, and the output and error files streamed page by page.
+
+use super::{ByteStream, MAX_PAGE, Page, PostgresStore, RequestStore, Result, StoreError};
+use crate::domain::batch::BatchId;
+use crate::domain::output::{ResultError, ResultRow};
+use crate::domain::request::{RequestId, RequestRecord};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt, stream};
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+/// Results read per round trip when streaming a file out.
+const RESULT_PAGE: i64 = 1000;
+
+const REQUEST_COLUMNS: &str = "q.id, q.batch_id, q.template_id, q.model, q.custom_id, q.state, \
+     q.attempt, q.not_before, q.daemon_id, q.created_at, q.claimed_at, q.started_at, \
+     q.finished_at, r.status_code, r.error";
+
+fn request_from_row(row: &PgRow) -> Result<RequestRecord> {
+    let error: Option<Json<ResultError>> = row.try_get("error")?;
+    Ok(RequestRecord {
+        id: row.try_get("id")?,
+        batch_id: row.try_get("batch_id")?,
+        template_id: row.try_get("template_id")?,
+        model: row.try_get("model")?,
+        custom_id: row.try_get("custom_id")?,
+        state: row.try_get("state")?,
+        attempt: row.try_get("attempt")?,
+        not_before: row.try_get("not_before")?,
+        daemon_id: row.try_get("daemon_id")?,
+        created_at: row.try_get("created_at")?,
+        claimed_at: row.try_get("claimed_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        status_code: row.try_get("status_code")?,
+        error: error.map(|e| e.0),
+    })
+}
+
+/// One page of results, rendered as JSONL, and the cursor after it.
+async fn result_page(
+    pool: &PgPool,
+    batch_id: BatchId,
+    ok: bool,
+    after: Uuid,
+) -> Result<Option<(Bytes, Uuid)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT request_id, custom_id, status_code, upstream_request_id, body, error \
+         FROM request_results \
+         WHERE batch_id = $1 AND ok = $2 AND request_id > $3 \
+         ORDER BY request_id LIMIT $4",
+    )
+    .bind(batch_id)
+    .bind(ok)
+    .bind(after)
+    .bind(RESULT_PAGE)
+    .fetch_all(pool)
+    .await?;
+    let Some(last) = rows.last() else {
+        return Ok(None);
+    };
+    let next: Uuid = last.try_get("request_id")?;
+    let mut out = Vec::with_capacity(rows.len() * 256);
+    for row in &rows {
+        let error: Option<Json<ResultError>> = row.try_get("error")?;
+        ResultRow {
+            request_id: RequestId(row.try_get("request_id")?),
+            custom_id: row.try_get("custom_id")?,
+            status_code: row.try_get("status_code")?,
+            upstream_request_id: row.try_get("upstream_request_id")?,
+            body: row.try_get("body")?,
+            error: error.as_ref().map(|e| &e.0),
+        }
+        .write_line(&mut out);
+    }
+    Ok(Some((Bytes::from(out), next)))
+}
+
+impl PostgresStore {
+    fn result_stream(&self, batch_id: BatchId, ok: bool) -> ByteStream {
+        let pool = self.pools.replica.clone();
+        stream::try_unfold(Uuid::nil(), move |after| {
+            let pool = pool.clone();
+            async move { result_page(&pool, batch_id, ok, after).await }
+        })
+        .map_err(StoreError::from)
+        .boxed()
+    }
+}
+
+impl RequestStore for PostgresStore {
+    async fn get_request(&self, id: RequestId) -> Result<Option<RequestRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests q \
+             LEFT JOIN request_results r ON r.request_id = q.id WHERE q.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pools.replica)
+        .await?;
+        row.as_ref().map(request_from_row).transpose()
+    }
+
+    async fn list_requests(
+        &self,
+        batch_id: BatchId,
+        after: Option<RequestId>,
+        limit: i64,
+    ) -> Result<Page<RequestRecord>> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let rows = sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests q \
+             LEFT JOIN request_results r ON r.request_id = q.id \
+             WHERE q.batch_id = $1 AND q.id > $2 ORDER BY q.id LIMIT $3"
+        ))
+        .bind(batch_id)
+        .bind(after.map_or(Uuid::nil(), |a| a.0))
+        .bind(limit + 1)
+        .fetch_all(&self.pools.replica)
+        .await?;
+        let has_more = rows.len() as i64 > limit;
+        let items = rows
+            .iter()
+            .take(limit as usize)
+            .map(request_from_row)
+            .collect::<Result<_>>()?;
+        Ok(Page { items, has_more })
+    }
+
+    fn output_stream(&self, batch_id: BatchId) -> ByteStream {
+        self.result_stream(batch_id, true)
+    }
+
+    fn error_stream(&self, batch_id: BatchId) -> ByteStream {
+        self.result_stream(batch_id, false)
+    }
+}
