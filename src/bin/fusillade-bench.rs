@@ -1,0 +1,217 @@
+//! `fusillade-bench`: reproducible measurements of fusillade's parts.
+//!
+//! ```text
+//! fusillade-bench gen --lines 200000 --out bench-data/200k.jsonl
+//! fusillade-bench ingest bench-data/200k.jsonl [--database-url URL]
+//! ```
+//! `ingest` uploads the file through the store exactly as the API does
+//! (streamed from disk in 256 KiB chunks), creates a batch from it, and
+//! prints the rates and the process's peak RSS.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use fusillade::store::{BatchStore, FileStore, NewBatch, NewFile, PostgresStore};
+use futures_util::TryStreamExt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "fusillade-bench", about = "Benchmarks of fusillade's parts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Writes a JSONL input file of chat-completion requests.
+    Gen {
+        /// Number of lines.
+        #[arg(long, default_value_t = 200_000)]
+        lines: u64,
+        /// Approximate bytes per line.
+        #[arg(long, default_value_t = 520)]
+        line_bytes: usize,
+        /// Number of distinct models the lines name.
+        #[arg(long, default_value_t = 4)]
+        models: u64,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Uploads a JSONL file, then creates a batch from it.
+    Ingest {
+        /// The file to upload.
+        path: PathBuf,
+        /// PostgreSQL URL of a database for benchmarks only: it is dropped
+        /// and created afresh on every run.
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/fusillade_bench"
+        )]
+        database_url: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Gen {
+            lines,
+            line_bytes,
+            models,
+            out,
+        } => generate(lines, line_bytes, models, &out),
+        Command::Ingest { path, database_url } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(ingest(&path, &database_url)),
+    }
+}
+
+fn generate(lines: u64, line_bytes: usize, models: u64, out: &PathBuf) -> Result<()> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut w = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
+    );
+    let words = [
+        "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
+    ];
+    let mut total = 0u64;
+    for i in 0..lines {
+        let mut text = String::with_capacity(line_bytes);
+        let mut k = i;
+        while text.len() + 160 < line_bytes {
+            text.push_str(words[(k % 8) as usize]);
+            text.push(' ');
+            k = k
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407)
+                >> 7;
+        }
+        let line = format!(
+            "{{\"custom_id\":\"request-{i}\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\
+             \"body\":{{\"model\":\"model-{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"{text}\"}}],\
+             \"max_tokens\":64}}}}\n",
+            i % models.max(1)
+        );
+        total += line.len() as u64;
+        w.write_all(line.as_bytes())?;
+    }
+    w.flush()?;
+    println!("wrote {lines} lines, {total} bytes to {}", out.display());
+    Ok(())
+}
+
+async fn connect_bench_db(url: &str) -> Result<sqlx::PgPool> {
+    use sqlx::postgres::PgConnectOptions;
+    use sqlx::{ConnectOptions, Executor};
+    let options: PgConnectOptions = url.parse()?;
+    let db = options.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = options.clone().database("postgres").connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&db)
+            .fetch_one(&mut admin)
+            .await?;
+    // A fresh database each run, so earlier runs' rows and dead tuples do not
+    // change the numbers.
+    let quoted = format!("\"{}\"", db.replace('"', "\"\""));
+    if exists {
+        admin
+            .execute(format!("DROP DATABASE {quoted} WITH (FORCE)").as_str())
+            .await?;
+    }
+    admin
+        .execute(format!("CREATE DATABASE {quoted}").as_str())
+        .await?;
+    // Start from a clean checkpoint so one run's dirty pages do not tax the next.
+    admin.execute("CHECKPOINT").await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await?;
+    fusillade::store::migrate(&pool).await?;
+    Ok(pool)
+}
+
+async fn ingest(path: &PathBuf, url: &str) -> Result<()> {
+    let pool = connect_bench_db(url).await?;
+    let store = PostgresStore::new(pool.clone());
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata().await?.len();
+    let body = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).map_ok(|b| b);
+
+    let started = Instant::now();
+    let uploaded = store
+        .create_file(
+            NewFile {
+                owner: String::new(),
+                filename: path.display().to_string(),
+                expires_at: None,
+            },
+            body,
+        )
+        .await?;
+    let upload_secs = started.elapsed().as_secs_f64();
+    if uploaded.error_count > 0 {
+        bail!("the file has {} refused lines", uploaded.error_count);
+    }
+    let rss_after_upload = peak_rss_kib();
+
+    let started = Instant::now();
+    let batch = store
+        .create_batch(NewBatch {
+            owner: "",
+            input_file_id: uploaded.id,
+            endpoint: "/v1/chat/completions",
+            completion_window: "24h",
+            metadata: None,
+            idempotency_key: None,
+        })
+        .await?;
+    let batch_secs = started.elapsed().as_secs_f64();
+
+    let mb = size as f64 / 1e6;
+    let lines = uploaded.template_count as f64;
+    println!(
+        "file            {} ({mb:.1} MB, {lines} lines)",
+        path.display()
+    );
+    println!(
+        "ingest          {upload_secs:.3} s  {:.1} MB/s  {:.0} lines/s",
+        mb / upload_secs,
+        lines / upload_secs
+    );
+    println!(
+        "batch create    {batch_secs:.3} s  {:.0} requests/s  (status {}, {} requests)",
+        batch.request_counts.total as f64 / batch_secs,
+        batch.status,
+        batch.request_counts.total
+    );
+    println!(
+        "peak RSS        {} MiB after ingest, {} MiB at end",
+        rss_after_upload / 1024,
+        peak_rss_kib() / 1024
+    );
+    Ok(())
+}
+
+/// The process's peak resident set size (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

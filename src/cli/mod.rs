@@ -1,0 +1,137 @@
+//! The subcommands, one module each. Raw arguments become a checked setting
+//! here; the work itself is done by the library.
+
+mod migrate;
+
+use clap::{Parser, Subcommand};
+
+/// Command-line interface of the `fusillade` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fusillade",
+    version,
+    about = "Runs large batches of LLM requests against OpenAI-compatible servers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Applies the database schema (safe to run any number of times).
+    Migrate(migrate::Args),
+}
+
+/// Whether a failure is the user's input (exit 2) or happened at run time (exit 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Bad usage or configuration, including an unreachable database.
+    Usage,
+    /// Anything that went wrong while working.
+    Runtime,
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    /// What kind of failure.
+    pub kind: Kind,
+    /// What went wrong, for one line on stderr.
+    pub error: anyhow::Error,
+}
+
+impl CliError {
+    /// The process exit code: 2 for usage, 1 for runtime.
+    pub fn exit_code(&self) -> u8 {
+        match self.kind {
+            Kind::Usage => 2,
+            Kind::Runtime => 1,
+        }
+    }
+}
+
+/// Marks an error as bad usage or configuration.
+pub fn usage(error: impl Into<anyhow::Error>) -> CliError {
+    CliError {
+        kind: Kind::Usage,
+        error: error.into(),
+    }
+}
+
+/// Marks an error as a run-time failure.
+pub fn runtime(error: impl Into<anyhow::Error>) -> CliError {
+    CliError {
+        kind: Kind::Runtime,
+        error: error.into(),
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: info).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs the chosen subcommand on a fresh tokio runtime.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(runtime)?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Migrate(args) => migrate::run(args).await,
+        }
+    })
+}
+
+/// Picks the database URL: the flag wins over `DATABASE_URL` (clap reads it).
+pub fn database_url(flag: Option<String>) -> Result<String, CliError> {
+    flag.filter(|u| !u.is_empty()).ok_or_else(|| {
+        usage(anyhow::anyhow!(
+            "no database: pass --database-url or set DATABASE_URL"
+        ))
+    })
+}
+
+/// Connects to PostgreSQL; failing to is a configuration error (exit 2).
+pub async fn connect(url: &str) -> Result<sqlx::PgPool, CliError> {
+    use sqlx::Connection;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    let fail = |e: sqlx::Error| {
+        usage(anyhow::anyhow!(
+            "cannot connect to the database at {}: {e}",
+            redact(url)
+        ))
+    };
+    let options: PgConnectOptions = url.parse().map_err(fail)?;
+    // One direct attempt first: a pool only reports "timed out", this says why.
+    sqlx::PgConnection::connect_with(&options)
+        .await
+        .map_err(fail)?
+        .close()
+        .await
+        .map_err(fail)?;
+    PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(std::time::Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .map_err(fail)
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
