@@ -43,7 +43,9 @@ impl RequestState {
         match (self, to) {
             (Pending, Claimed) => true,
             (Claimed, Processing) => true,
-            (Processing, Completed) => true,
+            // The daemon may skip writing `processing` (one write less per
+            // request); the lease is held from the claim either way.
+            (Claimed | Processing, Completed) => true,
             // Released by a stopping daemon, rescued from a dead one, or retried.
             (Claimed | Processing, Pending) => true,
             // Expired or cancelled before or while running, or a final error.
@@ -121,6 +123,7 @@ mod tests {
             (Pending, Failed),
             (Pending, Canceled),
             (Claimed, Processing),
+            (Claimed, Completed),
             (Claimed, Pending),
             (Claimed, Failed),
             (Claimed, Canceled),
