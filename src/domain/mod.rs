@@ -9,6 +9,7 @@ pub mod file;
 pub mod ids;
 pub mod output;
 pub mod request;
+pub mod retry;
 pub mod step;
 
 /// A stored word that names no variant of the enum it was read as.
