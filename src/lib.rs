@@ -9,6 +9,7 @@
 //! - `migrations/`: the PostgreSQL schema, the only place it changes.
 //! - `cli` (in the binary): one module per subcommand.
 
+pub mod config;
 pub mod domain;
 pub mod store;
 

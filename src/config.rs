@@ -1,0 +1,445 @@
+//! The TOML configuration (SPEC §3): read, checked, and turned into typed
+//! settings in a second step, so that the rest of the crate never sees raw
+//! values. Unknown keys and wrong types are errors that name the key.
+
+use crate::domain::retry::RetryPolicy;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// A configuration that could not be used; the message names the key or cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, or a key is unknown or of the wrong type.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("config key {key}: {message}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// Why it is refused.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The file's shape, exactly as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    database_url: Option<String>,
+    #[serde(default)]
+    upstream: RawRoute,
+    #[serde(default)]
+    models: BTreeMap<String, RawRoute>,
+    #[serde(default)]
+    daemon: RawDaemon,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    url: Option<String>,
+    api_key_env: Option<String>,
+    concurrency: Option<u32>,
+    connect_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    total_timeout_ms: Option<u64>,
+    max_response_bytes: Option<u64>,
+    stream_paths: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    max_retries: Option<u32>,
+    backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    claim_batch: Option<u32>,
+    heartbeat_ms: Option<u64>,
+    stale_after_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    keys: BTreeMap<String, String>,
+}
+
+/// Where and how requests for one model are sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Base URL; the request's path is appended.
+    pub url: String,
+    /// Bearer key sent upstream, read from the environment.
+    pub api_key: Option<String>,
+    /// Most requests of this model in flight, across all daemons.
+    pub concurrency: u32,
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// Time allowed from sending to the first byte of the answer.
+    pub first_byte_timeout: Duration,
+    /// Time allowed between two chunks of the answer.
+    pub idle_timeout: Duration,
+    /// Time allowed for the whole call.
+    pub total_timeout: Duration,
+    /// Largest answer body kept; a larger one is an error.
+    pub max_response_bytes: u64,
+    /// Endpoint paths called with `"stream": true` and reassembled.
+    pub stream_paths: Vec<String>,
+}
+
+impl std::fmt::Debug for Route {
+    // The key must never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("concurrency", &self.concurrency)
+            .field("total_timeout", &self.total_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Daemon settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSettings {
+    /// Retries and backoff.
+    pub retry: RetryPolicy,
+    /// Most requests claimed in one statement.
+    pub claim_batch: u32,
+    /// How often a daemon says it is alive.
+    pub heartbeat: Duration,
+    /// After how long without a heartbeat a daemon's claims are rescued.
+    pub stale_after: Duration,
+    /// How long calls in flight may finish after a stop is asked for.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            claim_batch: 512,
+            heartbeat: Duration::from_secs(2),
+            stale_after: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the API listens on.
+    pub listen: Option<SocketAddr>,
+    /// PostgreSQL URL.
+    pub database_url: Option<String>,
+    /// The default route.
+    pub upstream: Route,
+    /// Per-model routes (the default with the model's overrides applied).
+    pub models: BTreeMap<String, Route>,
+    /// Daemon settings.
+    pub daemon: DaemonSettings,
+    /// Bearer key -> owner; `None` means no auth.
+    pub auth: Option<BTreeMap<String, String>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::from_raw(RawConfig::default(), &|_| None).expect("the defaults are valid")
+    }
+}
+
+const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
+
+impl Config {
+    /// Reads and checks a config file, taking keys from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string(), &|k| {
+            std::env::var(k).ok()
+        })
+    }
+
+    /// Parses and checks config text; `env` looks up environment variables.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        Self::from_raw(raw, env)
+    }
+
+    fn from_raw(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let listen = raw
+            .listen
+            .map(|l| {
+                l.parse::<SocketAddr>()
+                    .map_err(|e| invalid("listen", format!("{l:?} is not host:port ({e})")))
+            })
+            .transpose()?;
+        let base = RawRoute {
+            url: Some(DEFAULT_UPSTREAM.into()),
+            ..RawRoute::default()
+        };
+        let upstream = route(&merge(&base, &raw.upstream), "upstream", env)?;
+        let defaults = merge(&base, &raw.upstream);
+        let models = raw
+            .models
+            .iter()
+            .map(|(name, o)| {
+                let key = format!("models.{name:?}");
+                Ok((name.clone(), route(&merge(&defaults, o), &key, env)?))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        let d = raw.daemon;
+        let ms = Duration::from_millis;
+        let defaults = DaemonSettings::default();
+        let daemon = DaemonSettings {
+            retry: RetryPolicy {
+                max_retries: d.max_retries.unwrap_or(defaults.retry.max_retries),
+                backoff: d.backoff_ms.map_or(defaults.retry.backoff, ms),
+                max_backoff: d.max_backoff_ms.map_or(defaults.retry.max_backoff, ms),
+            },
+            claim_batch: d.claim_batch.unwrap_or(defaults.claim_batch),
+            heartbeat: d.heartbeat_ms.map_or(defaults.heartbeat, ms),
+            stale_after: d.stale_after_ms.map_or(defaults.stale_after, ms),
+            shutdown_grace: d.shutdown_grace_ms.map_or(defaults.shutdown_grace, ms),
+        };
+        if daemon.claim_batch == 0 {
+            return Err(invalid("daemon.claim_batch", "must be at least 1"));
+        }
+        if daemon.retry.max_backoff < daemon.retry.backoff {
+            return Err(invalid(
+                "daemon.max_backoff_ms",
+                "must not be below daemon.backoff_ms",
+            ));
+        }
+        if daemon.stale_after <= daemon.heartbeat * 2 {
+            return Err(invalid(
+                "daemon.stale_after_ms",
+                "must be more than twice daemon.heartbeat_ms, or live daemons would be rescued",
+            ));
+        }
+        let auth = match raw.auth {
+            None => None,
+            Some(a) if a.keys.is_empty() => {
+                return Err(invalid(
+                    "auth.keys",
+                    "must hold at least one key; remove [auth] to turn auth off",
+                ));
+            }
+            Some(a) => Some(a.keys),
+        };
+        Ok(Self {
+            listen,
+            database_url: raw.database_url,
+            upstream,
+            models,
+            daemon,
+            auth,
+        })
+    }
+
+    /// The route for a model: its own section, else the default.
+    pub fn route(&self, model: &str) -> &Route {
+        self.models.get(model).unwrap_or(&self.upstream)
+    }
+
+    /// The same configuration with every model sent to `url` (the `--upstream` flag).
+    pub fn with_upstream_url(mut self, url: &str) -> Result<Self, ConfigError> {
+        check_url(url, "--upstream")?;
+        self.upstream.url = url.trim_end_matches('/').to_owned();
+        for r in self.models.values_mut() {
+            r.url = self.upstream.url.clone();
+        }
+        Ok(self)
+    }
+}
+
+fn merge(base: &RawRoute, o: &RawRoute) -> RawRoute {
+    RawRoute {
+        url: o.url.clone().or_else(|| base.url.clone()),
+        api_key_env: o.api_key_env.clone().or_else(|| base.api_key_env.clone()),
+        concurrency: o.concurrency.or(base.concurrency),
+        connect_timeout_ms: o.connect_timeout_ms.or(base.connect_timeout_ms),
+        first_byte_timeout_ms: o.first_byte_timeout_ms.or(base.first_byte_timeout_ms),
+        idle_timeout_ms: o.idle_timeout_ms.or(base.idle_timeout_ms),
+        total_timeout_ms: o.total_timeout_ms.or(base.total_timeout_ms),
+        max_response_bytes: o.max_response_bytes.or(base.max_response_bytes),
+        stream_paths: o.stream_paths.clone().or_else(|| base.stream_paths.clone()),
+    }
+}
+
+fn check_url(url: &str, key: &str) -> Result<(), ConfigError> {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(_) => Err(invalid(
+            key,
+            format!("{url:?} must be an http:// or https:// URL"),
+        )),
+        Err(e) => Err(invalid(key, format!("{url:?} is not a URL ({e})"))),
+    }
+}
+
+fn route(
+    r: &RawRoute,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Route, ConfigError> {
+    let url = r.url.clone().unwrap_or_else(|| DEFAULT_UPSTREAM.into());
+    check_url(&url, &format!("{key}.url"))?;
+    let api_key = match &r.api_key_env {
+        None => None,
+        Some(var) => Some(env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+            invalid(
+                format!("{key}.api_key_env"),
+                format!("names the environment variable {var}, which is not set"),
+            )
+        })?),
+    };
+    let concurrency = r.concurrency.unwrap_or(64);
+    if concurrency == 0 {
+        return Err(invalid(format!("{key}.concurrency"), "must be at least 1"));
+    }
+    let ms = |v: Option<u64>, default: u64, name: &str| -> Result<Duration, ConfigError> {
+        match v.unwrap_or(default) {
+            0 => Err(invalid(format!("{key}.{name}"), "must be more than 0")),
+            n => Ok(Duration::from_millis(n)),
+        }
+    };
+    Ok(Route {
+        url: url.trim_end_matches('/').to_owned(),
+        api_key,
+        concurrency,
+        connect_timeout: ms(r.connect_timeout_ms, 10_000, "connect_timeout_ms")?,
+        first_byte_timeout: ms(r.first_byte_timeout_ms, 600_000, "first_byte_timeout_ms")?,
+        idle_timeout: ms(r.idle_timeout_ms, 120_000, "idle_timeout_ms")?,
+        total_timeout: ms(r.total_timeout_ms, 1_800_000, "total_timeout_ms")?,
+        max_response_bytes: r.max_response_bytes.unwrap_or(64 << 20),
+        stream_paths: r.stream_paths.clone().unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", &|k| {
+            (k == "KEY").then(|| "sk-up".to_owned())
+        })
+    }
+
+    #[test]
+    fn the_spec_example_parses() {
+        let c = parse(
+            r#"
+listen = "127.0.0.1:8080"
+database_url = "postgres://postgres@127.0.0.1:5432/fusillade"
+[upstream]
+url = "http://127.0.0.1:8000"
+api_key_env = "KEY"
+concurrency = 64
+[models."gpt-4o"]
+url = "https://api.example.com/"
+concurrency = 8
+[daemon]
+max_retries = 5
+backoff_ms = 500
+max_backoff_ms = 30000
+[auth]
+keys = { "sk-alice" = "alice", "sk-bob" = "bob" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.route("other").url, "http://127.0.0.1:8000");
+        assert_eq!(c.route("other").concurrency, 64);
+        let g = c.route("gpt-4o");
+        assert_eq!(g.url, "https://api.example.com");
+        assert_eq!(g.concurrency, 8);
+        // Overrides inherit the rest of [upstream], the key included.
+        assert_eq!(g.api_key.as_deref(), Some("sk-up"));
+        assert_eq!(c.daemon.retry.max_retries, 5);
+        assert!(
+            !format!("{g:?}").contains("sk-up"),
+            "keys stay out of Debug"
+        );
+        assert_eq!(c.auth.unwrap()["sk-bob"], "bob");
+    }
+
+    #[test]
+    fn an_empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.upstream.url, DEFAULT_UPSTREAM);
+        assert!(c.auth.is_none());
+    }
+
+    fn message(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(message("lisen = \"x\"").contains("lisen"));
+        assert!(message("[upstream]\nconcurency = 3").contains("concurency"));
+        assert!(message("[upstream]\nconcurrency = \"many\"").contains("concurrency"));
+        assert!(message("[upstream]\nconcurrency = 0").contains("upstream.concurrency"));
+        assert!(message("[upstream]\nurl = \"ftp://x\"").contains("upstream.url"));
+        assert!(message("[upstream]\napi_key_env = \"NOPE\"").contains("NOPE"));
+        assert!(message("listen = \"nowhere\"").contains("listen"));
+        assert!(
+            message("[daemon]\nbackoff_ms = 10\nmax_backoff_ms = 5").contains("max_backoff_ms")
+        );
+        assert!(message("[auth]\nkeys = {}").contains("auth.keys"));
+        assert!(message("[models.m]\nconcurrency = -1").contains("concurrency"));
+        // One line, so the binary can print it as is.
+        assert!(!message("[upstream]\nconcurency = 3").contains('\n'));
+    }
+
+    #[test]
+    fn upstream_flag_overrides_every_route() {
+        let c = parse("[models.m]\nurl = \"http://a:1\"")
+            .unwrap()
+            .with_upstream_url("http://127.0.0.1:9/")
+            .unwrap();
+        assert_eq!(c.route("m").url, "http://127.0.0.1:9");
+        assert_eq!(c.route("x").url, "http://127.0.0.1:9");
+        assert!(parse("").unwrap().with_upstream_url("nope").is_err());
+    }
+}
