@@ -127,6 +127,8 @@ CREATE TABLE requests (
     -- Bumped by every claim; every later write of that claim is guarded by it,
     -- so a stale worker cannot overwrite a newer attempt.
     attempt      integer     NOT NULL DEFAULT 0,
+    -- Retries made (attempt counts claims, which rescues and releases also bump).
+    retries      integer     NOT NULL DEFAULT 0,
     not_before   timestamptz NOT NULL DEFAULT now(),
     deadline     timestamptz NOT NULL DEFAULT 'infinity',
     daemon_id    uuid,
@@ -145,8 +147,9 @@ CREATE INDEX requests_claim ON requests (model, deadline, not_before)
     WHERE state = 'pending';
 -- Per-batch counts by state, and per-batch scans.
 CREATE INDEX requests_batch_state ON requests (batch_id, state);
--- Rescue of claims held by dead daemons.
-CREATE INDEX requests_in_flight ON requests (daemon_id)
+-- In flight: counted per model by the claim (global concurrency), and
+-- scanned by daemon for rescue. Small: at most the sum of all limits.
+CREATE INDEX requests_in_flight ON requests (model, daemon_id)
     WHERE state IN ('claimed', 'processing');
 
 -- A request's final result, appended once when it reaches a terminal state.

@@ -13,14 +13,18 @@ mod batches;
 mod copy;
 mod daemons;
 mod files;
+mod maintenance;
 mod pools;
+mod queue;
 mod requests;
 mod response_steps;
 
 pub use batches::{BatchListQuery, NewBatch};
 pub use daemons::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
-pub use files::{FileListQuery, NewFile};
+pub use files::{FileListQuery, NewFile, Order};
+pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use pools::{DbPools, TestDbPools};
+pub use queue::{ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue};
 pub use response_steps::ResponseStepStore;
 
 use crate::domain::IllegalTransition;

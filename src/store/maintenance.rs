@@ -1,0 +1,148 @@
+//! Repair and lifecycle work, run on timers by the daemon and never by the
+//! claim loop: rescuing claims of dead daemons, expiring batches past their
+//! deadline, and settling batches whose requests have all ended.
+
+use super::{PostgresStore, Result};
+use crate::domain::batch::BatchId;
+use crate::domain::output::{ResultError, codes};
+use sqlx::Row;
+use sqlx::types::Json;
+use std::future::Future;
+use std::time::Duration;
+
+/// What one rescue pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RescueReport {
+    /// Daemons newly declared dead.
+    pub dead_daemons: u64,
+    /// Requests returned to pending.
+    pub requests: u64,
+}
+
+/// Batches moved by one finalize pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinalizeReport {
+    /// Batches now `completed`.
+    pub completed: Vec<BatchId>,
+    /// Batches now `cancelled`.
+    pub cancelled: Vec<BatchId>,
+    /// Batches now `expired`.
+    pub expired: Vec<BatchId>,
+}
+
+impl FinalizeReport {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.completed.is_empty() && self.cancelled.is_empty() && self.expired.is_empty()
+    }
+}
+
+/// Timed repair and lifecycle work.
+pub trait MaintenanceStore: Send + Sync {
+    /// Declares daemons without a heartbeat for `stale_after` dead, and returns
+    /// to pending every claim held by a daemon that is not running.
+    fn rescue(&self, stale_after: Duration) -> impl Future<Output = Result<RescueReport>> + Send;
+    /// Moves up to `limit` batches of each kind on: past the deadline ->
+    /// `expired` (unfinished requests end as `batch_expired`); cancelling with
+    /// nothing in flight -> `cancelled`; in progress with every request ended
+    /// -> `completed`.
+    fn finalize(&self, limit: i64) -> impl Future<Output = Result<FinalizeReport>> + Send;
+}
+
+impl MaintenanceStore for PostgresStore {
+    async fn rescue(&self, stale_after: Duration) -> Result<RescueReport> {
+        let ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+        let row = sqlx::query(
+            "WITH dead AS (
+                 UPDATE daemons SET status = 'dead', stopped_at = now(), in_flight = 0
+                 WHERE status = 'running' AND last_heartbeat < now() - $1 * interval '1 millisecond'
+                 RETURNING id),
+             freed AS (
+                 UPDATE requests q SET state = 'pending', daemon_id = NULL, started_at = NULL
+                 WHERE q.state IN ('claimed', 'processing')
+                   AND (q.daemon_id IN (SELECT id FROM dead)
+                        OR NOT EXISTS (SELECT 1 FROM daemons d
+                                       WHERE d.id = q.daemon_id AND d.status = 'running'))
+                 RETURNING q.id)
+             SELECT (SELECT count(*) FROM dead) AS dead, (SELECT count(*) FROM freed) AS freed",
+        )
+        .bind(ms)
+        .fetch_one(&self.pools.primary)
+        .await?;
+        Ok(RescueReport {
+            dead_daemons: row.try_get::<i64, _>("dead")? as u64,
+            requests: row.try_get::<i64, _>("freed")? as u64,
+        })
+    }
+
+    async fn finalize(&self, limit: i64) -> Result<FinalizeReport> {
+        let expired_error = Json(ResultError::new(
+            codes::BATCH_EXPIRED,
+            "the batch's completion window ended before this request finished",
+        ));
+        let cancelled_error = Json(ResultError::new(
+            codes::BATCH_CANCELLED,
+            "the batch was cancelled before this request ran",
+        ));
+        let expired: Vec<BatchId> = sqlx::query_scalar(
+            "WITH b AS (
+                 SELECT id FROM batches
+                 WHERE status IN ('validating', 'in_progress', 'finalizing') AND expires_at <= now()
+                 ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED),
+             gone AS (
+                 UPDATE requests q SET state = 'failed', finished_at = now(), daemon_id = NULL
+                 FROM b WHERE q.batch_id = b.id AND q.state IN ('pending', 'claimed', 'processing')
+                 RETURNING q.id, q.batch_id, q.custom_id),
+             res AS (
+                 INSERT INTO request_results (request_id, batch_id, custom_id, ok, error)
+                 SELECT id, batch_id, custom_id, false, $2 FROM gone)
+             UPDATE batches x SET status = 'expired', expired_at = now()
+             FROM b WHERE x.id = b.id RETURNING x.id",
+        )
+        .bind(limit)
+        .bind(&expired_error)
+        .fetch_all(&self.pools.primary)
+        .await?;
+        let cancelled: Vec<BatchId> = sqlx::query_scalar(
+            "WITH b AS (
+                 SELECT id FROM batches WHERE status = 'cancelling'
+                 ORDER BY cancelling_at LIMIT $1 FOR UPDATE SKIP LOCKED),
+             c AS (
+                 UPDATE requests q SET state = 'canceled', finished_at = now()
+                 FROM b WHERE q.batch_id = b.id AND q.state = 'pending'
+                 RETURNING q.id, q.batch_id, q.custom_id),
+             res AS (
+                 INSERT INTO request_results (request_id, batch_id, custom_id, ok, error)
+                 SELECT id, batch_id, custom_id, false, $2 FROM c)
+             UPDATE batches x SET status = 'cancelled', cancelled_at = now()
+             FROM b WHERE x.id = b.id
+               AND NOT EXISTS (SELECT 1 FROM requests q WHERE q.batch_id = b.id
+                               AND q.state IN ('claimed', 'processing'))
+             RETURNING x.id",
+        )
+        .bind(limit)
+        .bind(&cancelled_error)
+        .fetch_all(&self.pools.primary)
+        .await?;
+        let completed: Vec<BatchId> = sqlx::query_scalar(
+            "WITH b AS (
+                 SELECT id FROM batches x
+                 WHERE status IN ('in_progress', 'finalizing')
+                   AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = x.id
+                                   AND r.state IN ('pending', 'claimed', 'processing'))
+                 ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+             UPDATE batches x
+             SET status = 'completed', finalizing_at = COALESCE(finalizing_at, now()),
+                 completed_at = now()
+             FROM b WHERE x.id = b.id RETURNING x.id",
+        )
+        .bind(limit)
+        .fetch_all(&self.pools.primary)
+        .await?;
+        Ok(FinalizeReport {
+            completed,
+            cancelled,
+            expired,
+        })
+    }
+}

@@ -1,0 +1,323 @@
+//! The daemon's hot path over `requests`: claim many, then settle many.
+//!
+//! Every write after the claim is guarded by `(state, attempt)`: the claim
+//! bumps `attempt`, so a daemon that lost its lease (rescued, expired,
+//! cancelled) finds its late writes rejected rather than applied.
+
+use super::{PostgresStore, Result};
+use crate::domain::batch::BatchId;
+use crate::domain::ids::{DaemonId, TemplateId};
+use crate::domain::output::ResultError;
+use crate::domain::request::{RequestId, RequestState};
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::types::Json;
+use std::future::Future;
+use std::time::Duration;
+
+/// How many requests of a model this daemon would take now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelDemand {
+    /// The model.
+    pub model: String,
+    /// Its global limit: most in flight across all daemons.
+    pub limit: u32,
+    /// Free slots in this daemon.
+    pub want: u32,
+}
+
+/// What a claim asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// The claiming daemon.
+    pub daemon: DaemonId,
+    /// Models with their own limits.
+    pub models: Vec<ModelDemand>,
+    /// Limit of every other model.
+    pub default_limit: u32,
+    /// Free slots for every other model.
+    pub default_want: u32,
+    /// Most requests claimed by this one statement.
+    pub max_total: u32,
+}
+
+/// A claimed request with what is needed to send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedRequest {
+    /// The request.
+    pub id: RequestId,
+    /// Its batch.
+    pub batch_id: Option<BatchId>,
+    /// Its template.
+    pub template_id: TemplateId,
+    /// The lease: later writes must name this attempt.
+    pub attempt: i32,
+    /// Retries already made.
+    pub retries: i32,
+    /// The model it is routed by.
+    pub model: String,
+    /// The caller's id.
+    pub custom_id: Option<String>,
+    /// The batch deadline, if any.
+    pub deadline: Option<DateTime<Utc>>,
+    /// The endpoint path, e.g. `/v1/chat/completions`.
+    pub path: String,
+    /// The body to send, as written in the input.
+    pub body: String,
+    /// A base URL that overrides the configured route ("" for none).
+    pub endpoint: String,
+}
+
+/// The final result of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// The request.
+    pub id: RequestId,
+    /// The attempt that produced the result.
+    pub attempt: i32,
+    /// The terminal state: `Completed` goes to the output file, `Failed` and
+    /// `Canceled` to the error file.
+    pub state: RequestState,
+    /// The upstream's status, when it answered.
+    pub status_code: Option<i32>,
+    /// The upstream's request id header.
+    pub upstream_request_id: Option<String>,
+    /// The upstream's body, when it answered.
+    pub body: Option<String>,
+    /// Why it failed, when it did.
+    pub error: Option<ResultError>,
+}
+
+/// A request going back to pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requeue {
+    /// The request.
+    pub id: RequestId,
+    /// The attempt that ends.
+    pub attempt: i32,
+    /// Claimable again after this delay.
+    pub delay: Duration,
+    /// Whether this is a retry (counted against max_retries) or a release.
+    pub is_retry: bool,
+}
+
+/// Claiming and settling requests.
+pub trait QueueStore: Send + Sync {
+    /// Claims up to `max_total` pending requests over all models with pending
+    /// work, earliest deadline first, within each model's global limit and
+    /// this daemon's free slots. Claims from all daemons are serialized by one
+    /// transaction-scoped advisory lock, so the in-flight count they read is
+    /// never low.
+    fn claim(&self, req: &ClaimRequest)
+    -> impl Future<Output = Result<Vec<ClaimedRequest>>> + Send;
+    /// Records final results; returns the ids whose lease still held (the
+    /// others were rescued, expired or cancelled meanwhile and are untouched).
+    fn finish(&self, items: &[Finished]) -> impl Future<Output = Result<Vec<RequestId>>> + Send;
+    /// Returns requests to pending; returns the ids whose lease still held.
+    fn requeue(&self, items: &[Requeue]) -> impl Future<Output = Result<Vec<RequestId>>> + Send;
+    /// Of these requests held by `daemon`, those it must stop: their lease is
+    /// gone, or their batch is being cancelled.
+    fn lost_leases(
+        &self,
+        daemon: DaemonId,
+        held: &[(RequestId, i32)],
+    ) -> impl Future<Output = Result<Vec<RequestId>>> + Send;
+}
+
+/// Key of the advisory lock that serializes claims across daemons.
+const CLAIM_LOCK: i64 = 0x66_75_73_69_6c_6c; // "fusill"
+
+const CLAIM_SQL: &str = "
+WITH RECURSIVE pending_models AS (
+    (SELECT model FROM requests WHERE state = 'pending' ORDER BY model LIMIT 1)
+    UNION ALL
+    SELECT (SELECT r.model FROM requests r
+            WHERE r.state = 'pending' AND r.model > p.model ORDER BY r.model LIMIT 1)
+    FROM pending_models p WHERE p.model IS NOT NULL
+),
+demand AS (
+    SELECT p.model,
+           GREATEST(0, LEAST(
+               COALESCE(c.cap, $4) - (SELECT count(*) FROM requests f
+                                     WHERE f.model = p.model
+                                       AND f.state IN ('claimed', 'processing')),
+               COALESCE(c.want, $5))) AS k
+    FROM pending_models p
+    LEFT JOIN unnest($2::text[], $3::int[], $6::int[]) AS c(model, cap, want) ON c.model = p.model
+    WHERE p.model IS NOT NULL
+),
+picked AS (
+    SELECT x.id FROM demand d CROSS JOIN LATERAL (
+        SELECT r.id FROM requests r
+        WHERE r.state = 'pending' AND r.model = d.model
+          AND r.not_before <= now() AND r.deadline > now()
+        ORDER BY r.deadline, r.not_before
+        LIMIT d.k
+        FOR UPDATE SKIP LOCKED) x
+    WHERE d.k > 0
+    LIMIT $7
+)
+UPDATE requests q
+SET state = 'claimed', attempt = q.attempt + 1, daemon_id = $1, claimed_at = now()
+FROM picked p, request_templates t
+WHERE q.id = p.id AND q.state = 'pending' AND t.id = q.template_id
+RETURNING q.id, q.batch_id, q.template_id, q.attempt, q.retries, q.model, q.custom_id,
+          CASE WHEN q.deadline = 'infinity' THEN NULL ELSE q.deadline END AS deadline,
+          t.path, t.body, t.endpoint";
+
+impl QueueStore for PostgresStore {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedRequest>> {
+        let names: Vec<&str> = req.models.iter().map(|m| m.model.as_str()).collect();
+        let caps: Vec<i32> = req.models.iter().map(|m| clamp_i32(m.limit)).collect();
+        let wants: Vec<i32> = req.models.iter().map(|m| clamp_i32(m.want)).collect();
+        let mut tx = self.pools.primary.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CLAIM_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(CLAIM_SQL)
+            .bind(req.daemon)
+            .bind(&names)
+            .bind(&caps)
+            .bind(clamp_i32(req.default_limit))
+            .bind(clamp_i32(req.default_want))
+            .bind(&wants)
+            .bind(i64::from(req.max_total))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ClaimedRequest {
+                    id: r.try_get("id")?,
+                    batch_id: r.try_get("batch_id")?,
+                    template_id: r.try_get("template_id")?,
+                    attempt: r.try_get("attempt")?,
+                    retries: r.try_get("retries")?,
+                    model: r.try_get("model")?,
+                    custom_id: r.try_get("custom_id")?,
+                    deadline: r.try_get("deadline")?,
+                    path: r.try_get("path")?,
+                    body: r.try_get("body")?,
+                    endpoint: r.try_get("endpoint")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn finish(&self, items: &[Finished]) -> Result<Vec<RequestId>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<RequestId> = items.iter().map(|i| i.id).collect();
+        let attempts: Vec<i32> = items.iter().map(|i| i.attempt).collect();
+        let states: Vec<RequestState> = items
+            .iter()
+            .map(|i| {
+                assert!(i.state.is_terminal(), "finish needs a terminal state");
+                i.state
+            })
+            .collect();
+        let statuses: Vec<Option<i32>> = items.iter().map(|i| i.status_code).collect();
+        let upstream_ids: Vec<Option<&str>> = items
+            .iter()
+            .map(|i| i.upstream_request_id.as_deref())
+            .collect();
+        let bodies: Vec<Option<&str>> = items.iter().map(|i| i.body.as_deref()).collect();
+        let errors: Vec<Option<Json<&ResultError>>> =
+            items.iter().map(|i| i.error.as_ref().map(Json)).collect();
+        let accepted: Vec<RequestId> = sqlx::query_scalar(
+            "WITH o AS (
+                 SELECT *, state = 'completed' AS ok
+                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[],
+                             $6::text[], $7::jsonb[])
+                     AS o(id, attempt, state, status_code, upstream_request_id, body, error)),
+             done AS (
+                 UPDATE requests q
+                 SET state = o.state,
+                     finished_at = now(), daemon_id = NULL
+                 FROM o
+                 WHERE q.id = o.id AND q.attempt = o.attempt
+                   AND q.state IN ('claimed', 'processing')
+                 RETURNING q.id, q.batch_id, q.custom_id, o.ok, o.status_code,
+                           o.upstream_request_id, o.body, o.error)
+             INSERT INTO request_results
+                 (request_id, batch_id, custom_id, ok, status_code, upstream_request_id, body, error)
+             SELECT id, batch_id, custom_id, ok, status_code, upstream_request_id, body,
+                    CASE WHEN ok THEN NULL
+                         ELSE COALESCE(error, '{\"code\":\"upstream_error\",\"message\":\"\"}') END
+             FROM done
+             RETURNING request_id",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&states)
+        .bind(&statuses)
+        .bind(&upstream_ids)
+        .bind(&bodies)
+        .bind(&errors)
+        .fetch_all(&self.pools.primary)
+        .await?;
+        Ok(accepted)
+    }
+
+    async fn requeue(&self, items: &[Requeue]) -> Result<Vec<RequestId>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<RequestId> = items.iter().map(|i| i.id).collect();
+        let attempts: Vec<i32> = items.iter().map(|i| i.attempt).collect();
+        let delays: Vec<i64> = items
+            .iter()
+            .map(|i| i64::try_from(i.delay.as_micros()).unwrap_or(i64::MAX))
+            .collect();
+        let retries: Vec<i32> = items.iter().map(|i| i32::from(i.is_retry)).collect();
+        let accepted: Vec<RequestId> = sqlx::query_scalar(
+            "UPDATE requests q
+             SET state = 'pending', daemon_id = NULL, started_at = NULL,
+                 not_before = now() + o.delay_us * interval '1 microsecond',
+                 retries = q.retries + o.retry
+             FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::int[])
+                 AS o(id, attempt, delay_us, retry)
+             WHERE q.id = o.id AND q.attempt = o.attempt AND q.state IN ('claimed', 'processing')
+             RETURNING q.id",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&delays)
+        .bind(&retries)
+        .fetch_all(&self.pools.primary)
+        .await?;
+        Ok(accepted)
+    }
+
+    async fn lost_leases(
+        &self,
+        daemon: DaemonId,
+        held: &[(RequestId, i32)],
+    ) -> Result<Vec<RequestId>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<RequestId> = held.iter().map(|h| h.0).collect();
+        let attempts: Vec<i32> = held.iter().map(|h| h.1).collect();
+        let lost: Vec<RequestId> = sqlx::query_scalar(
+            "SELECT h.id FROM unnest($2::uuid[], $3::int[]) AS h(id, attempt)
+             LEFT JOIN requests q ON q.id = h.id
+             LEFT JOIN batches b ON b.id = q.batch_id
+             WHERE q.id IS NULL OR q.attempt <> h.attempt OR q.daemon_id IS DISTINCT FROM $1
+                OR q.state NOT IN ('claimed', 'processing')
+                OR b.status IN ('cancelling', 'cancelled', 'expired')",
+        )
+        .bind(daemon)
+        .bind(&ids)
+        .bind(&attempts)
+        .fetch_all(&self.pools.primary)
+        .await?;
+        Ok(lost)
+    }
+}
+
+fn clamp_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
