@@ -12,6 +12,7 @@
 pub mod config;
 pub mod domain;
 pub mod store;
+pub mod upstream;
 
 /// Requests: ids, states, records.
 pub mod request {

@@ -207,7 +207,7 @@ impl LineSplitter {
                 });
             } else if self.carry.is_empty() {
                 self.emit(part, &mut f);
-            } else if self.carry.len() + part.len() > self.max_line + 1 {
+            } else if self.carry.len() + part.len() > self.room(self.line_no) {
                 let last = part.last().or(self.carry.last());
                 let cr = u64::from(last == Some(&b'\r'));
                 let len = (self.carry.len() + part.len()) as u64 - cr;
@@ -227,8 +227,7 @@ impl LineSplitter {
         if let Some((seen, cr)) = self.skipping.as_mut() {
             *seen += rest.len() as u64;
             *cr = rest.last().map_or(*cr, |&b| b == b'\r');
-        } else if self.carry.len() + rest.len() > self.max_line + 1 {
-            // +1 leaves room for a CR that a CRLF ending will strip.
+        } else if self.carry.len() + rest.len() > self.room(self.line_no + 1) {
             let last = rest.last().or(self.carry.last());
             self.skipping = Some(((self.carry.len() + rest.len()) as u64, last == Some(&b'\r')));
             self.carry = Vec::new();
@@ -250,6 +249,14 @@ impl LineSplitter {
             let line = std::mem::take(&mut self.carry);
             self.emit(&line, &mut f);
         }
+    }
+
+    /// The most bytes line `number` may hold before its ending is seen: the
+    /// limit, plus a CR that a CRLF ending will strip, plus a BOM on line 1
+    /// (`emit` strips both, then checks the limit exactly).
+    fn room(&self, number: u64) -> usize {
+        let bom = if number == 1 { 3 } else { 0 };
+        self.max_line + 1 + bom
     }
 
     fn emit(&self, mut line: &[u8], f: &mut impl FnMut(RawLine<'_>)) {

@@ -85,15 +85,24 @@ enum Body<'a> {
 impl ResultRow<'_> {
     /// Appends this result as one JSONL line (with its newline) to `out`.
     pub fn write_line(&self, out: &mut Vec<u8>) {
+        let raw = self
+            .body
+            .and_then(|text| serde_json::from_str::<&RawValue>(text).ok());
+        // Some servers pretty-print. In valid JSON a CR or LF can only be
+        // whitespace between tokens, so spaces in their place keep the value
+        // and keep the line one line.
+        let flat = raw
+            .filter(|r| r.get().contains(['\n', '\r']))
+            .map(|r| RawValue::from_string(r.get().replace(['\n', '\r'], " ")))
+            .transpose()
+            .expect("JSON with whitespace changed is still JSON");
         let response = self.status_code.map(|status_code| Response {
             status_code,
             request_id: self.upstream_request_id.unwrap_or(""),
-            body: match self.body {
-                Some(text) => match serde_json::from_str::<&RawValue>(text) {
-                    Ok(raw) => Body::Json(raw),
-                    Err(_) => Body::Text(text),
-                },
-                None => Body::Text(""),
+            body: match (flat.as_deref().or(raw), self.body) {
+                (Some(raw), _) => Body::Json(raw),
+                (None, Some(text)) => Body::Text(text),
+                (None, None) => Body::Text(""),
             },
         });
         let line = Line {

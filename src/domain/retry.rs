@@ -59,7 +59,9 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     if let Ok(secs) = value.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
     }
-    let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+    let at = DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .with_timezone(&Utc);
     Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
 
@@ -168,12 +170,19 @@ mod tests {
             assert_eq!(classify(&answered(s)), Class::Success, "{s}");
         }
         for s in [408, 429, 500, 502, 503, 504, 599] {
-            assert_eq!(classify(&answered(s)), Class::Retryable { after: None }, "{s}");
+            assert_eq!(
+                classify(&answered(s)),
+                Class::Retryable { after: None },
+                "{s}"
+            );
         }
         for s in [100, 301, 400, 401, 403, 404, 409, 413, 422] {
             assert_eq!(classify(&answered(s)), Class::Fatal, "{s}");
         }
-        assert_eq!(classify(&Attempt::TimedOut), Class::Retryable { after: None });
+        assert_eq!(
+            classify(&Attempt::TimedOut),
+            Class::Retryable { after: None }
+        );
         assert_eq!(
             classify(&Attempt::ConnectionFailed),
             Class::Retryable { after: None }
@@ -186,8 +195,14 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(parse_retry_after("1", now), Some(Duration::from_secs(1)));
-        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("0.5", now), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("0.5", now),
+            Some(Duration::from_millis(500))
+        );
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
             Some(Duration::from_secs(30))
@@ -207,7 +222,10 @@ mod tests {
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(1000),
         };
-        assert_eq!(p.delay(1, 0.999_999, None), Duration::from_millis(100).mul_f64(0.999_999));
+        assert_eq!(
+            p.delay(1, 0.999_999, None),
+            Duration::from_millis(100).mul_f64(0.999_999)
+        );
         assert_eq!(p.delay(2, 0.5, None), Duration::from_millis(100));
         assert_eq!(p.delay(3, 0.5, None), Duration::from_millis(200));
         assert_eq!(p.delay(9, 0.5, None), Duration::from_millis(500));
@@ -229,7 +247,10 @@ mod tests {
         };
         let now = Utc::now();
         let later = now + chrono::Duration::hours(1);
-        assert_eq!(p.decide(&answered(200), 1, now, later, 0.5), Decision::Complete);
+        assert_eq!(
+            p.decide(&answered(200), 1, now, later, 0.5),
+            Decision::Complete
+        );
         assert_eq!(
             p.decide(&answered(400), 1, now, later, 0.5),
             Decision::Fail(FailReason::Fatal)

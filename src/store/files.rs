@@ -56,10 +56,10 @@ pub struct FileListQuery<'a> {
 
 /// Bytes of templates (and of raw file parts) sent to the database at a time:
 /// big enough to amortise round trips, small enough to keep memory flat.
-const SEGMENT_BYTES: usize = 4 << 20;
+const SEGMENT_BYTES: usize = 1 << 20;
 /// Incoming chunks are cut to this size so that one huge chunk cannot make a
 /// segment huge.
-const SLICE_BYTES: usize = 1 << 20;
+const SLICE_BYTES: usize = 256 << 10;
 
 /// One unit of work for the database writer.
 struct Segment {
@@ -217,9 +217,10 @@ async fn remove_duplicates(
              WHERE t.id = r.id AND r.rn > 1 \
              RETURNING r.line_number, r.custom_id, r.first_line) \
          SELECT count(*) OVER () AS total, line_number, custom_id, first_line \
-         FROM gone ORDER BY line_number LIMIT $2",
+         FROM gone ORDER BY line_number LIMIT GREATEST($2, 1)",
     )
     .bind(file_id)
+    // At least one row, even when no error is kept: it carries the total.
     .bind(keep as i64)
     .fetch_all(&mut **tx)
     .await?;
@@ -230,6 +231,7 @@ async fn remove_duplicates(
         .unwrap_or(0);
     let errors = rows
         .iter()
+        .take(keep)
         .map(|r| {
             let line: i64 = r.try_get("line_number")?;
             let custom_id: String = r.try_get("custom_id")?;
@@ -302,10 +304,10 @@ impl PostgresStore {
                 for slice in chunk.chunks(SLICE_BYTES) {
                     st.part.extend_from_slice(slice);
                     splitter.push(slice, |line| st.line(line));
-                    if let Some(seg) = st.take_segment(false) {
-                        if seg_tx.send(seg).await.is_err() {
-                            return Ok(st); // the writer failed; its error wins
-                        }
+                    if let Some(seg) = st.take_segment(false)
+                        && seg_tx.send(seg).await.is_err()
+                    {
+                        return Ok(st); // the writer failed; its error wins
                     }
                 }
             }

@@ -1,0 +1,235 @@
+//! Helpers shared by the store tests: a store over a read-only replica, uploads
+//! fed in small chunks, input-line builders and direct SQL readers.
+//!
+//! Each test binary uses only part of this module.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use fusillade::domain::file::File;
+use fusillade::domain::ids::FileId;
+use fusillade::store::{ByteStream, NewBatch, NewFile, Result};
+use fusillade::{BatchId, FileStore, IngestLimits, PostgresStore, TestDbPools};
+use futures_util::{Stream, TryStreamExt, stream};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The chat completions endpoint, the one most lines use.
+pub const CHAT: &str = "/v1/chat/completions";
+/// The embeddings endpoint, for lines that target another endpoint.
+pub const EMBEDDINGS: &str = "/v1/embeddings";
+
+/// A store whose replica pool is read-only, so a write sent to it fails.
+pub async fn store(pool: &PgPool) -> PostgresStore {
+    PostgresStore::new(TestDbPools::new(pool.clone()).await.unwrap())
+}
+
+/// Like [`store`], with these upload limits.
+pub async fn store_with(pool: &PgPool, limits: IngestLimits) -> PostgresStore {
+    store(pool).await.with_limits(limits)
+}
+
+/// `data` as a stream of `chunk`-byte pieces, as an HTTP body would arrive.
+pub fn chunked(
+    data: &[u8],
+    chunk: usize,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin + use<> {
+    let pieces: Vec<std::io::Result<Bytes>> = data
+        .chunks(chunk.max(1))
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    stream::iter(pieces)
+}
+
+/// Uploads `data` in `chunk`-byte pieces; the store's answer as is.
+pub async fn try_upload(
+    store: &PostgresStore,
+    owner: &str,
+    data: &[u8],
+    chunk: usize,
+) -> Result<File> {
+    let new = NewFile {
+        owner: owner.into(),
+        filename: "input.jsonl".into(),
+        expires_at: None,
+    };
+    store.create_file(new, chunked(data, chunk)).await
+}
+
+/// Uploads raw bytes in 7-byte chunks, so lines, BOMs and CRLFs are cut at
+/// every possible place.
+pub async fn upload_bytes(store: &PostgresStore, owner: &str, data: &[u8]) -> File {
+    try_upload(store, owner, data, 7).await.unwrap()
+}
+
+/// Uploads `text` in 7-byte chunks.
+pub async fn upload(store: &PostgresStore, owner: &str, text: &str) -> File {
+    upload_bytes(store, owner, text.as_bytes()).await
+}
+
+/// A chat completions body for `model`, with some content naming `tag`.
+pub fn chat_body(tag: &str, model: &str) -> String {
+    format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hello {tag}"}}]}}"#)
+}
+
+/// An input line with this custom_id, url and raw body (no newline).
+pub fn line_with(custom_id: &str, url: &str, body: &str) -> String {
+    format!(r#"{{"custom_id":"{custom_id}","method":"POST","url":"{url}","body":{body}}}"#)
+}
+
+/// A valid chat completions line for model `m-<custom_id>` (no newline).
+pub fn line(custom_id: &str) -> String {
+    line_with(custom_id, CHAT, &chat_body(custom_id, &model_of(custom_id)))
+}
+
+/// The model [`line`] uses for this custom_id.
+pub fn model_of(custom_id: &str) -> String {
+    format!("m-{custom_id}")
+}
+
+/// `lines` joined, each ending with a newline.
+pub fn jsonl<S: AsRef<str>>(lines: &[S]) -> String {
+    lines.iter().map(|l| format!("{}\n", l.as_ref())).collect()
+}
+
+/// A file of valid lines `<prefix>0`, `<prefix>1`, ...
+pub fn valid_file(prefix: &str, n: usize) -> String {
+    let lines: Vec<String> = (0..n).map(|i| line(&format!("{prefix}{i}"))).collect();
+    jsonl(&lines)
+}
+
+/// Everything a byte stream yields, concatenated.
+pub async fn collect(stream: ByteStream) -> Vec<u8> {
+    stream
+        .try_fold(Vec::new(), |mut all, chunk| async move {
+            all.extend_from_slice(&chunk);
+            Ok(all)
+        })
+        .await
+        .unwrap()
+}
+
+/// A batch of `file` against `endpoint` with a 24h window.
+pub fn new_batch<'a>(owner: &'a str, file: FileId, endpoint: &'a str) -> NewBatch<'a> {
+    NewBatch {
+        owner,
+        input_file_id: file,
+        endpoint,
+        completion_window: "24h",
+        metadata: None,
+        idempotency_key: None,
+    }
+}
+
+/// A `request_templates` row, read directly.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TemplateRow {
+    pub id: Uuid,
+    pub line_number: i64,
+    pub custom_id: String,
+    pub method: String,
+    pub path: String,
+    pub body: String,
+    pub model: String,
+    pub body_byte_size: i64,
+}
+
+/// The file's templates in line order.
+pub async fn templates(pool: &PgPool, file: FileId) -> Vec<TemplateRow> {
+    sqlx::query_as(
+        "SELECT id, line_number, custom_id, method, path, body, model, body_byte_size \
+         FROM request_templates WHERE file_id = $1 ORDER BY line_number",
+    )
+    .bind(file)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The line numbers of the file's templates, in order.
+pub async fn template_lines(pool: &PgPool, file: FileId) -> Vec<i64> {
+    templates(pool, file)
+        .await
+        .iter()
+        .map(|t| t.line_number)
+        .collect()
+}
+
+/// A `requests` row, read directly.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RequestRow {
+    pub id: Uuid,
+    pub template_id: Uuid,
+    pub model: String,
+    pub custom_id: Option<String>,
+    pub state: String,
+    pub deadline: chrono::DateTime<chrono::Utc>,
+}
+
+/// The batch's requests in id order.
+pub async fn requests(pool: &PgPool, batch: BatchId) -> Vec<RequestRow> {
+    sqlx::query_as(
+        "SELECT id, template_id, model, custom_id, state, deadline \
+         FROM requests WHERE batch_id = $1 ORDER BY id",
+    )
+    .bind(batch)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// How many rows `table` has (for checking that nothing was stored).
+pub async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Puts a request in flight by hand, as a daemon's claim would.
+pub async fn set_in_flight(pool: &PgPool, request: Uuid, state: &str) {
+    let started = if state == "processing" {
+        "now()"
+    } else {
+        "NULL"
+    };
+    sqlx::query(&format!(
+        "UPDATE requests SET state = $2, daemon_id = $3, attempt = 1, claimed_at = now(), \
+         started_at = {started} WHERE id = $1"
+    ))
+    .bind(request)
+    .bind(state)
+    .bind(Uuid::now_v7())
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Ends a request by hand with its result, as the daemon will: `completed`
+/// when `error` is `None`, else `failed`.
+pub async fn finish(
+    pool: &PgPool,
+    request: Uuid,
+    status_code: Option<i32>,
+    body: Option<&str>,
+    error: Option<serde_json::Value>,
+) {
+    let ok = error.is_none();
+    let state = if ok { "completed" } else { "failed" };
+    sqlx::query(
+        "WITH r AS (UPDATE requests SET state = $2, finished_at = now(), daemon_id = NULL \
+                    WHERE id = $1 RETURNING id, batch_id, custom_id) \
+         INSERT INTO request_results \
+             (request_id, batch_id, custom_id, ok, status_code, upstream_request_id, body, error) \
+         SELECT id, batch_id, custom_id, $3, $4, $5, $6, $7 FROM r",
+    )
+    .bind(request)
+    .bind(state)
+    .bind(ok)
+    .bind(status_code)
+    .bind(status_code.map(|_| format!("upstream-{}", request.simple())))
+    .bind(body)
+    .bind(error)
+    .execute(pool)
+    .await
+    .unwrap();
+}

@@ -1,0 +1,72 @@
+//! `TestDbPools`: the replica pool is read-only, so a store write sent to it
+//! would fail its test instead of passing unnoticed.
+
+use fusillade::{DbPools, IngestLimits, PostgresStore, TestDbPools};
+use sqlx::PgPool;
+
+#[sqlx::test]
+async fn the_replica_refuses_writes_and_serves_reads(pool: PgPool) {
+    let pools = TestDbPools::new(pool.clone()).await.unwrap();
+    let insert = "INSERT INTO daemons (id, hostname, pid, version) \
+                  VALUES (gen_random_uuid(), 'h', 1, 'v')";
+
+    let err = sqlx::query(insert)
+        .execute(pools.replica())
+        .await
+        .unwrap_err();
+    let db = err.as_database_error().expect("a database error");
+    assert_eq!(db.code().as_deref(), Some("25006"), "{db}"); // read_only_sql_transaction
+    // Every connection of the replica is read-only, not just the first.
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(pools.replica().acquire().await.unwrap());
+    }
+    for conn in &mut conns {
+        assert!(sqlx::query(insert).execute(&mut **conn).await.is_err());
+        let ro: String = sqlx::query_scalar("SHOW transaction_read_only")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        assert_eq!(ro, "on");
+    }
+    drop(conns);
+
+    // The primary writes; the replica reads what it wrote.
+    sqlx::query(insert).execute(pools.primary()).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM daemons")
+        .fetch_one(pools.replica())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    let split: DbPools = pools.into();
+    assert!(sqlx::query(insert).execute(&split.replica).await.is_err());
+    sqlx::query(insert).execute(&split.primary).await.unwrap();
+
+    // A single pool plays both roles and writes through either.
+    let single = DbPools::single(pool);
+    sqlx::query(insert).execute(&single.replica).await.unwrap();
+}
+
+#[sqlx::test]
+async fn a_store_over_test_pools_reads_from_the_read_only_replica(pool: PgPool) {
+    let store = PostgresStore::new(TestDbPools::new(pool).await.unwrap());
+    assert_eq!(store.limits(), &IngestLimits::default());
+    let read_only = |p: &PgPool| {
+        let p = p.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SHOW transaction_read_only")
+                .fetch_one(&p)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(read_only(&store.pools().replica).await, "on");
+    assert_eq!(read_only(&store.pools().primary).await, "off");
+    let limits = IngestLimits {
+        max_line_bytes: 10,
+        ..Default::default()
+    };
+    let store = store.with_limits(limits.clone());
+    assert_eq!(store.limits(), &limits);
+}

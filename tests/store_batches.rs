@@ -1,0 +1,373 @@
+//! `BatchStore` against a real PostgreSQL: batches made from files, or refused
+//! with line-numbered errors.
+
+mod common;
+
+use chrono::Duration;
+use common::*;
+use fusillade::domain::batch::BatchError;
+use fusillade::domain::file::{FileKind, FilePurpose};
+use fusillade::store::{NewBatch, Owner};
+use fusillade::{
+    BatchStatus, BatchStore, FileId, FileStore, IngestLimits, RequestCounts, StoreError,
+};
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashSet};
+
+/// A batch's errors as (code, line) pairs.
+fn codes(errors: &Option<Vec<BatchError>>) -> Vec<(String, Option<i64>)> {
+    errors
+        .as_ref()
+        .expect("the batch has errors")
+        .iter()
+        .map(|e| (e.code.clone(), e.line))
+        .collect()
+}
+
+fn pending(n: i64) -> RequestCounts {
+    RequestCounts {
+        total: n,
+        pending: n,
+        ..Default::default()
+    }
+}
+
+#[sqlx::test]
+async fn a_valid_file_gives_a_running_batch_with_one_request_per_line(pool: PgPool) {
+    let store = store(&pool).await;
+    let file = upload(&store, "alice", &valid_file("r", 3)).await;
+    let metadata = BTreeMap::from([("team".to_string(), "search".to_string())]);
+    let batch = store
+        .create_batch(NewBatch {
+            metadata: Some(metadata.clone()),
+            ..new_batch("alice", file.id, CHAT)
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(batch.owner, "alice");
+    assert_eq!(batch.input_file_id, file.id);
+    assert_eq!(batch.endpoint, CHAT);
+    assert_eq!(batch.completion_window, "24h");
+    assert_eq!(batch.metadata, Some(metadata));
+    assert_eq!(batch.status, BatchStatus::InProgress);
+    assert_eq!(batch.errors, None);
+    assert_eq!(batch.request_counts, pending(3));
+    assert_eq!(batch.in_progress_at, Some(batch.created_at));
+    assert_eq!(
+        batch.expires_at,
+        Some(batch.created_at + Duration::hours(24))
+    );
+    for t in [
+        batch.finalizing_at,
+        batch.completed_at,
+        batch.failed_at,
+        batch.expired_at,
+        batch.cancelling_at,
+        batch.cancelled_at,
+    ] {
+        assert_eq!(t, None);
+    }
+
+    // The output and error files exist, virtual, with OpenAI's purpose.
+    let output = batch.output_file_id.unwrap();
+    let error = batch.error_file_id.unwrap();
+    assert_ne!(output, error);
+    for (id, kind) in [(output, FileKind::Output), (error, FileKind::Error)] {
+        let f = store
+            .get_file(Owner::Only("alice"), id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.purpose, FilePurpose::BatchOutput);
+        assert_eq!(f.kind, kind);
+        assert_eq!(f.batch_id, Some(batch.id));
+        assert_eq!(f.owner, "alice");
+        let suffix = if kind == FileKind::Output {
+            "output"
+        } else {
+            "error"
+        };
+        let name = format!("batch_{}_{suffix}.jsonl", batch.id.0.simple());
+        assert_eq!(f.filename, name);
+    }
+
+    // One pending request per line, in line order, due at the batch's deadline.
+    let tpl = templates(&pool, file.id).await;
+    let reqs = requests(&pool, batch.id).await;
+    assert_eq!(reqs.len(), 3);
+    for (r, t) in reqs.iter().zip(&tpl) {
+        assert_eq!(r.template_id, t.id);
+        assert_eq!(r.custom_id.as_deref(), Some(t.custom_id.as_str()));
+        assert_eq!(r.model, t.model);
+        assert_eq!(r.state, "pending");
+        assert_eq!(Some(r.deadline), batch.expires_at);
+    }
+    assert_eq!(
+        store.get_batch(Owner::Any, batch.id).await.unwrap(),
+        Some(batch)
+    );
+}
+
+#[sqlx::test]
+async fn the_window_sets_the_deadline(pool: PgPool) {
+    let store = store(&pool).await;
+    let file = upload(&store, "alice", &valid_file("r", 1)).await;
+    for (window, length) in [("90m", Duration::minutes(90)), ("1h", Duration::hours(1))] {
+        let batch = store
+            .create_batch(NewBatch {
+                completion_window: window,
+                ..new_batch("alice", file.id, CHAT)
+            })
+            .await
+            .unwrap();
+        assert_eq!(batch.completion_window, window);
+        assert_eq!(batch.expires_at, Some(batch.created_at + length));
+        assert_eq!(
+            Some(requests(&pool, batch.id).await[0].deadline),
+            batch.expires_at
+        );
+    }
+}
+
+#[sqlx::test]
+async fn a_file_with_refused_lines_gives_a_failed_batch(pool: PgPool) {
+    let store = store(&pool).await;
+    let text = jsonl(&[
+        line("a"),
+        "not json".into(),
+        line("b"),
+        line("a"),
+        line_with("c", CHAT, r#"{"messages":[]}"#),
+    ]);
+    let file = upload(&store, "alice", &text).await;
+    let batch = store
+        .create_batch(new_batch("alice", file.id, CHAT))
+        .await
+        .unwrap();
+    assert_eq!(batch.status, BatchStatus::Failed);
+    assert!(batch.failed_at.is_some());
+    assert_eq!(batch.in_progress_at, None);
+    assert_eq!(
+        codes(&batch.errors),
+        vec![
+            ("invalid_json_line".into(), Some(2)),
+            ("duplicate_custom_id".into(), Some(4)),
+            ("missing_model".into(), Some(5)),
+        ]
+    );
+    assert!(batch.errors.unwrap().iter().all(|e| !e.message.is_empty()));
+    assert_eq!(batch.request_counts, RequestCounts::default());
+    assert_eq!((batch.output_file_id, batch.error_file_id), (None, None));
+    assert_eq!(count(&pool, "requests").await, 0);
+    assert_eq!(
+        store.request_counts(batch.id).await.unwrap(),
+        RequestCounts::default()
+    );
+}
+
+#[sqlx::test]
+async fn only_the_first_errors_are_listed_with_a_note(pool: PgPool) {
+    let limits = IngestLimits {
+        max_kept_errors: 2,
+        ..Default::default()
+    };
+    let store = store_with(&pool, limits).await;
+    let lines: Vec<String> = (0..5).map(|i| format!("bad {i}")).collect();
+    let file = upload(&store, "alice", &jsonl(&lines)).await;
+    let batch = store
+        .create_batch(new_batch("alice", file.id, CHAT))
+        .await
+        .unwrap();
+    assert_eq!(batch.status, BatchStatus::Failed);
+    assert_eq!(
+        codes(&batch.errors),
+        vec![
+            ("invalid_json_line".into(), Some(1)),
+            ("invalid_json_line".into(), Some(2)),
+            ("too_many_errors".into(), None),
+        ]
+    );
+    assert!(batch.errors.unwrap()[2].message.contains('5'));
+}
+
+#[sqlx::test]
+async fn lines_for_another_endpoint_fail_the_batch(pool: PgPool) {
+    let store = store(&pool).await;
+    let emb = |id: &str| line_with(id, EMBEDDINGS, r#"{"model":"e","input":"x"}"#);
+    let text = jsonl(&[line("a"), emb("b"), line("c"), emb("d"), "oops".into()]);
+    let file = upload(&store, "alice", &text).await;
+    assert_eq!((file.template_count, file.error_count), (4, 1));
+
+    let batch = store
+        .create_batch(new_batch("alice", file.id, CHAT))
+        .await
+        .unwrap();
+    assert_eq!(batch.status, BatchStatus::Failed);
+    assert_eq!(
+        codes(&batch.errors),
+        vec![
+            ("invalid_url".into(), Some(2)),
+            ("invalid_url".into(), Some(4)),
+            ("invalid_json_line".into(), Some(5)),
+        ]
+    );
+    let errors = batch.errors.unwrap();
+    assert!(
+        errors[0].message.contains(EMBEDDINGS),
+        "{}",
+        errors[0].message
+    );
+    assert_eq!(errors[0].param.as_deref(), Some("url"));
+
+    let batch = store
+        .create_batch(new_batch("alice", file.id, EMBEDDINGS))
+        .await
+        .unwrap();
+    let lines: Vec<Option<i64>> = batch.errors.unwrap().iter().map(|e| e.line).collect();
+    assert_eq!(lines, vec![Some(1), Some(3), Some(5)]);
+    assert_eq!(count(&pool, "requests").await, 0);
+
+    // A file whose every line targets the batch's endpoint runs.
+    let file = upload(&store, "alice", &jsonl(&[emb("x"), emb("y")])).await;
+    let batch = store
+        .create_batch(new_batch("alice", file.id, EMBEDDINGS))
+        .await
+        .unwrap();
+    assert_eq!(batch.status, BatchStatus::InProgress);
+    assert_eq!(batch.request_counts, pending(2));
+}
+
+#[sqlx::test]
+async fn an_empty_file_gives_a_failed_batch(pool: PgPool) {
+    let store = store(&pool).await;
+    let file = upload(&store, "alice", "\n\n").await;
+    let batch = store
+        .create_batch(new_batch("alice", file.id, CHAT))
+        .await
+        .unwrap();
+    assert_eq!(batch.status, BatchStatus::Failed);
+    assert_eq!(codes(&batch.errors), vec![("empty_file".into(), None)]);
+    assert_eq!(batch.request_counts.total, 0);
+}
+
+#[sqlx::test]
+async fn bad_parameters_are_refused_before_anything_is_stored(pool: PgPool) {
+    let store = store(&pool).await;
+    let file = upload(&store, "alice", &valid_file("r", 1)).await;
+    let too_many: BTreeMap<String, String> =
+        (0..17).map(|i| (format!("k{i}"), "v".into())).collect();
+    let long_key = BTreeMap::from([("k".repeat(65), "v".into())]);
+    let long_value = BTreeMap::from([("k".into(), "v".repeat(513))]);
+    let cases = [
+        NewBatch {
+            completion_window: "24d",
+            ..new_batch("alice", file.id, CHAT)
+        },
+        NewBatch {
+            completion_window: "0h",
+            ..new_batch("alice", file.id, CHAT)
+        },
+        NewBatch {
+            completion_window: "",
+            ..new_batch("alice", file.id, CHAT)
+        },
+        new_batch("alice", file.id, "/v1/images/generations"),
+        new_batch("alice", file.id, "v1/chat/completions"),
+        NewBatch {
+            metadata: Some(too_many),
+            ..new_batch("alice", file.id, CHAT)
+        },
+        NewBatch {
+            metadata: Some(long_key),
+            ..new_batch("alice", file.id, CHAT)
+        },
+        NewBatch {
+            metadata: Some(long_value),
+            ..new_batch("alice", file.id, CHAT)
+        },
+    ];
+    for new in cases {
+        let shown = format!("{new:?}");
+        let err = store.create_batch(new).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{shown}: {err:?}");
+    }
+    // Invalid on an unknown file too: parameters are checked first.
+    let err = store
+        .create_batch(NewBatch {
+            completion_window: "1d",
+            ..new_batch("alice", FileId::new(), CHAT)
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    assert_eq!(count(&pool, "batches").await, 0);
+}
+
+#[sqlx::test]
+async fn the_input_file_must_be_the_owners_live_input_file(pool: PgPool) {
+    let store = store(&pool).await;
+    let file = upload(&store, "alice", &valid_file("r", 1)).await;
+    let gone = upload(&store, "alice", &valid_file("r", 1)).await;
+    assert!(store.delete_file(Owner::Any, gone.id).await.unwrap());
+    for new in [
+        new_batch("alice", FileId::new(), CHAT),
+        new_batch("bob", file.id, CHAT),
+        new_batch("alice", gone.id, CHAT),
+    ] {
+        let err = store.create_batch(new).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::NotFound { what: "file", .. }),
+            "{err:?}"
+        );
+    }
+    let batch = store
+        .create_batch(new_batch("alice", file.id, CHAT))
+        .await
+        .unwrap();
+    for output in [batch.output_file_id.unwrap(), batch.error_file_id.unwrap()] {
+        let err = store
+            .create_batch(new_batch("alice", output, CHAT))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    }
+    assert_eq!(count(&pool, "batches").await, 1);
+}
+
+#[sqlx::test]
+async fn an_idempotency_key_returns_the_first_batch(pool: PgPool) {
+    let store = store(&pool).await;
+    let file = upload(&store, "alice", &valid_file("r", 2)).await;
+    let keyed = |key| NewBatch {
+        idempotency_key: Some(key),
+        ..new_batch("alice", file.id, CHAT)
+    };
+    let first = store.create_batch(keyed("k1")).await.unwrap();
+    let again = store.create_batch(keyed("k1")).await.unwrap();
+    assert_eq!(again, first);
+    let other = store.create_batch(keyed("k2")).await.unwrap();
+    assert_ne!(other.id, first.id);
+    assert_eq!(count(&pool, "batches").await, 2);
+    assert_eq!(count(&pool, "requests").await, 4);
+}
+
+#[sqlx::test]
+async fn batches_of_one_file_have_their_own_requests(pool: PgPool) {
+    let store = store(&pool).await;
+    let file = upload(&store, "alice", &valid_file("r", 50)).await;
+    let mut ids = HashSet::new();
+    for _ in 0..3 {
+        let batch = store
+            .create_batch(new_batch("alice", file.id, CHAT))
+            .await
+            .unwrap();
+        let reqs = requests(&pool, batch.id).await;
+        assert_eq!(reqs.len(), 50);
+        let custom: Vec<String> = reqs.iter().map(|r| r.custom_id.clone().unwrap()).collect();
+        let want: Vec<String> = (0..50).map(|i| format!("r{i}")).collect();
+        assert_eq!(custom, want, "request ids follow line order");
+        ids.extend(reqs.iter().map(|r| r.id));
+    }
+    assert_eq!(ids.len(), 150);
+}

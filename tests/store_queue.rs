@@ -1,0 +1,377 @@
+//! The daemon's hot path and the timed maintenance, against a real PostgreSQL.
+
+mod common;
+
+use common::*;
+use fusillade::domain::batch::{BatchId, BatchStatus};
+use fusillade::domain::daemon::{DaemonStats, NewDaemon};
+use fusillade::domain::ids::DaemonId;
+use fusillade::domain::output::ResultError;
+use fusillade::domain::request::{RequestId, RequestState};
+use fusillade::store::{
+    BatchStore, ClaimRequest, ClaimedRequest, DaemonStore, Finished, MaintenanceStore, ModelDemand,
+    Owner, PostgresStore, QueueStore, RequestStore, Requeue,
+};
+use sqlx::PgPool;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Uploads `n` lines for `model` and makes a batch of them.
+async fn batch_of(store: &PostgresStore, model: &str, n: usize, window: &str) -> BatchId {
+    let lines: Vec<String> = (0..n)
+        .map(|i| line_with(&format!("{model}-{i}"), CHAT, &chat_body("x", model)))
+        .collect();
+    let file = upload(store, "", &jsonl(&lines)).await;
+    let mut nb = new_batch("", file.id, CHAT);
+    nb.completion_window = window;
+    let b = store.create_batch(nb).await.unwrap();
+    assert_eq!(b.status, BatchStatus::InProgress);
+    b.id
+}
+
+async fn daemon(store: &PostgresStore) -> DaemonId {
+    store
+        .register_daemon(NewDaemon {
+            hostname: "test".into(),
+            pid: 1,
+            version: "0".into(),
+            config: serde_json::json!({}),
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+fn demand(daemon: DaemonId, models: &[(&str, u32, u32)], max_total: u32) -> ClaimRequest {
+    ClaimRequest {
+        daemon,
+        models: models
+            .iter()
+            .map(|&(m, limit, want)| ModelDemand {
+                model: m.into(),
+                limit,
+                want,
+            })
+            .collect(),
+        default_limit: 0,
+        default_want: 0,
+        max_total,
+    }
+}
+
+fn count(claimed: &[ClaimedRequest], model: &str) -> usize {
+    claimed.iter().filter(|c| c.model == model).count()
+}
+
+fn done(c: &ClaimedRequest) -> Finished {
+    Finished {
+        id: c.id,
+        attempt: c.attempt,
+        state: RequestState::Completed,
+        status_code: Some(200),
+        upstream_request_id: Some("up-1".into()),
+        body: Some(r#"{"ok":true}"#.into()),
+        error: None,
+    }
+}
+
+#[sqlx::test]
+async fn claim_keeps_each_model_under_its_global_limit(pool: PgPool) {
+    let store = store(&pool).await;
+    batch_of(&store, "a", 10, "24h").await;
+    batch_of(&store, "b", 5, "24h").await;
+    let (d1, d2) = (daemon(&store).await, daemon(&store).await);
+
+    let first = store
+        .claim(&demand(d1, &[("a", 3, 100), ("b", 10, 100)], 100))
+        .await
+        .unwrap();
+    assert_eq!(count(&first, "a"), 3);
+    assert_eq!(count(&first, "b"), 5);
+    assert!(first.iter().all(|c| c.attempt == 1 && c.retries == 0));
+    assert!(
+        first
+            .iter()
+            .all(|c| c.path == CHAT && c.body.contains("\"model\""))
+    );
+
+    // Another daemon sees the same global limit.
+    let second = store
+        .claim(&demand(d2, &[("a", 3, 100), ("b", 10, 100)], 100))
+        .await
+        .unwrap();
+    assert!(second.is_empty());
+
+    // One finished frees one slot.
+    let a = first.iter().find(|c| c.model == "a").unwrap();
+    assert_eq!(store.finish(&[done(a)]).await.unwrap(), vec![a.id]);
+    let third = store
+        .claim(&demand(d2, &[("a", 3, 100)], 100))
+        .await
+        .unwrap();
+    assert_eq!(count(&third, "a"), 1);
+}
+
+#[sqlx::test]
+async fn claim_honours_free_slots_total_cap_and_defaults(pool: PgPool) {
+    let store = store(&pool).await;
+    batch_of(&store, "a", 10, "24h").await;
+    batch_of(&store, "other", 10, "24h").await;
+    let d = daemon(&store).await;
+    let got = store
+        .claim(&demand(d, &[("a", 100, 2)], 100))
+        .await
+        .unwrap();
+    assert_eq!(count(&got, "a"), 2, "want caps the claim");
+    assert_eq!(count(&got, "other"), 0, "default want is 0");
+
+    let mut req = demand(d, &[], 3);
+    req.default_limit = 100;
+    req.default_want = 100;
+    let got = store.claim(&req).await.unwrap();
+    assert_eq!(got.len(), 3, "max_total caps the statement");
+}
+
+#[sqlx::test]
+async fn claim_prefers_the_earlier_deadline(pool: PgPool) {
+    let store = store(&pool).await;
+    let late = batch_of(&store, "m", 3, "24h").await;
+    let soon = batch_of(&store, "m", 3, "1h").await;
+    let d = daemon(&store).await;
+    let got = store
+        .claim(&demand(d, &[("m", 100, 3)], 100))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    assert!(
+        got.iter().all(|c| c.batch_id == Some(soon)),
+        "{late} is later"
+    );
+    assert!(got.iter().all(|c| c.deadline.is_some()));
+}
+
+#[sqlx::test]
+async fn finish_writes_results_once_and_rejects_stale_attempts(pool: PgPool) {
+    let store = store(&pool).await;
+    let batch = batch_of(&store, "m", 2, "24h").await;
+    let d = daemon(&store).await;
+    let got = store.claim(&demand(d, &[("m", 10, 10)], 10)).await.unwrap();
+    let (ok, bad) = (&got[0], &got[1]);
+    let failed = Finished {
+        id: bad.id,
+        attempt: bad.attempt,
+        state: RequestState::Failed,
+        status_code: Some(400),
+        upstream_request_id: None,
+        body: Some(r#"{"error":{"message":"bad"}}"#.into()),
+        error: Some(ResultError::new("upstream_error", "HTTP 400")),
+    };
+    let stale = Finished {
+        attempt: ok.attempt - 1,
+        ..done(ok)
+    };
+    assert!(store.finish(&[stale]).await.unwrap().is_empty());
+    let accepted = store.finish(&[done(ok), failed.clone()]).await.unwrap();
+    assert_eq!(accepted.len(), 2);
+    // Terminal states never change, even with the right attempt.
+    assert!(store.finish(&[failed]).await.unwrap().is_empty());
+
+    let r = store.get_request(ok.id).await.unwrap().unwrap();
+    assert_eq!(r.state, RequestState::Completed);
+    assert_eq!(r.status_code, Some(200));
+    assert!(r.daemon_id.is_none() && r.finished_at.is_some());
+
+    let out = String::from_utf8(collect(store.output_stream(batch)).await).unwrap();
+    let errs = String::from_utf8(collect(store.error_stream(batch)).await).unwrap();
+    assert_eq!(out.lines().count(), 1);
+    assert_eq!(errs.lines().count(), 1);
+    let e: serde_json::Value = serde_json::from_str(errs.trim()).unwrap();
+    assert_eq!(e["response"]["status_code"], 400);
+    assert_eq!(e["response"]["body"]["error"]["message"], "bad");
+    assert_eq!(e["error"]["code"], "upstream_error");
+}
+
+#[sqlx::test]
+async fn requeue_delays_retries_and_counts_them(pool: PgPool) {
+    let store = store(&pool).await;
+    batch_of(&store, "m", 2, "24h").await;
+    let d = daemon(&store).await;
+    let got = store.claim(&demand(d, &[("m", 10, 10)], 10)).await.unwrap();
+    let accepted = store
+        .requeue(&[
+            Requeue {
+                id: got[0].id,
+                attempt: got[0].attempt,
+                delay: Duration::from_secs(3600),
+                is_retry: true,
+            },
+            Requeue {
+                id: got[1].id,
+                attempt: got[1].attempt,
+                delay: Duration::ZERO,
+                is_retry: false,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(accepted.len(), 2);
+    // A second requeue of the same attempt is stale.
+    let again = Requeue {
+        id: got[1].id,
+        attempt: got[1].attempt,
+        delay: Duration::ZERO,
+        is_retry: false,
+    };
+    assert!(store.requeue(&[again]).await.unwrap().is_empty());
+
+    let next = store.claim(&demand(d, &[("m", 10, 10)], 10)).await.unwrap();
+    assert_eq!(next.len(), 1, "the delayed retry is not claimable yet");
+    assert_eq!(next[0].id, got[1].id);
+    assert_eq!(next[0].attempt, got[1].attempt + 1);
+    assert_eq!(next[0].retries, 0, "a release is not a retry");
+    let delayed = store.get_request(got[0].id).await.unwrap().unwrap();
+    assert_eq!(delayed.state, RequestState::Pending);
+    assert!(delayed.not_before > chrono::Utc::now() + chrono::Duration::minutes(59));
+    let retries: i32 = sqlx::query_scalar("SELECT retries FROM requests WHERE id = $1")
+        .bind(got[0].id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(retries, 1);
+}
+
+#[sqlx::test]
+async fn rescue_returns_claims_of_dead_daemons_only(pool: PgPool) {
+    let store = store(&pool).await;
+    batch_of(&store, "m", 4, "24h").await;
+    let (alive, dying) = (daemon(&store).await, daemon(&store).await);
+    let mine = store
+        .claim(&demand(alive, &[("m", 10, 2)], 10))
+        .await
+        .unwrap();
+    let theirs = store
+        .claim(&demand(dying, &[("m", 10, 2)], 10))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE daemons SET last_heartbeat = now() - interval '1 hour' WHERE id = $1")
+        .bind(dying)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = store.rescue(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(report.dead_daemons, 1);
+    assert_eq!(report.requests, 2);
+
+    // The dead daemon's late writes are rejected; it learns its leases are gone.
+    let held: Vec<(RequestId, i32)> = theirs.iter().map(|c| (c.id, c.attempt)).collect();
+    let lost = store.lost_leases(dying, &held).await.unwrap();
+    assert_eq!(lost.len(), 2);
+    assert!(store.finish(&[done(&theirs[0])]).await.unwrap().is_empty());
+    assert!(
+        store
+            .heartbeat(dying, DaemonStats::default())
+            .await
+            .is_err()
+    );
+    // The live daemon keeps its own.
+    let held: Vec<(RequestId, i32)> = mine.iter().map(|c| (c.id, c.attempt)).collect();
+    assert!(store.lost_leases(alive, &held).await.unwrap().is_empty());
+    assert_eq!(store.finish(&[done(&mine[0])]).await.unwrap().len(), 1);
+
+    // Claims by an id that never registered are rescued too.
+    let ghost = DaemonId::new();
+    let ghost_claims = store
+        .claim(&demand(ghost, &[("m", 10, 10)], 10))
+        .await
+        .unwrap();
+    assert_eq!(ghost_claims.len(), 2);
+    assert_eq!(
+        store
+            .rescue(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .requests,
+        2
+    );
+    let again = store
+        .claim(&demand(alive, &[("m", 10, 10)], 10))
+        .await
+        .unwrap();
+    let ids: HashSet<_> = again.iter().map(|c| c.id).collect();
+    assert_eq!(ids.len(), 2);
+}
+
+#[sqlx::test]
+async fn finalize_completes_expires_and_cancels(pool: PgPool) {
+    let store = store(&pool).await;
+    let d = daemon(&store).await;
+
+    // Completed: every request ended.
+    let b1 = batch_of(&store, "one", 2, "24h").await;
+    let got = store
+        .claim(&demand(d, &[("one", 10, 10)], 10))
+        .await
+        .unwrap();
+    assert!(store.finalize(10).await.unwrap().is_empty());
+    let fin: Vec<Finished> = got.iter().map(done).collect();
+    store.finish(&fin).await.unwrap();
+    let report = store.finalize(10).await.unwrap();
+    assert_eq!(report.completed, vec![b1]);
+    let b = store.get_batch(Owner::Any, b1).await.unwrap().unwrap();
+    assert_eq!(b.status, BatchStatus::Completed);
+    assert!(b.completed_at.is_some() && b.finalizing_at.is_some());
+
+    // Expired: past the deadline, finished results kept, the rest batch_expired.
+    let b2 = batch_of(&store, "two", 3, "24h").await;
+    let got = store
+        .claim(&demand(d, &[("two", 10, 2)], 10))
+        .await
+        .unwrap();
+    store.finish(&[done(&got[0])]).await.unwrap();
+    sqlx::query("UPDATE batches SET expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(b2)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = store.finalize(10).await.unwrap();
+    assert_eq!(report.expired, vec![b2]);
+    let b = store.get_batch(Owner::Any, b2).await.unwrap().unwrap();
+    assert_eq!(b.status, BatchStatus::Expired);
+    assert_eq!(b.request_counts.completed, 1);
+    assert_eq!(b.request_counts.failed, 2);
+    let errs = String::from_utf8(collect(store.error_stream(b2)).await).unwrap();
+    assert_eq!(errs.matches("batch_expired").count(), 2);
+    // The in-flight one lost its lease.
+    assert!(store.finish(&[done(&got[1])]).await.unwrap().is_empty());
+
+    // Cancelled: waits for the in-flight request, which the daemon ends.
+    let b3 = batch_of(&store, "three", 3, "24h").await;
+    let got = store
+        .claim(&demand(d, &[("three", 10, 1)], 10))
+        .await
+        .unwrap();
+    let b = store.cancel_batch(Owner::Any, b3).await.unwrap();
+    assert_eq!(b.status, BatchStatus::Cancelling);
+    assert!(store.finalize(10).await.unwrap().cancelled.is_empty());
+    let lost = store
+        .lost_leases(d, &[(got[0].id, got[0].attempt)])
+        .await
+        .unwrap();
+    assert_eq!(lost, vec![got[0].id], "the daemon is told to stop the call");
+    let canceled = Finished {
+        id: got[0].id,
+        attempt: got[0].attempt,
+        state: RequestState::Canceled,
+        status_code: None,
+        upstream_request_id: None,
+        body: None,
+        error: Some(ResultError::new("batch_cancelled", "cancelled")),
+    };
+    assert_eq!(store.finish(&[canceled]).await.unwrap().len(), 1);
+    assert_eq!(store.finalize(10).await.unwrap().cancelled, vec![b3]);
+    let b = store.get_batch(Owner::Any, b3).await.unwrap().unwrap();
+    assert_eq!(b.status, BatchStatus::Cancelled);
+    assert_eq!(b.request_counts.canceled, 3);
+    let errs = String::from_utf8(collect(store.error_stream(b3)).await).unwrap();
+    assert_eq!(errs.lines().count(), 3);
+}
