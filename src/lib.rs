@@ -10,6 +10,7 @@
 //! - `cli` (in the binary): one module per subcommand.
 
 pub mod config;
+pub mod daemon;
 pub mod domain;
 pub mod store;
 pub mod upstream;

@@ -2,6 +2,10 @@
 //! here; the work itself is done by the library.
 
 mod migrate;
+mod progress;
+mod run;
+mod setup;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +25,10 @@ pub struct Cli {
 enum Command {
     /// Applies the database schema (safe to run any number of times).
     Migrate(migrate::Args),
+    /// Runs the daemon alone: claims and executes requests (scale-out).
+    Worker(worker::Args),
+    /// Runs one input file to completion and writes its output and error files.
+    Run(run::Args),
 }
 
 /// Whether a failure is the user's input (exit 2) or happened at run time (exit 1).
@@ -30,6 +38,8 @@ pub enum Kind {
     Usage,
     /// Anything that went wrong while working.
     Runtime,
+    /// Stopped by a signal before the work was done (exit 130).
+    Interrupted,
 }
 
 /// A failure with the exit code it maps to.
@@ -47,6 +57,7 @@ impl CliError {
         match self.kind {
             Kind::Usage => 2,
             Kind::Runtime => 1,
+            Kind::Interrupted => 130,
         }
     }
 }
@@ -86,6 +97,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     rt.block_on(async move {
         match cli.command {
             Command::Migrate(args) => migrate::run(args).await,
+            Command::Worker(args) => worker::run(args).await,
+            Command::Run(args) => run::run(args).await,
         }
     })
 }

@@ -138,6 +138,8 @@ pub struct File {
     pub error_count: i64,
     /// The first refused lines, in line order (at most `max_kept_errors`).
     pub errors: Vec<LineError>,
+    /// The distinct `url`s of the valid lines, sorted.
+    pub urls: Vec<String>,
     /// When it was uploaded.
     pub created_at: DateTime<Utc>,
     /// When it may be deleted.

@@ -309,6 +309,11 @@ impl BatchStore for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
+        if errors.is_empty() {
+            sqlx::query(super::notify::NOTIFY_WORK)
+                .execute(&mut *tx)
+                .await?;
+        }
         let batch = fetch_batch(&mut *tx, owner, id)
             .await?
             .expect("the batch was just inserted");
@@ -318,6 +323,19 @@ impl BatchStore for PostgresStore {
 
     async fn get_batch(&self, owner: Owner<'_>, id: BatchId) -> Result<Option<Batch>> {
         fetch_batch(&self.pools.replica, owner, id).await
+    }
+
+    async fn find_batch_by_key(&self, owner: &str, key: &str) -> Result<Option<Batch>> {
+        let id: Option<BatchId> =
+            sqlx::query_scalar("SELECT id FROM batches WHERE owner = $1 AND idempotency_key = $2")
+                .bind(owner)
+                .bind(key)
+                .fetch_optional(&self.pools.primary)
+                .await?;
+        match id {
+            Some(id) => fetch_batch(&self.pools.primary, Owner::Only(owner), id).await,
+            None => Ok(None),
+        }
     }
 
     async fn list_batches(&self, q: BatchListQuery<'_>) -> Result<Page<Batch>> {

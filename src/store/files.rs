@@ -255,7 +255,7 @@ fn merge_errors(a: Vec<LineError>, b: Vec<LineError>, keep: usize) -> Vec<LineEr
 }
 
 pub(super) const FILE_COLUMNS: &str = "id, owner, filename, purpose, kind, batch_id, bytes, \
-     template_count, error_count, errors, created_at, expires_at";
+     template_count, error_count, errors, urls, created_at, expires_at";
 
 pub(super) fn file_from_row(row: &PgRow) -> Result<File> {
     let errors: sqlx::types::Json<Vec<LineError>> = row.try_get("errors")?;
@@ -270,6 +270,7 @@ pub(super) fn file_from_row(row: &PgRow) -> Result<File> {
         template_count: row.try_get("template_count")?,
         error_count: row.try_get("error_count")?,
         errors: errors.0,
+        urls: row.try_get("urls")?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
     })

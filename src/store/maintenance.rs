@@ -64,7 +64,9 @@ impl MaintenanceStore for PostgresStore {
                         OR NOT EXISTS (SELECT 1 FROM daemons d
                                        WHERE d.id = q.daemon_id AND d.status = 'running'))
                  RETURNING q.id)
-             SELECT (SELECT count(*) FROM dead) AS dead, (SELECT count(*) FROM freed) AS freed",
+             SELECT (SELECT count(*) FROM dead) AS dead, (SELECT count(*) FROM freed) AS freed,
+                    CASE WHEN EXISTS (SELECT 1 FROM freed)
+                         THEN (SELECT 1 FROM pg_notify('fusillade_work', '')) END AS notified",
         )
         .bind(ms)
         .fetch_one(&self.pools.primary)

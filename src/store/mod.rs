@@ -14,6 +14,7 @@ mod copy;
 mod daemons;
 mod files;
 mod maintenance;
+mod notify;
 mod pools;
 mod queue;
 mod requests;
@@ -23,6 +24,7 @@ pub use batches::{BatchListQuery, NewBatch};
 pub use daemons::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
 pub use files::{FileListQuery, NewFile, Order};
 pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
+pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
 pub use pools::{DbPools, TestDbPools};
 pub use queue::{ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue};
 pub use response_steps::ResponseStepStore;
@@ -149,6 +151,12 @@ pub trait BatchStore: Send + Sync {
         &self,
         owner: Owner<'_>,
         id: BatchId,
+    ) -> impl Future<Output = Result<Option<Batch>>> + Send;
+    /// The batch an owner created with this idempotency key, if any.
+    fn find_batch_by_key(
+        &self,
+        owner: &str,
+        key: &str,
     ) -> impl Future<Output = Result<Option<Batch>>> + Send;
     /// Batches, newest first, after a cursor.
     fn list_batches(

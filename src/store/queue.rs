@@ -273,14 +273,18 @@ impl QueueStore for PostgresStore {
             .collect();
         let retries: Vec<i32> = items.iter().map(|i| i32::from(i.is_retry)).collect();
         let accepted: Vec<RequestId> = sqlx::query_scalar(
-            "UPDATE requests q
+            "WITH r AS (
+             UPDATE requests q
              SET state = 'pending', daemon_id = NULL, started_at = NULL,
                  not_before = now() + o.delay_us * interval '1 microsecond',
                  retries = q.retries + o.retry
              FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::int[])
                  AS o(id, attempt, delay_us, retry)
              WHERE q.id = o.id AND q.attempt = o.attempt AND q.state IN ('claimed', 'processing')
-             RETURNING q.id",
+             RETURNING q.id, o.delay_us = 0 AS now)
+             -- Released work is claimable at once: wake idle daemons.
+             SELECT r.id FROM r, (SELECT CASE WHEN EXISTS (SELECT 1 FROM r WHERE now)
+                                  THEN (SELECT 1 FROM pg_notify('fusillade_work', '')) END) n(x)",
         )
         .bind(&ids)
         .bind(&attempts)

@@ -1,0 +1,108 @@
+//! What every long-running subcommand does first: read the config, pick the
+//! database, connect and migrate, and wire signals.
+
+use super::{CliError, connect, runtime, usage};
+use fusillade::config::Config;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Flags shared by `worker`, `serve` and `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// TOML configuration file (SPEC §3).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL URL (default: $DATABASE_URL, then `database_url` in the config).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+/// Reads the config file, or the defaults without one.
+pub fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
+    match path {
+        Some(p) => Config::load(p).map_err(usage),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Connects to the database named by the flag, the environment or the
+/// config, and brings its schema up to date.
+pub async fn database(common: &Common, config: &Config) -> Result<sqlx::PgPool, CliError> {
+    let url = common
+        .database_url
+        .clone()
+        .filter(|u| !u.is_empty())
+        .or_else(|| config.database_url.clone())
+        .ok_or_else(|| {
+            usage(anyhow::anyhow!(
+                "no database: pass --database-url, set DATABASE_URL, or set database_url in the config"
+            ))
+        })?;
+    let pool = connect(&url).await?;
+    fusillade::store::migrate(&pool).await.map_err(runtime)?;
+    Ok(pool)
+}
+
+/// A token that fires on SIGTERM or Ctrl-C. A second Ctrl-C exits at once.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_for_stop_signal().await;
+        tracing::info!("stopping: finishing calls in flight (Ctrl-C again to quit at once)");
+        t.cancel();
+        wait_for_stop_signal().await;
+        eprintln!("fusillade: stopped at once; claims will be recovered by the next daemon");
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A config channel that reloads the file on SIGHUP (a bad file is logged
+/// and the running config kept). `adjust` is applied to every loaded config.
+pub fn reload_on_sighup(
+    path: Option<PathBuf>,
+    initial: Config,
+    adjust: impl Fn(Config) -> Result<Config, CliError> + Send + 'static,
+) -> watch::Receiver<Arc<Config>> {
+    let (tx, rx) = watch::channel(Arc::new(initial));
+    #[cfg(unix)]
+    if let Some(path) = path {
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match load_config(Some(&path)).and_then(&adjust) {
+                    Ok(c) => {
+                        tracing::info!(file = %path.display(), "configuration reloaded");
+                        let _ = tx.send(Arc::new(c));
+                    }
+                    Err(e) => tracing::error!(error = %e.error, "configuration not reloaded"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (path, adjust, tx);
+    rx
+}

@@ -1,0 +1,105 @@
+//! Outcomes are written many per statement: one `finish` and one `requeue`
+//! for everything that arrived while the previous write ran.
+
+use super::executor::{Outcome, Write};
+use super::{DaemonBackend, DbBackoff, Shared};
+use crate::domain::request::RequestState;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+
+/// Most outcomes written by one statement.
+const MAX_BATCH: usize = 1024;
+
+/// After shutdown, how long a failing database is retried before the
+/// remaining outcomes are given up (their leases then expire and other
+/// daemons redo the requests: nothing is lost, some work is repeated).
+const GIVE_UP_AFTER_SHUTDOWN: Duration = Duration::from_secs(15);
+
+/// Writes outcomes until every executor is gone.
+pub(super) async fn run<S: DaemonBackend>(
+    shared: Arc<Shared<S>>,
+    mut rx: UnboundedReceiver<Outcome>,
+    shutdown: CancellationToken,
+) {
+    let mut batch: Vec<Outcome> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        write(&shared, &mut batch, &shutdown).await;
+    }
+}
+
+async fn write<S: DaemonBackend>(
+    shared: &Shared<S>,
+    batch: &mut Vec<Outcome>,
+    shutdown: &CancellationToken,
+) {
+    let mut finishes = Vec::new();
+    let mut requeues = Vec::new();
+    for o in batch.iter() {
+        match &o.write {
+            Write::Finish(f) => finishes.push(f.clone()),
+            Write::Requeue(r) => requeues.push(*r),
+        }
+    }
+    let mut backoff = DbBackoff::default();
+    let never = CancellationToken::new();
+    let mut gave_up_at = None;
+    loop {
+        let result = async {
+            let f = shared.store.finish(&finishes).await?;
+            let r = shared.store.requeue(&requeues).await?;
+            Ok::<_, crate::store::StoreError>((f, r))
+        }
+        .await;
+        match result {
+            Ok((accepted, _)) => {
+                let accepted: std::collections::HashSet<_> = accepted.into_iter().collect();
+                for f in &finishes {
+                    if accepted.contains(&f.id) {
+                        let counter = if f.state == RequestState::Completed {
+                            &shared.done
+                        } else {
+                            &shared.failed
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, outcomes = batch.len(), "writing outcomes failed; retrying");
+                if shutdown.is_cancelled() {
+                    let since = *gave_up_at.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > GIVE_UP_AFTER_SHUTDOWN {
+                        tracing::error!(
+                            outcomes = batch.len(),
+                            "giving up on writing outcomes; their leases will expire"
+                        );
+                        break;
+                    }
+                }
+                backoff.wait(&never).await;
+            }
+        }
+    }
+    // Slots are freed only once the database agrees, so the global in-flight
+    // count never lags behind this daemon's view.
+    let mut held = shared.held.lock().expect("held lock");
+    for o in batch.drain(..) {
+        let id = match &o.write {
+            Write::Finish(f) => f.id,
+            Write::Requeue(r) => r.id,
+        };
+        held.remove(&id);
+        shared.limiter.release(&o.model, 1);
+    }
+}

@@ -1,0 +1,182 @@
+//! One request: call the upstream, then decide (in `domain::retry`) what follows.
+
+use super::{DaemonBackend, Shared, jitter};
+use crate::domain::output::{ResultError, codes};
+use crate::domain::request::RequestState;
+use crate::domain::retry::{Decision, FailReason};
+use crate::store::{ClaimedRequest, Finished, Requeue};
+use crate::upstream::{CallOutcome, UpstreamRequest};
+use chrono::Utc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+/// What the completer must write for one request.
+#[derive(Debug)]
+pub(super) struct Outcome {
+    pub model: String,
+    pub write: Write,
+}
+
+/// The write itself.
+#[derive(Debug)]
+pub(super) enum Write {
+    Finish(Finished),
+    Requeue(Requeue),
+}
+
+/// Runs one claimed request and sends its outcome to the completer.
+pub(super) async fn run<S: DaemonBackend>(
+    shared: Arc<Shared<S>>,
+    req: ClaimedRequest,
+    abort: CancellationToken,
+    outcomes: UnboundedSender<Outcome>,
+) {
+    let (config, client) = shared.current();
+    let call = UpstreamRequest {
+        request_id: req.id,
+        custom_id: req.custom_id.as_deref(),
+        model: &req.model,
+        path: &req.path,
+        body: &req.body,
+        endpoint_override: &req.endpoint,
+        deadline: req.deadline,
+    };
+    let outcome = tokio::select! {
+        o = client.send(&call) => Some(o),
+        _ = abort.cancelled() => None,
+    };
+    let write = match outcome {
+        None if shared.releasing.load(Ordering::SeqCst) => Write::Requeue(Requeue {
+            id: req.id,
+            attempt: req.attempt,
+            delay: Duration::ZERO,
+            is_retry: false,
+        }),
+        // The batch is being cancelled (or the lease is gone, in which case
+        // this guarded write is simply rejected).
+        None => Write::Finish(Finished {
+            id: req.id,
+            attempt: req.attempt,
+            state: RequestState::Canceled,
+            status_code: None,
+            upstream_request_id: None,
+            body: None,
+            error: Some(ResultError::new(
+                codes::BATCH_CANCELLED,
+                "the batch was cancelled while this request was running",
+            )),
+        }),
+        Some(o) => {
+            let deadline = req
+                .deadline
+                .unwrap_or_else(|| Utc::now() + chrono::Duration::days(3650));
+            let attempt_no = req.retries.max(0) as u32 + 1;
+            let decision = config.daemon.retry.decide(
+                &o.attempt(),
+                attempt_no,
+                Utc::now(),
+                deadline,
+                jitter(),
+            );
+            decide_write(&req, o, decision)
+        }
+    };
+    // The completer outlives every executor; a send error means it crashed.
+    let _ = outcomes.send(Outcome {
+        model: req.model,
+        write,
+    });
+}
+
+fn decide_write(req: &ClaimedRequest, o: CallOutcome, decision: Decision) -> Write {
+    match decision {
+        Decision::RetryAfter(delay) => Write::Requeue(Requeue {
+            id: req.id,
+            attempt: req.attempt,
+            delay,
+            is_retry: true,
+        }),
+        Decision::Complete => {
+            let CallOutcome::Answered {
+                status,
+                body,
+                upstream_request_id,
+                ..
+            } = o
+            else {
+                unreachable!("only an answer completes")
+            };
+            Write::Finish(Finished {
+                id: req.id,
+                attempt: req.attempt,
+                state: RequestState::Completed,
+                status_code: Some(i32::from(status)),
+                upstream_request_id,
+                body: Some(body),
+                error: None,
+            })
+        }
+        Decision::Fail(reason) => {
+            let why = match reason {
+                FailReason::Fatal => "",
+                FailReason::RetriesExhausted => " (retries exhausted)",
+                FailReason::DeadlineTooClose => " (a retry would pass the batch deadline)",
+            };
+            let (status_code, upstream_request_id, body, error) = match o {
+                CallOutcome::Answered {
+                    status,
+                    body,
+                    upstream_request_id,
+                    ..
+                } => (
+                    Some(i32::from(status)),
+                    upstream_request_id,
+                    Some(body),
+                    ResultError::new(
+                        codes::UPSTREAM_ERROR,
+                        format!("the upstream answered HTTP {status}{why}"),
+                    ),
+                ),
+                CallOutcome::TimedOut { phase } => (
+                    None,
+                    None,
+                    None,
+                    ResultError::new(
+                        codes::REQUEST_TIMEOUT,
+                        format!("the upstream did not answer in time ({phase} timeout){why}"),
+                    ),
+                ),
+                CallOutcome::ConnectionFailed { message } => (
+                    None,
+                    None,
+                    None,
+                    ResultError::new(
+                        codes::CONNECTION_ERROR,
+                        format!("could not reach the upstream: {message}{why}"),
+                    ),
+                ),
+                CallOutcome::BodyTooLarge { limit } => (
+                    None,
+                    None,
+                    None,
+                    ResultError::new(
+                        codes::UPSTREAM_ERROR,
+                        format!("the upstream's answer was larger than {limit} bytes"),
+                    ),
+                ),
+            };
+            Write::Finish(Finished {
+                id: req.id,
+                attempt: req.attempt,
+                state: RequestState::Failed,
+                status_code,
+                upstream_request_id,
+                body,
+                error: Some(error),
+            })
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Moves batches on: completed when every request has ended, expired at the
+//! deadline, cancelled once nothing is in flight.
+
+use super::{DaemonBackend, Shared};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often batches are checked. Cancellation and expiry both land within it.
+const EVERY: Duration = Duration::from_millis(250);
+/// Batches of each kind moved per statement.
+const LIMIT: i64 = 100;
+
+pub(super) async fn run<S: DaemonBackend>(shared: Arc<Shared<S>>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        run_once(&shared).await;
+    }
+}
+
+/// One pass (repeated while a pass fills its limit).
+pub(super) async fn run_once<S: DaemonBackend>(shared: &Shared<S>) {
+    loop {
+        match shared.store.finalize(LIMIT).await {
+            Ok(r) => {
+                for id in &r.completed {
+                    tracing::info!(batch = %id, "batch completed");
+                }
+                for id in &r.expired {
+                    tracing::info!(batch = %id, "batch expired");
+                }
+                for id in &r.cancelled {
+                    tracing::info!(batch = %id, "batch cancelled");
+                }
+                let most = r
+                    .completed
+                    .len()
+                    .max(r.expired.len())
+                    .max(r.cancelled.len());
+                if (most as i64) < LIMIT {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "finalize failed");
+                return;
+            }
+        }
+    }
+}

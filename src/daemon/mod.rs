@@ -1,0 +1,265 @@
+//! The runtime: claims requests, calls the upstream, records outcomes, and
+//! keeps batches moving. One file per role:
+//!
+//! - [`limiter`]: this daemon's slots per model.
+//! - [`producer`]: the claim loop (free slots -> claim -> spawn).
+//! - [`executor`]: one request: call the upstream, decide what follows.
+//! - [`completer`]: outcomes written many rows per statement.
+//! - [`heartbeat`]: liveness, and stopping calls whose lease was lost.
+//! - [`rescuer`]: returns claims of dead daemons to the queue.
+//! - [`finalizer`]: completes, expires and cancels batches.
+//!
+//! Shutdown is passed in as a [`CancellationToken`]; every spawned task is
+//! tracked and awaited.
+
+mod completer;
+mod executor;
+mod finalizer;
+mod heartbeat;
+pub mod limiter;
+mod producer;
+mod rescuer;
+
+use crate::config::Config;
+pub use crate::config::DaemonSettings as DaemonConfig;
+use crate::domain::daemon::{DaemonStats, NewDaemon};
+use crate::domain::ids::DaemonId;
+use crate::domain::request::RequestId;
+use crate::store::{DaemonStore, MaintenanceStore, QueueStore, StoreError, WorkNotifier};
+use crate::upstream::UpstreamClient;
+use limiter::Limiter;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything the daemon needs from storage.
+pub trait DaemonBackend:
+    QueueStore + MaintenanceStore + DaemonStore + WorkNotifier + Clone + Send + Sync + 'static
+{
+}
+impl<T> DaemonBackend for T where
+    T: QueueStore + MaintenanceStore + DaemonStore + WorkNotifier + Clone + Send + Sync + 'static
+{
+}
+
+/// A request this daemon holds, with the switch that aborts its call.
+#[derive(Debug)]
+struct Held {
+    attempt: i32,
+    abort: CancellationToken,
+}
+
+/// State shared by the daemon's tasks.
+struct Shared<S> {
+    store: S,
+    limiter: Limiter,
+    held: Mutex<HashMap<RequestId, Held>>,
+    id: RwLock<DaemonId>,
+    config: watch::Receiver<Arc<Config>>,
+    client: RwLock<(Arc<Config>, Arc<UpstreamClient>)>,
+    /// Set once the grace period is over: aborted calls are released, not cancelled.
+    releasing: AtomicBool,
+    done: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl<S> Shared<S> {
+    fn id(&self) -> DaemonId {
+        *self.id.read().expect("id lock")
+    }
+
+    /// The current configuration, and a client built for it.
+    fn current(&self) -> (Arc<Config>, Arc<UpstreamClient>) {
+        let latest = self.config.borrow().clone();
+        {
+            let c = self.client.read().expect("client lock");
+            if Arc::ptr_eq(&c.0, &latest) {
+                return c.clone();
+            }
+        }
+        let client = Arc::new(UpstreamClient::new(latest.clone()));
+        let mut c = self.client.write().expect("client lock");
+        *c = (latest, client);
+        c.clone()
+    }
+
+    fn stats(&self) -> DaemonStats {
+        DaemonStats {
+            in_flight: self.limiter.total() as i32,
+            requests_done: self.done.load(Ordering::Relaxed) as i64,
+            requests_failed: self.failed.load(Ordering::Relaxed) as i64,
+        }
+    }
+}
+
+/// What a daemon did before it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DaemonReport {
+    /// Requests it completed.
+    pub completed: u64,
+    /// Requests it ended as failed or cancelled.
+    pub failed: u64,
+}
+
+/// A worker: register, then claim and run requests until shut down.
+pub struct Daemon<S> {
+    store: S,
+    config: watch::Receiver<Arc<Config>>,
+}
+
+impl<S: DaemonBackend> Daemon<S> {
+    /// A daemon over `store`, following configuration updates sent on `config`
+    /// (send a new value to apply a reloaded file).
+    pub fn new(store: S, config: watch::Receiver<Arc<Config>>) -> Self {
+        Self { store, config }
+    }
+
+    /// Runs until `shutdown` fires, then stops claiming, lets calls in flight
+    /// finish within the grace period, releases the rest, and deregisters.
+    /// Database errors never end it; it backs off and goes on.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<DaemonReport, StoreError> {
+        let initial = self.config.borrow().clone();
+        let id = register(&self.store, &initial, &shutdown).await?;
+        let shared = Arc::new(Shared {
+            store: self.store,
+            limiter: Limiter::new(),
+            held: Mutex::new(HashMap::new()),
+            id: RwLock::new(id),
+            client: RwLock::new((initial.clone(), Arc::new(UpstreamClient::new(initial)))),
+            config: self.config,
+            releasing: AtomicBool::new(false),
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        });
+        tracing::info!(daemon = %id, "daemon started");
+
+        let background = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let executors = TaskTracker::new();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let completer = tokio::spawn(completer::run(shared.clone(), rx, shutdown.clone()));
+        tasks.spawn(heartbeat::run(shared.clone(), background.clone()));
+        tasks.spawn(rescuer::run(shared.clone(), background.clone()));
+        tasks.spawn(finalizer::run(shared.clone(), background.clone()));
+
+        producer::run(shared.clone(), tx, executors.clone(), shutdown.clone()).await;
+
+        // Stopping: calls in flight may finish within the grace period.
+        let grace = shared.config.borrow().daemon.shutdown_grace;
+        let _ = tokio::time::timeout(grace, async {
+            while shared.limiter.total() > 0 {
+                shared.limiter.freed().await;
+            }
+        })
+        .await;
+        shared.releasing.store(true, Ordering::SeqCst);
+        for held in shared.held.lock().expect("held lock").values() {
+            held.abort.cancel();
+        }
+        executors.close();
+        executors.wait().await;
+        // The completer ends once every sender (the executors') is gone.
+        if let Err(e) = completer.await {
+            tracing::error!(error = %e, "completer task failed");
+        }
+        background.cancel();
+        tasks.close();
+        tasks.wait().await;
+        let id = shared.id();
+        if let Err(e) = shared.store.mark_daemon_stopped(id).await {
+            tracing::warn!(daemon = %id, error = %e, "could not record the stop");
+        }
+        let report = DaemonReport {
+            completed: shared.done.load(Ordering::Relaxed),
+            failed: shared.failed.load(Ordering::Relaxed),
+        };
+        tracing::info!(daemon = %id, completed = report.completed, failed = report.failed, "daemon stopped");
+        Ok(report)
+    }
+}
+
+/// Registers with retries: a database that is down at start is waited for.
+async fn register<S: DaemonBackend>(
+    store: &S,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<DaemonId, StoreError> {
+    let mut backoff = DbBackoff::default();
+    loop {
+        let new = NewDaemon {
+            hostname: hostname(),
+            pid: std::process::id() as i32,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            config: describe(config),
+        };
+        match store.register_daemon(new).await {
+            Ok(d) => return Ok(d.id),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register the daemon; retrying");
+                if !backoff.wait(shutdown).await {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// The configuration as recorded in the daemons table: no keys, no URLs' secrets.
+fn describe(config: &Config) -> serde_json::Value {
+    let routes: serde_json::Map<String, serde_json::Value> = config
+        .models
+        .iter()
+        .map(|(m, r)| (m.clone(), serde_json::json!({"concurrency": r.concurrency})))
+        .collect();
+    serde_json::json!({
+        "default_concurrency": config.upstream.concurrency,
+        "models": routes,
+        "max_retries": config.daemon.retry.max_retries,
+        "claim_batch": config.daemon.claim_batch,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Backoff after database errors: 100 ms doubling to 5 s.
+#[derive(Debug)]
+struct DbBackoff {
+    next: Duration,
+}
+
+impl Default for DbBackoff {
+    fn default() -> Self {
+        Self {
+            next: Duration::from_millis(100),
+        }
+    }
+}
+
+impl DbBackoff {
+    /// Sleeps the next delay; `false` if `stop` fired first.
+    async fn wait(&mut self, stop: &CancellationToken) -> bool {
+        let d = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = stop.cancelled() => false,
+        }
+    }
+
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// A uniform random number in [0, 1) for jitter.
+fn jitter() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64
+}

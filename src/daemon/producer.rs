@@ -1,0 +1,119 @@
+//! The claim loop: while slots are free and work is pending, claim and spawn.
+//! It never sleeps a fixed time while work is claimable: it waits for a slot
+//! to free, a notification of new work, or (for delayed retries and other
+//! daemons' releases) a short poll.
+
+use super::{DaemonBackend, DbBackoff, Held, Shared, executor};
+use crate::store::{ClaimRequest, ModelDemand};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How often to look for work that no notification announces (retries whose
+/// delay ended, slots freed by other daemons).
+const POLL: Duration = Duration::from_millis(100);
+
+/// Builds the claim from the configuration and the slots in use.
+fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
+    let (config, _) = shared.current();
+    let in_flight = shared.limiter.snapshot();
+    let mut models: Vec<ModelDemand> = config
+        .models
+        .iter()
+        .map(|(m, r)| ModelDemand {
+            model: m.clone(),
+            limit: r.concurrency,
+            want: r
+                .concurrency
+                .saturating_sub(*in_flight.get(m).unwrap_or(&0)),
+        })
+        .collect();
+    // Models on the default route that this daemon is running now.
+    for (m, n) in &in_flight {
+        if !config.models.contains_key(m) {
+            models.push(ModelDemand {
+                model: m.clone(),
+                limit: config.upstream.concurrency,
+                want: config.upstream.concurrency.saturating_sub(*n),
+            });
+        }
+    }
+    ClaimRequest {
+        daemon: shared.id(),
+        models,
+        default_limit: config.upstream.concurrency,
+        default_want: config.upstream.concurrency,
+        max_total,
+    }
+}
+
+/// Claims and spawns until `shutdown` fires.
+pub(super) async fn run<S: DaemonBackend>(
+    shared: Arc<Shared<S>>,
+    outcomes: UnboundedSender<executor::Outcome>,
+    executors: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let mut work = match shared.store.listen_for_work().await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for new work; polling instead");
+            None
+        }
+    };
+    let mut backoff = DbBackoff::default();
+    while !shutdown.is_cancelled() {
+        let max_total = shared.current().0.daemon.claim_batch;
+        let claim = demand(&shared, max_total);
+        let claimed = match shared.store.claim(&claim).await {
+            Ok(c) => {
+                backoff.reset();
+                c
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claim failed; backing off");
+                if !backoff.wait(&shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let n = claimed.len();
+        for request in claimed {
+            let abort = CancellationToken::new();
+            shared.limiter.acquire(&request.model);
+            shared.held.lock().expect("held lock").insert(
+                request.id,
+                Held {
+                    attempt: request.attempt,
+                    abort: abort.clone(),
+                },
+            );
+            executors.spawn(executor::run(
+                shared.clone(),
+                request,
+                abort,
+                outcomes.clone(),
+            ));
+        }
+        if n as u32 >= max_total {
+            continue; // a full claim: more is probably waiting
+        }
+        tokio::select! {
+            _ = shared.limiter.freed() => {}
+            Some(_) = next_signal(&mut work) => {}
+            _ = tokio::time::sleep(POLL) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}
+
+async fn next_signal(work: &mut Option<crate::store::WorkSignals>) -> Option<()> {
+    match work {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
