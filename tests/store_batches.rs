@@ -192,6 +192,32 @@ async fn only_the_first_errors_are_listed_with_a_note(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn endpoint_mismatches_beyond_the_cap_are_noted_too(pool: PgPool) {
+    let limits = IngestLimits {
+        max_kept_errors: 2,
+        ..Default::default()
+    };
+    let store = store_with(&pool, limits).await;
+    let emb = |i: usize| line_with(&format!("e{i}"), EMBEDDINGS, r#"{"model":"e","input":"x"}"#);
+    let lines: Vec<String> = (0..4).map(emb).collect();
+    let file = upload(&store, "alice", &jsonl(&lines)).await;
+    assert_eq!(file.error_count, 0);
+    let batch = store
+        .create_batch(new_batch("alice", file.id, CHAT))
+        .await
+        .unwrap();
+    assert_eq!(
+        codes(&batch.errors),
+        vec![
+            ("invalid_url".into(), Some(1)),
+            ("invalid_url".into(), Some(2)),
+            ("too_many_errors".into(), None),
+        ]
+    );
+    assert!(batch.errors.unwrap()[2].message.starts_with("4 lines"));
+}
+
+#[sqlx::test]
 async fn lines_for_another_endpoint_fail_the_batch(pool: PgPool) {
     let store = store(&pool).await;
     let emb = |id: &str| line_with(id, EMBEDDINGS, r#"{"model":"e","input":"x"}"#);

@@ -130,18 +130,22 @@ impl PostgresStore {
         let keep = self.limits.max_kept_errors;
         let mut errors: Vec<BatchError> =
             file_errors.into_iter().map(line_error_to_batch).collect();
+        let mut total = error_count;
         // Only when the file's distinct urls say so, find the lines at fault.
         if urls.iter().any(|u| u != endpoint) {
             let rows = sqlx::query(
-                "SELECT line_number, path FROM request_templates \
-                 WHERE file_id = $1 AND path <> $2 ORDER BY line_number LIMIT $3",
+                "SELECT count(*) OVER () AS total, line_number, path FROM request_templates \
+                 WHERE file_id = $1 AND path <> $2 ORDER BY line_number LIMIT GREATEST($3, 1)",
             )
             .bind(file_id)
             .bind(endpoint)
             .bind(keep as i64)
             .fetch_all(&mut *tx)
             .await?;
-            for r in rows {
+            if let Some(first) = rows.first() {
+                total += first.try_get::<i64, _>("total")?;
+            }
+            for r in rows.iter().take(keep) {
                 let line: i64 = r.try_get("line_number")?;
                 let path: String = r.try_get("path")?;
                 errors.push(BatchError {
@@ -156,11 +160,12 @@ impl PostgresStore {
             errors.sort_by_key(|e| e.line);
             errors.truncate(keep);
         }
-        if error_count as usize > errors.len() && !errors.is_empty() && errors.len() == keep {
+        if total as usize > errors.len() && !errors.is_empty() {
             errors.push(BatchError {
                 code: "too_many_errors".into(),
                 message: format!(
-                    "{error_count} lines were refused; only the first {keep} are listed"
+                    "{total} lines were refused; only the first {} are listed",
+                    errors.len()
                 ),
                 param: None,
                 line: None,
@@ -170,8 +175,9 @@ impl PostgresStore {
     }
 }
 
-impl BatchStore for PostgresStore {
-    async fn create_batch(&self, new: NewBatch<'_>) -> Result<Batch> {
+impl PostgresStore {
+    /// One attempt at [`BatchStore::create_batch`].
+    async fn create_batch_once(&self, new: &NewBatch<'_>) -> Result<Batch> {
         let window = CompletionWindow::parse(new.completion_window)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         if let Some(m) = &new.metadata {
@@ -319,6 +325,24 @@ impl BatchStore for PostgresStore {
             .expect("the batch was just inserted");
         tx.commit().await?;
         Ok(batch)
+    }
+}
+
+impl BatchStore for PostgresStore {
+    async fn create_batch(&self, new: NewBatch<'_>) -> Result<Batch> {
+        // Request ids embed the batch id; two batches made in the same
+        // millisecond could (very rarely) collide. A fresh batch id fixes it.
+        let mut tries = 0;
+        loop {
+            match self.create_batch_once(&new).await {
+                Err(StoreError::Database(sqlx::Error::Database(e)))
+                    if e.constraint() == Some("requests_pkey") && tries < 3 =>
+                {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn get_batch(&self, owner: Owner<'_>, id: BatchId) -> Result<Option<Batch>> {
