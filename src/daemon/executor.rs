@@ -140,6 +140,16 @@ fn decide_write(req: &ClaimedRequest, o: CallOutcome, decision: Decision) -> Wri
                         format!("the upstream answered HTTP {status}{why}"),
                     ),
                 ),
+                // The batch's deadline cut the call short: the line expired.
+                CallOutcome::TimedOut { phase: "deadline" } => (
+                    None,
+                    None,
+                    None,
+                    ResultError::new(
+                        codes::BATCH_EXPIRED,
+                        "the batch's completion window ended before this request finished",
+                    ),
+                ),
                 CallOutcome::TimedOut { phase } => (
                     None,
                     None,

@@ -4,6 +4,8 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use bytes::Bytes;
 use fusillade::domain::file::File;
 use fusillade::domain::ids::FileId;

@@ -1,0 +1,217 @@
+//! The daemon when things break: a daemon killed mid-flight, connections
+//! terminated by the server, and `fusillade run` killed and rerun.
+
+mod common;
+
+use common::daemon::*;
+use common::*;
+use fusillade::domain::batch::BatchStatus;
+use fusillade::mock::{MockBehavior, MockUpstream};
+use fusillade::store::RequestStore;
+use fusillade::{BatchId, PostgresStore};
+use serde_json::Value;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// Every custom id appears exactly once across output and error files.
+async fn assert_each_line_once(store: &PostgresStore, batch: BatchId, n: usize) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for line in json_lines(store.output_stream(batch))
+        .await
+        .into_iter()
+        .chain(json_lines(store.error_stream(batch)).await)
+    {
+        *seen
+            .entry(line["custom_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len(), n);
+    assert!(seen.values().all(|&c| c == 1), "{seen:?}");
+}
+
+#[sqlx::test]
+async fn a_killed_daemons_claims_are_finished_by_another(pool: PgPool) {
+    let store = store(&pool).await;
+    let mock = MockUpstream::start(MockBehavior::with_latency(Duration::from_millis(300))).await;
+    let batch = batch_from_lines(&store, &lines_for("m", "r-", 40)).await;
+    let cfg = config(&mock.url(), "concurrency = 8", "", "");
+
+    let doomed = start_crashable(&pool, cfg.clone());
+    assert!(mock.wait_until(LONG, |s| s.in_flight == 8).await);
+    doomed.crash();
+    let claimed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM requests WHERE state IN ('claimed', 'processing')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(claimed > 0, "the dead daemon left claims behind");
+
+    let survivor = start(&store, cfg);
+    let b = finished_batch(&store, batch, LONG).await;
+    survivor.stop().await;
+    assert_eq!(b.status, BatchStatus::Completed);
+    assert_eq!(b.request_counts.completed, 40);
+    assert_each_line_once(&store, batch, 40).await;
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM daemons WHERE status = 'dead'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 1);
+}
+
+#[sqlx::test]
+async fn terminated_connections_do_not_lose_work(pool: PgPool) {
+    let store = store(&pool).await;
+    let mock = MockUpstream::start(MockBehavior::with_latency(Duration::from_millis(20))).await;
+    let batch = batch_from_lines(&store, &lines_for("m", "r-", 150)).await;
+    let daemon = start(&store, config(&mock.url(), "concurrency = 4", "", ""));
+    for round in 1..=3u64 {
+        assert!(
+            mock.wait_until(LONG, |s| s.total_calls >= round * 30).await,
+            "progress before round {round}"
+        );
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(killed > 0);
+    }
+    let b = finished_batch(&store, batch, LONG).await;
+    daemon.stop().await;
+    assert_eq!(b.status, BatchStatus::Completed);
+    assert_eq!(b.request_counts.completed, 150);
+    assert_each_line_once(&store, batch, 150).await;
+}
+
+/// The URL of the test's own database, for the binary.
+async fn database_url(pool: &PgPool) -> String {
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&db);
+    url.to_string()
+}
+
+fn fusillade_run(dir: &std::path::Path, db: &str, upstream: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fusillade"));
+    cmd.arg("run")
+        .arg(dir.join("in.jsonl"))
+        .arg("--output")
+        .arg(dir.join("out.jsonl"))
+        .arg("--errors")
+        .arg(dir.join("err.jsonl"))
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .arg("--upstream")
+        .arg(upstream)
+        .arg("--database-url")
+        .arg(db)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+fn read_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[sqlx::test]
+async fn run_survives_kill_9_and_resumes_without_resending(pool: PgPool) {
+    let mock = MockUpstream::start(MockBehavior::with_latency(Duration::from_millis(40))).await;
+    let dir = tempdir();
+    std::fs::write(dir.join("in.jsonl"), jsonl(&lines_for("m", "r-", 300))).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        "[upstream]\nconcurrency = 8\n[daemon]\nheartbeat_ms = 100\nstale_after_ms = 500\n",
+    )
+    .unwrap();
+    let db = database_url(&pool).await;
+
+    let mut child = fusillade_run(&dir, &db, &mock.url()).spawn().unwrap();
+    assert!(mock.wait_until(LONG, |s| s.total_calls >= 80).await);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!dir.join("out.jsonl").exists());
+    let done_before: Vec<String> =
+        sqlx::query_scalar("SELECT custom_id FROM requests WHERE state = 'completed'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(!done_before.is_empty());
+
+    let out = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        let db = db.clone();
+        let url = mock.url();
+        move || fusillade_run(&dir, &db, &url).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rerun failed: {stderr}");
+    assert!(stderr.contains("resuming batch"), "{stderr}");
+
+    let results = read_lines(&dir.join("out.jsonl"));
+    assert_eq!(results.len(), 300);
+    let ids: std::collections::HashSet<_> = results
+        .iter()
+        .map(|r| r["custom_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 300);
+    assert!(read_lines(&dir.join("err.jsonl")).is_empty());
+    let stats = mock.stats();
+    for id in &done_before {
+        assert_eq!(
+            stats.call_times(id).len(),
+            1,
+            "{id} was completed and must not be resent"
+        );
+    }
+    let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM batches")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(batches, 1, "the rerun resumed the same batch");
+}
+
+#[sqlx::test]
+async fn run_reports_refused_input_with_exit_code_2(pool: PgPool) {
+    let mock = MockUpstream::start(MockBehavior::with_latency(Duration::ZERO)).await;
+    let dir = tempdir();
+    std::fs::write(dir.join("in.jsonl"), "{\"custom_id\": \"a\"}\nnot json\n").unwrap();
+    std::fs::write(dir.join("config.toml"), "").unwrap();
+    let db = database_url(&pool).await;
+    let url = mock.url();
+    let out = tokio::task::spawn_blocking(move || fusillade_run(&dir, &db, &url).output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 1") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+    assert_eq!(mock.stats().total_calls, 0);
+}
+
+/// A fresh directory under the system temp dir.
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fusillade-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
