@@ -3,10 +3,15 @@
 //! ```text
 //! fusillade-bench gen --lines 200000 --out bench-data/200k.jsonl
 //! fusillade-bench ingest bench-data/200k.jsonl [--database-url URL]
+//! fusillade-bench run --requests 50000 --concurrency 256 --latency-ms 0
+//! fusillade-bench mock --latency-ms 50          # the mock upstream alone
 //! ```
 //! `ingest` uploads the file through the store exactly as the API does
 //! (streamed from disk in 256 KiB chunks), creates a batch from it, and
 //! prints the rates and the process's peak RSS.
+
+mod procstat;
+mod run;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -40,6 +45,37 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Runs N requests through `fusillade run` against a mock upstream.
+    Run {
+        /// Number of requests.
+        #[arg(long, default_value_t = 50_000)]
+        requests: u64,
+        /// Concurrency limit of the one model.
+        #[arg(long, default_value_t = 256)]
+        concurrency: u32,
+        /// Mock upstream latency per request.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Requests claimed per statement.
+        #[arg(long, default_value_t = 512)]
+        claim_batch: u32,
+        /// PostgreSQL URL of a database for benchmarks only (dropped and created afresh).
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/fusillade_bench"
+        )]
+        database_url: String,
+    },
+    /// Serves a mock upstream until killed; prints `listening on URL` first.
+    Mock {
+        /// Latency per request.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Port (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Uploads a JSONL file, then creates a batch from it.
     Ingest {
         /// The file to upload.
@@ -64,11 +100,38 @@ fn main() -> Result<()> {
             models,
             out,
         } => generate(lines, line_bytes, models, &out),
-        Command::Ingest { path, database_url } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(ingest(&path, &database_url)),
+        Command::Ingest { path, database_url } => runtime()?.block_on(ingest(&path, &database_url)),
+        Command::Run {
+            requests,
+            concurrency,
+            latency_ms,
+            claim_batch,
+            database_url,
+        } => runtime()?.block_on(run::run(run::RunBench {
+            requests,
+            concurrency,
+            latency_ms,
+            database_url,
+            claim_batch,
+        })),
+        Command::Mock { latency_ms, port } => runtime()?.block_on(mock(latency_ms, port)),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn mock(latency_ms: u64, port: u16) -> Result<()> {
+    use fusillade::mock::{MockBehavior, MockUpstream};
+    let behavior = MockBehavior::with_latency(std::time::Duration::from_millis(latency_ms));
+    let server = MockUpstream::start_on(port, behavior).await?;
+    println!("listening on {}", server.url());
+    std::io::stdout().flush()?;
+    tokio::signal::ctrl_c().await?;
+    Ok(())
 }
 
 fn generate(lines: u64, line_bytes: usize, models: u64, out: &PathBuf) -> Result<()> {
@@ -108,7 +171,7 @@ fn generate(lines: u64, line_bytes: usize, models: u64, out: &PathBuf) -> Result
     Ok(())
 }
 
-async fn connect_bench_db(url: &str) -> Result<sqlx::PgPool> {
+pub(crate) async fn connect_bench_db(url: &str) -> Result<sqlx::PgPool> {
     use sqlx::postgres::PgConnectOptions;
     use sqlx::{ConnectOptions, Executor};
     let options: PgConnectOptions = url.parse()?;

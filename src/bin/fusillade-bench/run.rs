@@ -1,0 +1,166 @@
+//! `fusillade-bench run`: the whole product path, measured. A mock upstream
+//! runs as a separate process; the real `fusillade run` binary ingests the
+//! file, creates the batch, runs the daemon and writes the output files.
+
+use crate::procstat::{GroupCpu, cpu_seconds, peak_rss_kib};
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What to run.
+pub struct RunBench {
+    pub requests: u64,
+    pub concurrency: u32,
+    pub latency_ms: u64,
+    pub database_url: String,
+    pub claim_batch: u32,
+}
+
+fn sibling(name: &str) -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let path = me.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} not found next to this benchmark; run `cargo build --release` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn write_input(path: &Path, n: u64) -> Result<()> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for i in 0..n {
+        writeln!(
+            w,
+            "{{\"custom_id\":\"req-{i}\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\
+             \"body\":{{\"model\":\"bench-model\",\"messages\":[{{\"role\":\"user\",\"content\":\"say hello {i}\"}}],\"max_tokens\":16}}}}"
+        )?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Runs the benchmark and prints its numbers.
+pub async fn run(b: RunBench) -> Result<()> {
+    let pool = crate::connect_bench_db(&b.database_url).await?;
+    pool.close().await;
+    let dir = PathBuf::from("bench-data");
+    std::fs::create_dir_all(&dir)?;
+    let input = dir.join(format!("run-{}.jsonl", b.requests));
+    write_input(&input, b.requests)?;
+    let config = dir.join("run-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upstream]\nconcurrency = {}\n[daemon]\nclaim_batch = {}\n",
+            b.concurrency, b.claim_batch
+        ),
+    )?;
+
+    // The mock upstream, in its own process so its CPU is not the daemon's.
+    let mut mock = Command::new(std::env::current_exe()?)
+        .args(["mock", "--latency-ms", &b.latency_ms.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the mock upstream")?;
+    let mut line = String::new();
+    BufReader::new(mock.stdout.as_mut().expect("piped")).read_line(&mut line)?;
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .context("the mock did not say where it listens")?
+        .to_owned();
+
+    let mut pg = GroupCpu::start("postgres");
+    let started = Instant::now();
+    let mut child = Command::new(sibling("fusillade")?)
+        .arg("run")
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.join("run-out.jsonl"))
+        .arg("--errors")
+        .arg(dir.join("run-err.jsonl"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--upstream")
+        .arg(&url)
+        .arg("--database-url")
+        .arg(&b.database_url)
+        .arg("--fresh")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting fusillade run")?;
+    let pid = child.id();
+    let (mut cpu, mut rss) = (0.0f64, 0u64);
+    let status = loop {
+        if let Some(s) = cpu_seconds(pid) {
+            cpu = s;
+        }
+        if let Some(r) = peak_rss_kib(pid) {
+            rss = rss.max(r);
+        }
+        pg.sample();
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let wall = started.elapsed().as_secs_f64();
+    let _ = mock.kill();
+    let _ = mock.wait();
+    if !status.success() {
+        bail!("fusillade run failed: {status}");
+    }
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&b.database_url)
+        .await?;
+    let (first, last, ok): (
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+        i64,
+    ) = sqlx::query_as(
+        "SELECT min(q.claimed_at), max(r.finished_at), count(*) FILTER (WHERE r.ok) \
+             FROM request_results r JOIN requests q ON q.id = r.request_id",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let span = (last - first).as_seconds_f64().max(1e-9);
+    let rate = b.requests as f64 / span;
+    let per_1k = |secs: f64| secs * 1000.0 / (b.requests as f64 / 1000.0);
+    println!("requests          {} (completed {ok})", b.requests);
+    println!("concurrency       {}", b.concurrency);
+    println!("upstream latency  {} ms", b.latency_ms);
+    println!("completed rate    {rate:.0} req/s (first claim to last result, {span:.2} s)");
+    println!("whole run         {wall:.2} s wall (ingest, batch, run, output files)");
+    println!(
+        "daemon CPU        {:.1} ms per 1k requests ({cpu:.2} s in all)",
+        per_1k(cpu)
+    );
+    if pg.seen_any() {
+        println!(
+            "PostgreSQL CPU    {:.1} ms per 1k requests ({:.0} µs per request)",
+            per_1k(pg.used()),
+            pg.used() * 1e6 / b.requests as f64
+        );
+    } else {
+        println!("PostgreSQL CPU    n/a (no local postgres processes visible)");
+    }
+    println!("daemon peak RSS   {} MiB", rss / 1024);
+    if b.latency_ms > 0 {
+        let capacity = f64::from(b.concurrency) / (b.latency_ms as f64 / 1000.0);
+        println!(
+            "upstream use      {:.1}% ({rate:.0} of {capacity:.0} req/s possible at C/L)",
+            100.0 * rate / capacity
+        );
+    } else {
+        println!("upstream use      n/a at 0 ms latency");
+    }
+    Ok(())
+}
