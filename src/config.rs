@@ -155,7 +155,7 @@ impl Default for DaemonSettings {
 }
 
 /// The checked configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Address the API listens on.
     pub listen: Option<SocketAddr>,
@@ -169,6 +169,19 @@ pub struct Config {
     pub daemon: DaemonSettings,
     /// Bearer key -> owner; `None` means no auth.
     pub auth: Option<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for Config {
+    // The API's bearer keys must never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("upstream", &self.upstream)
+            .field("models", &self.models)
+            .field("daemon", &self.daemon)
+            .field("auth_keys", &self.auth.as_ref().map(|k| k.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Config {

@@ -1,5 +1,17 @@
 //! HTTP to the model servers: routing by model, the client with its timeouts,
 //! and SSE reassembly.
+//!
+//! - Every failure is a [`CallOutcome`], never a panic or an error: timeouts
+//!   by phase (`connect`, `first_byte`, `idle`, `total`, `deadline`), broken
+//!   connections, and answers larger than the route allows.
+//! - Calls to a path listed in the route's `stream_paths` are sent with
+//!   `"stream": true` and their SSE answer is put back into the shape of the
+//!   non-streamed answer ([`sse`]). A stream that ends in an error event is
+//!   answered as a 502 carrying that event's JSON.
+//! - API keys never appear in a message.
+
+mod client;
+pub mod sse;
 
 use crate::config::Config;
 use crate::domain::request::RequestId;
@@ -80,23 +92,41 @@ impl CallOutcome {
     }
 }
 
-/// The client: one pooled reqwest client per distinct route, built from the
-/// configuration (rebuild it to apply a reloaded configuration).
-#[derive(Debug, Clone)]
+/// The client: pooled reqwest clients (one per distinct connect timeout of the
+/// routes), built from the configuration (rebuild it to apply a reloaded
+/// configuration). Cloning is cheap and shares the pools.
+#[derive(Clone)]
 pub struct UpstreamClient {
     config: std::sync::Arc<Config>,
+    clients: std::sync::Arc<client::Clients>,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    // Only the routes: the configuration also holds the API's own keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("upstream", &self.config.upstream)
+            .field("models", &self.config.models)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpstreamClient {
-    /// Builds the clients for every route of `config`.
+    /// Builds the clients for every route of `config`. Never panics: a client
+    /// that cannot be built makes every call a `ConnectionFailed` saying why.
     pub fn new(config: std::sync::Arc<Config>) -> Self {
-        Self { config }
+        let clients = std::sync::Arc::new(client::Clients::build(&config));
+        Self { config, clients }
+    }
+
+    /// The configuration the client routes by.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Makes one call. Never panics and never returns an error: every failure
     /// is an outcome.
     pub async fn send(&self, req: &UpstreamRequest<'_>) -> CallOutcome {
-        let _ = (&self.config, req);
-        todo!("implemented by the upstream module")
+        client::send(&self.config, &self.clients, req).await
     }
 }
