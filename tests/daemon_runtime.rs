@@ -217,3 +217,86 @@ async fn cancel_aborts_calls_in_flight_and_ends_the_batch_within_two_seconds(poo
     assert!(errs.iter().all(|e| e["error"]["code"] == "batch_cancelled"));
     assert_eq!(mock.stats().total_calls, 4, "nothing more was sent");
 }
+
+#[sqlx::test]
+async fn a_reloaded_limit_applies_while_running(pool: PgPool) {
+    let store = store(&pool).await;
+    let mock = MockUpstream::start(MockBehavior::with_latency(Duration::from_millis(30))).await;
+    let batch = batch_from_lines(&store, &lines_for("m", "r-", 400)).await;
+    let (reload, daemon) = start_reloadable(&store, config(&mock.url(), "concurrency = 2", "", ""));
+    assert!(mock.wait_until(LONG, |s| s.total_calls >= 20).await);
+    assert_eq!(mock.stats().max_in_flight_of("m"), 2);
+    reload
+        .send(config(&mock.url(), "concurrency = 6", "", ""))
+        .unwrap();
+    assert!(
+        mock.wait_until(LONG, |s| s.max_in_flight_per_model.get("m") == Some(&6))
+            .await,
+        "the new limit is used"
+    );
+    let b = finished_batch(&store, batch, LONG).await;
+    daemon.stop().await;
+    assert_eq!(b.status, BatchStatus::Completed);
+    assert_eq!(mock.stats().max_in_flight_of("m"), 6, "and never exceeded");
+}
+
+#[sqlx::test]
+async fn stopping_lets_calls_finish_within_the_grace_period(pool: PgPool) {
+    let store = store(&pool).await;
+    let mock = MockUpstream::start(MockBehavior::with_latency(Duration::from_millis(300))).await;
+    let batch = batch_from_lines(&store, &lines_for("m", "r-", 20)).await;
+    let daemon = start(&store, config(&mock.url(), "concurrency = 4", "", ""));
+    assert!(mock.wait_until(LONG, |s| s.in_flight == 4).await);
+    let report = daemon.stop().await;
+    assert!(
+        report.completed >= 4,
+        "calls in flight finished: {report:?}"
+    );
+    let b = store.get_batch(Owner::Any, batch).await.unwrap().unwrap();
+    assert_eq!(b.request_counts.in_progress, 0, "nothing is left claimed");
+    assert_eq!(
+        b.request_counts.completed + b.request_counts.pending,
+        20,
+        "{:?}",
+        b.request_counts
+    );
+    let stopped: String = sqlx::query_scalar("SELECT status FROM daemons")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stopped, "stopped");
+}
+
+#[sqlx::test]
+async fn stopping_releases_calls_still_running_after_the_grace_period(pool: PgPool) {
+    let store = store(&pool).await;
+    let mock = MockUpstream::start(
+        MockBehavior::with_latency(Duration::ZERO).respond(|_| MockReply::hanging()),
+    )
+    .await;
+    let batch = batch_from_lines(&store, &lines_for("m", "r-", 6)).await;
+    let daemon = start(
+        &store,
+        config(
+            &mock.url(),
+            "concurrency = 3",
+            "shutdown_grace_ms = 200",
+            "",
+        ),
+    );
+    assert!(mock.wait_until(LONG, |s| s.in_flight == 3).await);
+    daemon.stop().await;
+    let b = store.get_batch(Owner::Any, batch).await.unwrap().unwrap();
+    assert_eq!(b.status, BatchStatus::InProgress);
+    assert_eq!(
+        b.request_counts.pending, 6,
+        "released, not failed: {:?}",
+        b.request_counts
+    );
+    let retries: i64 = sqlx::query_scalar("SELECT sum(retries) FROM requests")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(retries, 0, "a release is not a retry");
+    assert!(mock.wait_until(LONG, |s| s.in_flight == 0).await);
+}

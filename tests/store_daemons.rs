@@ -182,3 +182,28 @@ async fn list_daemons_puts_running_ones_first_newest_first(pool: PgPool) {
         ]
     );
 }
+
+#[sqlx::test]
+async fn live_daemons_counts_running_ones_with_fresh_heartbeats(pool: sqlx::PgPool) {
+    use fusillade::store::DaemonStore;
+    let store = common::store(&pool).await;
+    let new = || fusillade::domain::daemon::NewDaemon {
+        hostname: "h".into(),
+        pid: 1,
+        version: "v".into(),
+        config: serde_json::json!({}),
+    };
+    let a = store.register_daemon(new()).await.unwrap().id;
+    let b = store.register_daemon(new()).await.unwrap().id;
+    let c = store.register_daemon(new()).await.unwrap().id;
+    let fresh = std::time::Duration::from_secs(60);
+    assert_eq!(store.live_daemons(fresh).await.unwrap(), 3);
+    store.mark_daemon_stopped(a).await.unwrap();
+    sqlx::query("UPDATE daemons SET last_heartbeat = now() - interval '2 minutes' WHERE id = $1")
+        .bind(b)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(store.live_daemons(fresh).await.unwrap(), 1);
+    let _ = c;
+}

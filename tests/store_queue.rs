@@ -375,3 +375,16 @@ async fn finalize_completes_expires_and_cancels(pool: PgPool) {
     let errs = String::from_utf8(collect(store.error_stream(b3)).await).unwrap();
     assert_eq!(errs.lines().count(), 3);
 }
+
+#[sqlx::test]
+async fn a_new_batch_wakes_listeners(pool: PgPool) {
+    use fusillade::store::WorkNotifier;
+    use futures_util::StreamExt;
+    let store = store(&pool).await;
+    let mut signals = store.listen_for_work().await.unwrap();
+    batch_of(&store, "m", 1, "24h").await;
+    tokio::time::timeout(Duration::from_secs(10), signals.next())
+        .await
+        .expect("a signal arrives")
+        .expect("the stream goes on");
+}

@@ -4,6 +4,7 @@
 use super::{DaemonBackend, Shared, register};
 use crate::store::StoreError;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +32,12 @@ pub(super) async fn run<S: DaemonBackend>(shared: Arc<Shared<S>>, stop: Cancella
 async fn beat<S: DaemonBackend>(shared: &Shared<S>, stop: &CancellationToken) {
     let id = shared.id();
     match shared.store.heartbeat(id, shared.stats()).await {
-        Ok(()) => {}
+        Ok(()) => {
+            let fresh = shared.config.borrow().daemon.stale_after;
+            if let Ok(n) = shared.store.live_daemons(fresh).await {
+                shared.peers.store(n.max(1), Ordering::Relaxed);
+            }
+        }
         Err(StoreError::Conflict(_)) | Err(StoreError::NotFound { .. }) => {
             // Declared dead (its heartbeats could not reach the database for
             // too long): its claims were rescued, so stop every call and come

@@ -29,7 +29,7 @@ use crate::store::{DaemonStore, MaintenanceStore, QueueStore, StoreError, WorkNo
 use crate::upstream::UpstreamClient;
 use limiter::Limiter;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -63,6 +63,9 @@ struct Shared<S> {
     client: RwLock<(Arc<Config>, Arc<UpstreamClient>)>,
     /// Set once the grace period is over: aborted calls are released, not cancelled.
     releasing: AtomicBool,
+    /// Live daemons sharing the database (at least 1): each takes a fair
+    /// share of every model's limit, so one daemon cannot starve the others.
+    peers: AtomicU32,
     done: AtomicU64,
     failed: AtomicU64,
 }
@@ -129,13 +132,20 @@ impl<S: DaemonBackend> Daemon<S> {
             limiter: Limiter::new(),
             held: Mutex::new(HashMap::new()),
             id: RwLock::new(id),
-            client: RwLock::new((initial.clone(), Arc::new(UpstreamClient::new(initial)))),
+            client: RwLock::new((
+                initial.clone(),
+                Arc::new(UpstreamClient::new(initial.clone())),
+            )),
             config: self.config,
             releasing: AtomicBool::new(false),
+            peers: AtomicU32::new(1),
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         });
-        tracing::info!(daemon = %id, "daemon started");
+        if let Ok(n) = shared.store.live_daemons(initial.daemon.stale_after).await {
+            shared.peers.store(n.max(1), Ordering::Relaxed);
+        }
+        tracing::info!(daemon = %id, peers = shared.peers.load(Ordering::Relaxed), "daemon started");
 
         let background = CancellationToken::new();
         let tasks = TaskTracker::new();

@@ -7,6 +7,7 @@ use super::{DaemonBackend, DbBackoff, Held, Shared, executor};
 use crate::store::{ClaimRequest, ModelDemand};
 use futures_util::StreamExt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -20,15 +21,17 @@ const POLL: Duration = Duration::from_millis(100);
 fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
     let (config, _) = shared.current();
     let in_flight = shared.limiter.snapshot();
+    let peers = shared.peers.load(Ordering::Relaxed).max(1);
+    // This daemon's share of a limit; the claim statement still enforces the
+    // whole limit across daemons.
+    let share = |limit: u32| limit.div_ceil(peers);
     let mut models: Vec<ModelDemand> = config
         .models
         .iter()
         .map(|(m, r)| ModelDemand {
             model: m.clone(),
             limit: r.concurrency,
-            want: r
-                .concurrency
-                .saturating_sub(*in_flight.get(m).unwrap_or(&0)),
+            want: share(r.concurrency).saturating_sub(*in_flight.get(m).unwrap_or(&0)),
         })
         .collect();
     // Models on the default route that this daemon is running now.
@@ -37,7 +40,7 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
             models.push(ModelDemand {
                 model: m.clone(),
                 limit: config.upstream.concurrency,
-                want: config.upstream.concurrency.saturating_sub(*n),
+                want: share(config.upstream.concurrency).saturating_sub(*n),
             });
         }
     }
@@ -45,7 +48,7 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
         daemon: shared.id(),
         models,
         default_limit: config.upstream.concurrency,
-        default_want: config.upstream.concurrency,
+        default_want: share(config.upstream.concurrency),
         max_total,
     }
 }

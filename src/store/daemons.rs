@@ -101,6 +101,18 @@ impl DaemonStore for PostgresStore {
         }
     }
 
+    async fn live_daemons(&self, fresh: std::time::Duration) -> Result<u32> {
+        let ms = i64::try_from(fresh.as_millis()).unwrap_or(i64::MAX);
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM daemons WHERE status = 'running' \
+             AND last_heartbeat > now() - $1 * interval '1 millisecond'",
+        )
+        .bind(ms)
+        .fetch_one(&self.pools.primary)
+        .await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
     async fn list_daemons(&self) -> Result<Vec<DaemonRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM daemons \

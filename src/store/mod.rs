@@ -207,6 +207,8 @@ pub trait DaemonStore: Send + Sync {
     ) -> impl Future<Output = Result<()>> + Send;
     /// Records a clean stop.
     fn mark_daemon_stopped(&self, id: DaemonId) -> impl Future<Output = Result<()>> + Send;
+    /// How many daemons are running with a heartbeat younger than `fresh`.
+    fn live_daemons(&self, fresh: std::time::Duration) -> impl Future<Output = Result<u32>> + Send;
     /// All daemons, running ones first, newest first.
     fn list_daemons(&self) -> impl Future<Output = Result<Vec<DaemonRecord>>> + Send;
 }

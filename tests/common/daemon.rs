@@ -14,11 +14,20 @@ use tokio_util::sync::CancellationToken;
 /// `extra` TOML (which may add `[models.x]` sections; `[upstream]` and
 /// `[daemon]` keys go in `upstream` and `daemon`).
 pub fn config(url: &str, upstream: &str, daemon: &str, extra: &str) -> Arc<Config> {
-    let text = format!(
-        "[upstream]\nurl = \"{url}\"\n{upstream}\n\
-         [daemon]\nbackoff_ms = 10\nmax_backoff_ms = 50\nheartbeat_ms = 100\n\
-         stale_after_ms = 600\nshutdown_grace_ms = 2000\n{daemon}\n{extra}"
-    );
+    // Fast timers, unless the test sets its own.
+    let defaults: String = [
+        "backoff_ms = 10",
+        "max_backoff_ms = 50",
+        "heartbeat_ms = 100",
+        "stale_after_ms = 600",
+        "shutdown_grace_ms = 2000",
+    ]
+    .iter()
+    .filter(|d| !daemon.contains(d.split(' ').next().unwrap()))
+    .map(|d| format!("{d}\n"))
+    .collect();
+    let text =
+        format!("[upstream]\nurl = \"{url}\"\n{upstream}\n[daemon]\n{defaults}{daemon}\n{extra}");
     Arc::new(Config::parse(&text, "test", &|_| None).unwrap())
 }
 
@@ -30,16 +39,22 @@ pub struct Running {
 
 /// Starts a daemon.
 pub fn start(store: &PostgresStore, config: Arc<Config>) -> Running {
-    let (_tx, rx) = tokio::sync::watch::channel(config);
-    // Keep the sender alive for the daemon's life by leaking it into the task.
+    let (tx, running) = start_reloadable(store, config);
+    // The daemon keeps its config for life when nobody can send a new one.
+    std::mem::forget(tx);
+    running
+}
+
+/// Starts a daemon whose config can be replaced while it runs.
+pub fn start_reloadable(
+    store: &PostgresStore,
+    config: Arc<Config>,
+) -> (tokio::sync::watch::Sender<Arc<Config>>, Running) {
+    let (tx, rx) = tokio::sync::watch::channel(config);
     let stop = CancellationToken::new();
     let daemon = Daemon::new(store.clone(), rx);
-    let s = stop.clone();
-    let handle = tokio::spawn(async move {
-        let _keep = _tx;
-        daemon.run(s).await
-    });
-    Running { stop, handle }
+    let handle = tokio::spawn(daemon.run(stop.clone()));
+    (tx, Running { stop, handle })
 }
 
 impl Running {
