@@ -72,6 +72,12 @@ CREATE TABLE batches (
     output_file_id     uuid REFERENCES files (id),
     error_file_id      uuid REFERENCES files (id),
     total              bigint      NOT NULL DEFAULT 0,
+    -- Token usage summed from the answers, added as results are written.
+    input_tokens       bigint      NOT NULL DEFAULT 0,
+    cached_tokens      bigint      NOT NULL DEFAULT 0,
+    output_tokens      bigint      NOT NULL DEFAULT 0,
+    reasoning_tokens   bigint      NOT NULL DEFAULT 0,
+    total_tokens       bigint      NOT NULL DEFAULT 0,
     idempotency_key    text,
     created_at         timestamptz NOT NULL DEFAULT now(),
     in_progress_at     timestamptz,

@@ -46,6 +46,10 @@ async fn one_daemon_fills_each_model_to_its_limit_and_no_further(pool: PgPool) {
     assert_eq!(stats.max_in_flight_of("a"), 2);
     assert_eq!(stats.max_in_flight_of("b"), 3);
     assert_eq!(stats.max_in_flight_of("c"), 4, "the default route's limit");
+    // Usage is summed from the answers (the mock reports 10 + 7 tokens).
+    assert_eq!(b.usage.input_tokens, 90 * 10);
+    assert_eq!(b.usage.output_tokens, 90 * 7);
+    assert_eq!(b.usage.total_tokens, 90 * 17);
     let out = json_lines(store.output_stream(batch)).await;
     assert_eq!(out.len(), 90);
     assert_eq!(custom_ids(&out).len(), 90);

@@ -72,6 +72,7 @@ fn done(c: &ClaimedRequest) -> Finished {
         upstream_request_id: Some("up-1".into()),
         body: Some(r#"{"ok":true}"#.into()),
         error: None,
+        usage: None,
     }
 }
 
@@ -165,6 +166,7 @@ async fn finish_writes_results_once_and_rejects_stale_attempts(pool: PgPool) {
         upstream_request_id: None,
         body: Some(r#"{"error":{"message":"bad"}}"#.into()),
         error: Some(ResultError::new("upstream_error", "HTTP 400")),
+        usage: None,
     };
     let stale = Finished {
         attempt: ok.attempt - 1,
@@ -366,6 +368,7 @@ async fn finalize_completes_expires_and_cancels(pool: PgPool) {
         upstream_request_id: None,
         body: None,
         error: Some(ResultError::new("batch_cancelled", "cancelled")),
+        usage: None,
     };
     assert_eq!(store.finish(&[canceled]).await.unwrap().len(), 1);
     assert_eq!(store.finalize(10).await.unwrap().cancelled, vec![b3]);

@@ -68,6 +68,7 @@ pub(super) async fn run<S: DaemonBackend>(
                 codes::BATCH_CANCELLED,
                 "the batch was cancelled while this request was running",
             )),
+            usage: None,
         }),
         Some(o) => {
             let deadline = req
@@ -115,6 +116,7 @@ fn decide_write(req: &ClaimedRequest, o: CallOutcome, decision: Decision) -> Wri
                 state: RequestState::Completed,
                 status_code: Some(i32::from(status)),
                 upstream_request_id,
+                usage: crate::domain::usage::usage_of(&body),
                 body: Some(body),
                 error: None,
             })
@@ -186,6 +188,7 @@ fn decide_write(req: &ClaimedRequest, o: CallOutcome, decision: Decision) -> Wri
                 upstream_request_id,
                 body,
                 error: Some(error),
+                usage: None,
             })
         }
     }

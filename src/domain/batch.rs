@@ -233,6 +233,8 @@ pub struct Batch {
     pub cancelled_at: Option<DateTime<Utc>>,
     /// Its requests by state.
     pub request_counts: RequestCounts,
+    /// Tokens used by its successful requests so far.
+    pub usage: super::usage::Usage,
 }
 
 #[cfg(test)]

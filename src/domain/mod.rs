@@ -11,6 +11,7 @@ pub mod output;
 pub mod request;
 pub mod retry;
 pub mod step;
+pub mod usage;
 
 /// A stored word that names no variant of the enum it was read as.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -45,7 +45,8 @@ pub struct BatchListQuery<'a> {
 const BATCH_COLUMNS: &str = "b.id, b.owner, b.input_file_id, b.endpoint, b.completion_window, \
      b.metadata, b.status, b.errors, b.output_file_id, b.error_file_id, b.total, b.created_at, \
      b.in_progress_at, b.expires_at, b.finalizing_at, b.completed_at, b.failed_at, b.expired_at, \
-     b.cancelling_at, b.cancelled_at";
+     b.cancelling_at, b.cancelled_at, b.input_tokens, b.cached_tokens, b.output_tokens, \
+     b.reasoning_tokens, b.total_tokens";
 
 /// Counts by state from the (batch_id, state) index, as one row of columns.
 const COUNTS_LATERAL: &str = "LEFT JOIN LATERAL ( \
@@ -86,6 +87,13 @@ fn batch_from_row(row: &PgRow) -> Result<Batch> {
             completed: row.try_get("n_completed")?,
             failed: row.try_get("n_failed")?,
             canceled: row.try_get("n_canceled")?,
+        },
+        usage: crate::domain::usage::Usage {
+            input_tokens: row.try_get("input_tokens")?,
+            cached_tokens: row.try_get("cached_tokens")?,
+            output_tokens: row.try_get("output_tokens")?,
+            reasoning_tokens: row.try_get("reasoning_tokens")?,
+            total_tokens: row.try_get("total_tokens")?,
         },
     })
 }

@@ -9,6 +9,7 @@ use crate::domain::batch::BatchId;
 use crate::domain::ids::{DaemonId, TemplateId};
 use crate::domain::output::ResultError;
 use crate::domain::request::{RequestId, RequestState};
+use crate::domain::usage::Usage;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::types::Json;
@@ -86,6 +87,8 @@ pub struct Finished {
     pub body: Option<String>,
     /// Why it failed, when it did.
     pub error: Option<ResultError>,
+    /// Tokens the answer reports, added to the batch's totals.
+    pub usage: Option<Usage>,
 }
 
 /// A request going back to pending.
@@ -226,12 +229,21 @@ impl QueueStore for PostgresStore {
         let bodies: Vec<Option<&str>> = items.iter().map(|i| i.body.as_deref()).collect();
         let errors: Vec<Option<Json<&ResultError>>> =
             items.iter().map(|i| i.error.as_ref().map(Json)).collect();
+        let usage = |f: fn(&Usage) -> i64| -> Vec<i64> {
+            items
+                .iter()
+                .map(|i| i.usage.as_ref().map_or(0, f))
+                .collect()
+        };
         let accepted: Vec<RequestId> = sqlx::query_scalar(
             "WITH o AS (
                  SELECT *, state = 'completed' AS ok
                  FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[],
-                             $6::text[], $7::jsonb[])
-                     AS o(id, attempt, state, status_code, upstream_request_id, body, error)),
+                             $6::text[], $7::jsonb[], $8::int8[], $9::int8[], $10::int8[],
+                             $11::int8[], $12::int8[])
+                     AS o(id, attempt, state, status_code, upstream_request_id, body, error,
+                          input_tokens, cached_tokens, output_tokens, reasoning_tokens,
+                          total_tokens)),
              done AS (
                  UPDATE requests q
                  SET state = o.state,
@@ -240,7 +252,23 @@ impl QueueStore for PostgresStore {
                  WHERE q.id = o.id AND q.attempt = o.attempt
                    AND q.state IN ('claimed', 'processing')
                  RETURNING q.id, q.batch_id, q.custom_id, o.ok, o.status_code,
-                           o.upstream_request_id, o.body, o.error)
+                           o.upstream_request_id, o.body, o.error, o.input_tokens,
+                           o.cached_tokens, o.output_tokens, o.reasoning_tokens, o.total_tokens),
+             usage AS (
+                 UPDATE batches b
+                 SET input_tokens = b.input_tokens + s.input_tokens,
+                     cached_tokens = b.cached_tokens + s.cached_tokens,
+                     output_tokens = b.output_tokens + s.output_tokens,
+                     reasoning_tokens = b.reasoning_tokens + s.reasoning_tokens,
+                     total_tokens = b.total_tokens + s.total_tokens
+                 FROM (SELECT batch_id, sum(input_tokens) AS input_tokens,
+                              sum(cached_tokens) AS cached_tokens,
+                              sum(output_tokens) AS output_tokens,
+                              sum(reasoning_tokens) AS reasoning_tokens,
+                              sum(total_tokens) AS total_tokens
+                       FROM done WHERE batch_id IS NOT NULL AND total_tokens > 0
+                       GROUP BY batch_id) s
+                 WHERE b.id = s.batch_id)
              INSERT INTO request_results
                  (request_id, batch_id, custom_id, ok, status_code, upstream_request_id, body, error)
              SELECT id, batch_id, custom_id, ok, status_code, upstream_request_id, body,
@@ -256,6 +284,11 @@ impl QueueStore for PostgresStore {
         .bind(&upstream_ids)
         .bind(&bodies)
         .bind(&errors)
+        .bind(usage(|u| u.input_tokens))
+        .bind(usage(|u| u.cached_tokens))
+        .bind(usage(|u| u.output_tokens))
+        .bind(usage(|u| u.reasoning_tokens))
+        .bind(usage(|u| u.total_tokens))
         .fetch_all(&self.pools.primary)
         .await?;
         Ok(accepted)
