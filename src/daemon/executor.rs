@@ -44,10 +44,15 @@ pub(super) async fn run<S: DaemonBackend>(
         endpoint_override: &req.endpoint,
         deadline: req.deadline,
     };
+    let sent = std::time::Instant::now();
     let outcome = tokio::select! {
         o = client.send(&call) => Some(o),
         _ = abort.cancelled() => None,
     };
+    if outcome.is_some() {
+        metrics::histogram!("fusillade_upstream_latency_seconds", "model" => req.model.clone())
+            .record(sent.elapsed().as_secs_f64());
+    }
     let write = match outcome {
         None if shared.releasing.load(Ordering::SeqCst) => Write::Requeue(Requeue {
             id: req.id,
@@ -85,6 +90,16 @@ pub(super) async fn run<S: DaemonBackend>(
             decide_write(&req, o, decision)
         }
     };
+    let (label, retried) = match &write {
+        Write::Requeue(r) if r.is_retry => ("retried", true),
+        Write::Requeue(_) => ("released", false),
+        Write::Finish(f) => (f.state.as_str(), false),
+    };
+    metrics::counter!("fusillade_upstream_requests_total", "model" => req.model.clone(), "outcome" => label)
+        .increment(1);
+    if retried {
+        metrics::counter!("fusillade_retries_total", "model" => req.model.clone()).increment(1);
+    }
     // The completer outlives every executor; a send error means it crashed.
     let _ = outcomes.send(Outcome {
         model: req.model,

@@ -22,7 +22,9 @@ impl Limiter {
     /// Records that a request of `model` was taken.
     pub fn acquire(&self, model: &str) {
         let mut m = self.in_flight.lock().expect("limiter lock");
-        *m.entry(model.to_owned()).or_default() += 1;
+        let n = m.entry(model.to_owned()).or_default();
+        *n += 1;
+        metrics::gauge!("fusillade_in_flight", "model" => model.to_owned()).set(f64::from(*n));
     }
 
     /// Records that `n` requests of `model` ended, and wakes the producer.
@@ -31,6 +33,8 @@ impl Limiter {
             let mut m = self.in_flight.lock().expect("limiter lock");
             if let Some(c) = m.get_mut(model) {
                 *c = c.saturating_sub(n);
+                metrics::gauge!("fusillade_in_flight", "model" => model.to_owned())
+                    .set(f64::from(*c));
                 if *c == 0 {
                     m.remove(model);
                 }
