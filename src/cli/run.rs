@@ -42,7 +42,7 @@ pub struct Args {
 }
 
 /// How often progress is read from the database.
-const POLL: Duration = Duration::from_millis(250);
+const POLL: Duration = Duration::from_millis(500);
 
 /// Runs the file, writes both result files.
 pub async fn run(args: Args) -> Result<(), CliError> {

@@ -68,6 +68,7 @@ pub(super) async fn run<S: DaemonBackend>(
         }
     };
     let mut backoff = DbBackoff::default();
+    let (mut claims, mut claimed_rows) = (0u64, 0u64);
     while !shutdown.is_cancelled() {
         let max_total = shared.current().0.daemon.claim_batch;
         let claim = demand(&shared, max_total);
@@ -85,6 +86,8 @@ pub(super) async fn run<S: DaemonBackend>(
             }
         };
         let n = claimed.len();
+        claims += 1;
+        claimed_rows += n as u64;
         for request in claimed {
             let abort = CancellationToken::new();
             shared.limiter.acquire(&request.model);
@@ -112,6 +115,7 @@ pub(super) async fn run<S: DaemonBackend>(
             _ = shutdown.cancelled() => break,
         }
     }
+    tracing::info!(claims, claimed_rows, "claim loop stopped");
 }
 
 async fn next_signal(work: &mut Option<crate::store::WorkSignals>) -> Option<()> {

@@ -26,7 +26,7 @@ pub use files::{FileListQuery, NewFile, Order};
 pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
 pub use pools::{DbPools, TestDbPools};
-pub use queue::{ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue};
+pub use queue::{CLAIM_SQL, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue};
 pub use response_steps::ResponseStepStore;
 
 use crate::domain::IllegalTransition;
@@ -138,6 +138,14 @@ pub trait FileStore: Send + Sync {
         owner: Owner<'_>,
         id: FileId,
     ) -> impl Future<Output = Result<ByteStream>> + Send;
+    /// Sets when an input file may be deleted; `false` when there is no such
+    /// file (for uploads whose expiry arrives after their bytes).
+    fn set_file_expiry(
+        &self,
+        owner: Owner<'_>,
+        id: FileId,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// Batches: create from a file, look up, list, cancel, count.
@@ -172,6 +180,41 @@ pub trait BatchStore: Send + Sync {
     ) -> impl Future<Output = Result<Batch>> + Send;
     /// How many of the batch's requests are in each state.
     fn request_counts(&self, id: BatchId) -> impl Future<Output = Result<RequestCounts>> + Send;
+    /// Runs a finished batch's failed requests again, the one user-requested
+    /// exception to terminal states never changing (see
+    /// [`RequestState::can_be_retried_by_user`](crate::domain::request::RequestState::can_be_retried_by_user)
+    /// and [`BatchStatus::reopens_on_user_retry`](crate::domain::batch::BatchStatus::reopens_on_user_retry)):
+    /// in one transaction, its `failed` requests go back to `pending` with
+    /// their retries reset and their results deleted, and the batch goes back
+    /// to `in_progress` with a new deadline (now + its window). Returns the
+    /// batch and how many requests were requeued; with none to requeue the
+    /// batch is left as it was. A batch in another status is a conflict.
+    fn retry_failed(
+        &self,
+        owner: Owner<'_>,
+        id: BatchId,
+    ) -> impl Future<Output = Result<(Batch, u64)>> + Send;
+}
+
+/// Requests not yet finished, over all batches, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveRequestCounts {
+    /// Waiting to be claimed (retries in backoff included).
+    pub pending: i64,
+    /// Claimed by a daemon, not yet sent.
+    pub claimed: i64,
+    /// Sent upstream, waiting for the answer.
+    pub processing: i64,
+}
+
+/// What health checks and metrics scrapes read.
+pub trait HealthStore: Send + Sync {
+    /// Succeeds when the database answers.
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Unfinished requests by state, read from the partial indexes that cover
+    /// exactly these states (terminal states are never counted here: that
+    /// would scan the whole table).
+    fn live_request_counts(&self) -> impl Future<Output = Result<LiveRequestCounts>> + Send;
 }
 
 /// Requests as the API sees them.

@@ -130,7 +130,9 @@ pub trait QueueStore: Send + Sync {
 /// Key of the advisory lock that serializes claims across daemons.
 const CLAIM_LOCK: i64 = 0x66_75_73_69_6c_6c; // "fusill"
 
-const CLAIM_SQL: &str = "
+/// The claim statement, for `EXPLAIN` in benchmarks.
+#[doc(hidden)]
+pub const CLAIM_SQL: &str = "
 WITH RECURSIVE pending_models AS (
     (SELECT model FROM requests WHERE state = 'pending' ORDER BY model LIMIT 1)
     UNION ALL
@@ -138,16 +140,17 @@ WITH RECURSIVE pending_models AS (
             WHERE r.state = 'pending' AND r.model > p.model ORDER BY r.model LIMIT 1)
     FROM pending_models p WHERE p.model IS NOT NULL
 ),
-demand AS (
-    SELECT p.model,
-           GREATEST(0, LEAST(
-               COALESCE(c.cap, $4) - (SELECT count(*) FROM requests f
-                                     WHERE f.model = p.model
-                                       AND f.state IN ('claimed', 'processing')),
-               COALESCE(c.want, $5))) AS k
+in_flight AS MATERIALIZED (
+    SELECT p.model, (SELECT count(*) FROM requests f
+                     WHERE f.model = p.model AND f.state IN ('claimed', 'processing')) AS n
     FROM pending_models p
-    LEFT JOIN unnest($2::text[], $3::int[], $6::int[]) AS c(model, cap, want) ON c.model = p.model
     WHERE p.model IS NOT NULL
+),
+demand AS (
+    SELECT i.model,
+           GREATEST(0, LEAST(COALESCE(c.cap, $4) - i.n, COALESCE(c.want, $5))) AS k
+    FROM in_flight i
+    LEFT JOIN unnest($2::text[], $3::int[], $6::int[]) AS c(model, cap, want) ON c.model = i.model
 ),
 picked AS (
     SELECT x.id FROM demand d CROSS JOIN LATERAL (

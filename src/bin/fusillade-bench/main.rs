@@ -11,6 +11,7 @@
 //! prints the rates and the process's peak RSS.
 
 mod procstat;
+mod queue;
 mod run;
 
 use anyhow::{Context, Result, bail};
@@ -67,6 +68,31 @@ enum Command {
         )]
         database_url: String,
     },
+    /// Claims and finishes N requests with no HTTP: the database cost alone.
+    Queue {
+        /// Pending requests to claim and finish.
+        #[arg(long, default_value_t = 50_000)]
+        requests: u64,
+        /// Terminal requests inserted first, to see the claim with a long history.
+        #[arg(long, default_value_t = 0)]
+        history: u64,
+        /// Requests finished and claimed again per step.
+        #[arg(long, default_value_t = 96)]
+        claim_batch: u32,
+        /// Requests held (claimed, not finished) at all times, as a daemon does.
+        #[arg(long, default_value_t = 256)]
+        in_flight: u32,
+        /// Print the plan of one claim halfway through.
+        #[arg(long)]
+        explain: bool,
+        /// PostgreSQL URL of a database for benchmarks only (dropped and created afresh).
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/fusillade_bench"
+        )]
+        database_url: String,
+    },
     /// Serves a mock upstream until killed; prints `listening on URL` first.
     Mock {
         /// Latency per request.
@@ -113,6 +139,21 @@ fn main() -> Result<()> {
             latency_ms,
             database_url,
             claim_batch,
+        })),
+        Command::Queue {
+            requests,
+            history,
+            claim_batch,
+            in_flight,
+            explain,
+            database_url,
+        } => runtime()?.block_on(queue::run(queue::QueueBench {
+            requests,
+            history,
+            claim_batch,
+            in_flight,
+            explain,
+            database_url,
         })),
         Command::Mock { latency_ms, port } => runtime()?.block_on(mock(latency_ms, port)),
     }

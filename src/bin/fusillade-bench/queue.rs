@@ -1,0 +1,204 @@
+//! `fusillade-bench queue`: the daemon's database hot path alone (claim, then
+//! finish), without HTTP, to see what each request costs PostgreSQL and how
+//! the claim behaves as history grows.
+
+use crate::procstat::GroupCpu;
+use anyhow::Result;
+use fusillade::domain::ids::DaemonId;
+use fusillade::domain::request::RequestState;
+use fusillade::store::{ClaimRequest, DaemonStore, Finished, NewDaemon, PostgresStore, QueueStore};
+use std::time::{Duration, Instant};
+
+/// What to measure.
+pub struct QueueBench {
+    pub requests: u64,
+    pub history: u64,
+    pub claim_batch: u32,
+    pub in_flight: u32,
+    pub explain: bool,
+    pub database_url: String,
+}
+
+/// Inserts a batch of `n` requests (and templates) in `state`, by SQL.
+async fn seed(pool: &sqlx::PgPool, n: u64, state: &str) -> Result<()> {
+    let batch = uuid::Uuid::now_v7();
+    let file = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO files (id, filename, purpose, kind) VALUES ($1, 'bench', 'batch', 'input')",
+    )
+    .bind(file)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO batches (id, input_file_id, endpoint, completion_window, status, total, \
+         in_progress_at, expires_at) VALUES ($1, $2, '/v1/chat/completions', '24h', 'in_progress', $3, \
+         now(), now() + interval '1 day')",
+    )
+    .bind(batch)
+    .bind(file)
+    .bind(n as i64)
+    .execute(pool)
+    .await?;
+    // In chunks, so that 10M rows do not make one giant transaction.
+    let chunk = 1_000_000u64;
+    let mut done = 0u64;
+    while done < n {
+        let k = chunk.min(n - done);
+        sqlx::query(
+            "WITH t AS ( \
+                 INSERT INTO request_templates (id, file_id, line_number, custom_id, path, body, model) \
+                 SELECT gen_random_uuid(), $1, g, 'r-' || g, '/v1/chat/completions', \
+                        '{\"model\":\"bench-model\",\"messages\":[]}', 'bench-model' \
+                 FROM generate_series($3::bigint + 1, $3::bigint + $4::bigint) g \
+                 RETURNING id, line_number, custom_id) \
+             INSERT INTO requests (id, batch_id, template_id, model, custom_id, state, deadline, finished_at) \
+             SELECT encode(overlay(uuid_send($2) PLACING substring(int8send(t.line_number) FROM 3) FROM 11), 'hex')::uuid, \
+                    $2, t.id, 'bench-model', t.custom_id, $5, now() + interval '1 day', \
+                    CASE WHEN $5 = 'pending' THEN NULL ELSE now() END \
+             FROM t",
+        )
+        .bind(file)
+        .bind(batch)
+        .bind(done as i64)
+        .bind(k as i64)
+        .bind(state)
+        .execute(pool)
+        .await?;
+        done += k;
+    }
+    sqlx::query("VACUUM ANALYZE requests").execute(pool).await?;
+    sqlx::query("VACUUM ANALYZE request_templates")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Runs it and prints the numbers.
+pub async fn run(b: QueueBench) -> Result<()> {
+    let pool = crate::connect_bench_db(&b.database_url).await?;
+    if b.history > 0 {
+        let t = Instant::now();
+        seed(&pool, b.history, "completed").await?;
+        println!(
+            "history         {} terminal requests inserted in {:.1} s",
+            b.history,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    seed(&pool, b.requests, "pending").await?;
+    let store = PostgresStore::new(pool.clone());
+    let daemon: DaemonId = store
+        .register_daemon(NewDaemon {
+            hostname: "bench".into(),
+            pid: std::process::id() as i32,
+            version: "bench".into(),
+            config: serde_json::json!({}),
+        })
+        .await?
+        .id;
+    // Steady state, as in the daemon: `in_flight` requests held; each step
+    // finishes the oldest `claim_batch` of them and claims as many again.
+    let req = |want: u32| ClaimRequest {
+        daemon,
+        models: vec![],
+        default_limit: b.in_flight.max(b.claim_batch),
+        default_want: want,
+        max_total: want.max(1),
+    };
+    let mut pg = GroupCpu::start("postgres");
+    let mut claim_times: Vec<Duration> = Vec::new();
+    let mut finish_time = Duration::ZERO;
+    let mut finishes = 0u32;
+    let started = Instant::now();
+    let mut total = 0u64;
+    let mut held: std::collections::VecDeque<fusillade::store::ClaimedRequest> = Default::default();
+    let capacity = b.in_flight.max(b.claim_batch);
+    let mut explained = false;
+    loop {
+        let want = capacity - held.len() as u32;
+        if b.explain && !explained && total > b.requests / 2 {
+            explained = true;
+            explain(&pool, daemon, capacity, want).await?;
+        }
+        let t = Instant::now();
+        let claimed = store.claim(&req(want)).await?;
+        claim_times.push(t.elapsed());
+        total += claimed.len() as u64;
+        held.extend(claimed);
+        if held.is_empty() {
+            break;
+        }
+        let n = held.len().min(b.claim_batch as usize);
+        let finished: Vec<Finished> = held
+            .drain(..n)
+            .map(|c| Finished {
+                id: c.id,
+                attempt: c.attempt,
+                state: RequestState::Completed,
+                status_code: Some(200),
+                upstream_request_id: Some("req-bench".into()),
+                body: Some(r#"{"id":"x","object":"chat.completion","choices":[]}"#.into()),
+                error: None,
+                usage: None,
+            })
+            .collect();
+        let t = Instant::now();
+        store.finish(&finished).await?;
+        finish_time += t.elapsed();
+        finishes += 1;
+        pg.sample();
+    }
+    pg.sample();
+    let wall = started.elapsed().as_secs_f64();
+    claim_times.pop(); // the empty claim at the end
+    claim_times.sort();
+    let pct = |p: f64| claim_times[((claim_times.len() - 1) as f64 * p) as usize];
+    println!(
+        "requests        {total} claimed and finished, {} per step, {} held",
+        b.claim_batch, capacity
+    );
+    println!(
+        "rate            {:.0} req/s ({wall:.2} s)",
+        total as f64 / wall
+    );
+    println!(
+        "claim latency   median {:.2} ms, p90 {:.2} ms, max {:.2} ms ({} claims)",
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.9).as_secs_f64() * 1e3,
+        pct(1.0).as_secs_f64() * 1e3,
+        claim_times.len()
+    );
+    println!(
+        "finish          {:.2} ms per statement ({finishes} statements)",
+        finish_time.as_secs_f64() * 1e3 / f64::from(finishes.max(1))
+    );
+    println!(
+        "PostgreSQL CPU  {:.1} µs per request",
+        pg.used() * 1e6 / total.max(1) as f64
+    );
+    Ok(())
+}
+
+/// Prints the plan of one claim, run inside a transaction that is rolled back.
+async fn explain(pool: &sqlx::PgPool, daemon: DaemonId, limit: u32, want: u32) -> Result<()> {
+    use sqlx::Row;
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(&format!(
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
+        fusillade::store::CLAIM_SQL
+    ))
+    .bind(daemon)
+    .bind(Vec::<String>::new())
+    .bind(Vec::<i32>::new())
+    .bind(limit as i32)
+    .bind(want as i32)
+    .bind(Vec::<i32>::new())
+    .bind(i64::from(want.max(1)))
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in rows {
+        println!("  {}", r.try_get::<String, _>(0)?);
+    }
+    tx.rollback().await?;
+    Ok(())
+}
