@@ -2,6 +2,11 @@
 
 mod cli;
 
+// glibc's allocator showed up as the largest item in the daemon's profile
+// (about a sixth of its CPU); mimalloc is faster under many threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use std::process::ExitCode;
 

@@ -42,12 +42,20 @@ async fn write<S: DaemonBackend>(
     batch: &mut Vec<Outcome>,
     shutdown: &CancellationToken,
 ) {
+    // Moved out, not cloned: the bodies are the bulk of the bytes.
     let mut finishes = Vec::new();
     let mut requeues = Vec::new();
-    for o in batch.iter() {
-        match &o.write {
-            Write::Finish(f) => finishes.push(f.clone()),
-            Write::Requeue(r) => requeues.push(*r),
+    let mut slots = Vec::with_capacity(batch.len());
+    for o in batch.drain(..) {
+        match o.write {
+            Write::Finish(f) => {
+                slots.push((f.id, o.model));
+                finishes.push(f);
+            }
+            Write::Requeue(r) => {
+                slots.push((r.id, o.model));
+                requeues.push(r);
+            }
         }
     }
     let mut backoff = DbBackoff::default();
@@ -76,12 +84,12 @@ async fn write<S: DaemonBackend>(
                 break;
             }
             Err(e) => {
-                tracing::warn!(error = %e, outcomes = batch.len(), "writing outcomes failed; retrying");
+                tracing::warn!(error = %e, outcomes = finishes.len() + requeues.len(), "writing outcomes failed; retrying");
                 if shutdown.is_cancelled() {
                     let since = *gave_up_at.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > GIVE_UP_AFTER_SHUTDOWN {
                         tracing::error!(
-                            outcomes = batch.len(),
+                            outcomes = finishes.len() + requeues.len(),
                             "giving up on writing outcomes; their leases will expire"
                         );
                         break;
@@ -94,12 +102,8 @@ async fn write<S: DaemonBackend>(
     // Slots are freed only once the database agrees, so the global in-flight
     // count never lags behind this daemon's view.
     let mut held = shared.held.lock().expect("held lock");
-    for o in batch.drain(..) {
-        let id = match &o.write {
-            Write::Finish(f) => f.id,
-            Write::Requeue(r) => r.id,
-        };
+    for (id, model) in slots {
         held.remove(&id);
-        shared.limiter.release(&o.model, 1);
+        shared.limiter.release(&model, 1);
     }
 }
