@@ -58,6 +58,15 @@ struct RawConfig {
     #[serde(default)]
     daemon: RawDaemon,
     auth: Option<RawAuth>,
+    #[serde(default)]
+    api: RawApi,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    max_upload_bytes: Option<u64>,
+    endpoints: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -154,6 +163,25 @@ impl Default for DaemonSettings {
     }
 }
 
+/// Settings of the HTTP API (`[api]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSettings {
+    /// The largest accepted upload, in bytes (larger ones answer 413).
+    pub max_upload_bytes: u64,
+    /// The endpoints a batch (and each input line) may target.
+    pub endpoints: Vec<String>,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        let limits = crate::domain::file::IngestLimits::default();
+        Self {
+            max_upload_bytes: limits.max_file_bytes,
+            endpoints: limits.endpoints,
+        }
+    }
+}
+
 /// The checked configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -169,6 +197,8 @@ pub struct Config {
     pub daemon: DaemonSettings,
     /// Bearer key -> owner; `None` means no auth.
     pub auth: Option<BTreeMap<String, String>>,
+    /// HTTP API settings.
+    pub api: ApiSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -180,6 +210,7 @@ impl std::fmt::Debug for Config {
             .field("models", &self.models)
             .field("daemon", &self.daemon)
             .field("auth_keys", &self.auth.as_ref().map(|k| k.len()))
+            .field("api", &self.api)
             .finish_non_exhaustive()
     }
 }
@@ -278,6 +309,26 @@ impl Config {
             }
             Some(a) => Some(a.keys),
         };
+        let api_defaults = ApiSettings::default();
+        let api = ApiSettings {
+            max_upload_bytes: raw
+                .api
+                .max_upload_bytes
+                .unwrap_or(api_defaults.max_upload_bytes),
+            endpoints: raw.api.endpoints.unwrap_or(api_defaults.endpoints),
+        };
+        if api.max_upload_bytes == 0 {
+            return Err(invalid("api.max_upload_bytes", "must be at least 1"));
+        }
+        if api.endpoints.is_empty() {
+            return Err(invalid("api.endpoints", "must name at least one endpoint"));
+        }
+        if let Some(bad) = api.endpoints.iter().find(|e| !e.starts_with('/')) {
+            return Err(invalid(
+                "api.endpoints",
+                format!("{bad:?} must be a path such as /v1/chat/completions"),
+            ));
+        }
         Ok(Self {
             listen,
             database_url: raw.database_url,
@@ -285,6 +336,7 @@ impl Config {
             models,
             daemon,
             auth,
+            api,
         })
     }
 
@@ -443,6 +495,18 @@ keys = { "sk-alice" = "alice", "sk-bob" = "bob" }
         assert!(message("[models.m]\nconcurrency = -1").contains("concurrency"));
         // One line, so the binary can print it as is.
         assert!(!message("[upstream]\nconcurency = 3").contains('\n'));
+    }
+
+    #[test]
+    fn api_section() {
+        let c = parse("[api]\nmax_upload_bytes = 1000\nendpoints = [\"/v1/embeddings\"]").unwrap();
+        assert_eq!(c.api.max_upload_bytes, 1000);
+        assert_eq!(c.api.endpoints, ["/v1/embeddings"]);
+        assert_eq!(parse("").unwrap().api, ApiSettings::default());
+        assert!(message("[api]\nmax_upload_bytes = 0").contains("api.max_upload_bytes"));
+        assert!(message("[api]\nendpoints = []").contains("api.endpoints"));
+        assert!(message("[api]\nendpoints = [\"v1/x\"]").contains("api.endpoints"));
+        assert!(message("[api]\nmax_upload = 1").contains("max_upload"));
     }
 
     #[test]

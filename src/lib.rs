@@ -7,8 +7,10 @@
 //!   JSONL parsing and validation, output lines). No SQL, no I/O.
 //! - [`store`]: every SQL statement, one module per table, behind traits.
 //! - `migrations/`: the PostgreSQL schema, the only place it changes.
+//! - [`api`]: the OpenAI-compatible HTTP API (axum): `api::router(state)`.
 //! - `cli` (in the binary): one module per subcommand.
 
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod domain;

@@ -4,6 +4,7 @@
 mod migrate;
 mod progress;
 mod run;
+mod serve;
 mod setup;
 mod worker;
 
@@ -23,6 +24,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serves the OpenAI-compatible HTTP API and runs the daemon (`--api-only`: the API alone).
+    Serve(serve::Args),
     /// Applies the database schema (safe to run any number of times).
     Migrate(migrate::Args),
     /// Runs the daemon alone: claims and executes requests (scale-out).
@@ -96,6 +99,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         .map_err(runtime)?;
     rt.block_on(async move {
         match cli.command {
+            Command::Serve(args) => serve::run(args).await,
             Command::Migrate(args) => migrate::run(args).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Run(args) => run::run(args).await,

@@ -65,6 +65,28 @@ impl BatchStatus {
         }
     }
 
+    /// Whether a user's retry of failed requests (`POST
+    /// /v1/batches/{id}/retry`) may reopen a batch in this status: the one
+    /// documented exception to "terminal statuses never change". A
+    /// `completed` or `expired` batch with failed requests goes back to
+    /// `in_progress` with a new deadline (now + its completion window), and
+    /// the finalizer settles it again. Batches still running are refused (the
+    /// finalizer may be settling them at that moment), and so are `failed`
+    /// (nothing ran), `cancelling` and `cancelled` ones (the user stopped
+    /// them).
+    pub const fn reopens_on_user_retry(self) -> bool {
+        matches!(self, Self::Completed | Self::Expired)
+    }
+
+    /// The statuses a user's retry may reopen, for SQL guards.
+    pub fn reopenable() -> Vec<&'static str> {
+        Self::ALL
+            .iter()
+            .filter(|s| s.reopens_on_user_retry())
+            .map(|s| s.as_str())
+            .collect()
+    }
+
     /// The statuses from which `to` may be reached, for SQL guards.
     pub fn sources_of(to: Self) -> Vec<&'static str> {
         Self::ALL
@@ -258,6 +280,18 @@ mod tests {
         assert_eq!(
             BatchStatus::sources_of(BatchStatus::Cancelling),
             vec!["validating", "in_progress"]
+        );
+    }
+
+    #[test]
+    fn only_completed_and_expired_batches_reopen_on_user_retry() {
+        assert_eq!(BatchStatus::reopenable(), vec!["completed", "expired"]);
+        // The exception is separate from the transition table, which still
+        // lets no terminal status change.
+        assert!(
+            BatchStatus::Completed
+                .check(BatchStatus::InProgress)
+                .is_err()
         );
     }
 

@@ -54,6 +54,17 @@ impl RequestState {
         }
     }
 
+    /// The one documented exception to "terminal states never change": a
+    /// user may ask (`POST /v1/batches/{id}/retry`) for the failed requests
+    /// of a finished batch to run again. Such a request goes back to
+    /// `pending` with its retries reset and its result deleted, in one
+    /// transaction guarded by `WHERE state = 'failed'`. Nothing else (the
+    /// daemon, the finalizer, the rescuer) ever moves a terminal request;
+    /// completed and cancelled requests are never retried.
+    pub const fn can_be_retried_by_user(self) -> bool {
+        matches!(self, Self::Failed)
+    }
+
     /// `Ok` when `self -> to` is legal, else the typed error.
     pub fn check(self, to: Self) -> Result<(), IllegalTransition> {
         if self.can_become(to) {
@@ -138,6 +149,17 @@ mod tests {
                 assert_eq!(from.can_become(*to), expected, "{from} -> {to}");
                 assert_eq!(from.check(*to).is_ok(), expected);
             }
+        }
+    }
+
+    #[test]
+    fn only_failed_requests_can_be_retried_by_users() {
+        for s in RequestState::ALL {
+            assert_eq!(
+                s.can_be_retried_by_user(),
+                *s == RequestState::Failed,
+                "{s}"
+            );
         }
     }
 

@@ -469,6 +469,73 @@ impl BatchStore for PostgresStore {
         Ok(batch)
     }
 
+    async fn retry_failed(&self, owner: Owner<'_>, id: BatchId) -> Result<(Batch, u64)> {
+        let not_found = || StoreError::NotFound {
+            what: "batch",
+            id: id.to_string(),
+        };
+        let mut tx = self.pools.primary.begin().await?;
+        // The row lock orders this against cancel; the finalizer never
+        // touches batches in the statuses that may be reopened.
+        let row = sqlx::query(
+            "SELECT status, completion_window FROM batches \
+             WHERE id = $1 AND ($2::text IS NULL OR owner = $2) FOR UPDATE",
+        )
+        .bind(id)
+        .bind(owner.param())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(not_found)?;
+        let status: BatchStatus = row.try_get("status")?;
+        if !status.reopens_on_user_retry() {
+            return Err(StoreError::Conflict(crate::domain::IllegalTransition {
+                kind: "batch",
+                from: status.as_str(),
+                to: BatchStatus::InProgress.as_str(),
+            }));
+        }
+        let window: String = row.try_get("completion_window")?;
+        let window =
+            CompletionWindow::parse(&window).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        // Guarded by `state = 'failed'`: only failed requests move (see
+        // RequestState::can_be_retried_by_user), and their results go with them.
+        let retried: i64 = sqlx::query_scalar(
+            "WITH r AS ( \
+                 UPDATE requests SET state = 'pending', retries = 0, not_before = now(), \
+                        deadline = now() + $2, finished_at = NULL, started_at = NULL, \
+                        daemon_id = NULL \
+                 WHERE batch_id = $1 AND state = 'failed' \
+                 RETURNING id), \
+             d AS (DELETE FROM request_results x USING r \
+                   WHERE x.request_id = r.id AND x.batch_id = $1) \
+             SELECT count(*) FROM r",
+        )
+        .bind(id)
+        .bind(window.duration())
+        .fetch_one(&mut *tx)
+        .await?;
+        if retried > 0 {
+            sqlx::query(
+                "UPDATE batches SET status = 'in_progress', expires_at = now() + $2, \
+                 finalizing_at = NULL, completed_at = NULL, expired_at = NULL \
+                 WHERE id = $1 AND status = ANY($3)",
+            )
+            .bind(id)
+            .bind(window.duration())
+            .bind(BatchStatus::reopenable())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(super::notify::NOTIFY_WORK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let batch = fetch_batch(&mut *tx, owner, id)
+            .await?
+            .ok_or_else(not_found)?;
+        tx.commit().await?;
+        Ok((batch, retried as u64))
+    }
+
     async fn request_counts(&self, id: BatchId) -> Result<RequestCounts> {
         let rows: Vec<(RequestState, i64)> = sqlx::query_as(
             "SELECT state, count(*) FROM requests WHERE batch_id = $1 GROUP BY state",

@@ -431,6 +431,24 @@ impl FileStore for PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn set_file_expiry(
+        &self,
+        owner: Owner<'_>,
+        id: FileId,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE files SET expires_at = $3 \
+             WHERE id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR owner = $2)",
+        )
+        .bind(id)
+        .bind(owner.param())
+        .bind(expires_at)
+        .execute(&self.pools.primary)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn file_content(&self, owner: Owner<'_>, id: FileId) -> Result<ByteStream> {
         let file = self
             .get_file(owner, id)

@@ -26,7 +26,9 @@ pub use files::{FileListQuery, NewFile, Order};
 pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
 pub use pools::{DbPools, TestDbPools};
-pub use queue::{CLAIM_SQL, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue};
+pub use queue::{
+    CLAIM_SQL, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue,
+};
 pub use response_steps::ResponseStepStore;
 
 use crate::domain::IllegalTransition;

@@ -1,7 +1,10 @@
 //! `requests` and `request_results` as the API reads them: single requests,
 //! lists, and the output and error files streamed page by page.
 
-use super::{ByteStream, MAX_PAGE, Page, PostgresStore, RequestStore, Result, StoreError};
+use super::{
+    ByteStream, HealthStore, LiveRequestCounts, MAX_PAGE, Page, PostgresStore, RequestStore,
+    Result, StoreError,
+};
 use crate::domain::batch::BatchId;
 use crate::domain::output::{ResultError, ResultRow};
 use crate::domain::request::{RequestId, RequestRecord};
@@ -135,5 +138,32 @@ impl RequestStore for PostgresStore {
 
     fn error_stream(&self, batch_id: BatchId) -> ByteStream {
         self.result_stream(batch_id, false)
+    }
+}
+
+impl HealthStore for PostgresStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pools.primary).await?;
+        Ok(())
+    }
+
+    async fn live_request_counts(&self) -> Result<LiveRequestCounts> {
+        // Each predicate repeats a partial index's own (`requests_claim`,
+        // `requests_in_flight`), so these are index-only counts of the live
+        // rows, never a scan of finished ones.
+        let (pending, claimed, processing): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM requests WHERE state = 'pending'), \
+                    f.claimed, f.processing \
+             FROM (SELECT count(*) FILTER (WHERE state = 'claimed') AS claimed, \
+                          count(*) FILTER (WHERE state = 'processing') AS processing \
+                   FROM requests WHERE state IN ('claimed', 'processing')) f",
+        )
+        .fetch_one(&self.pools.replica)
+        .await?;
+        Ok(LiveRequestCounts {
+            pending,
+            claimed,
+            processing,
+        })
     }
 }

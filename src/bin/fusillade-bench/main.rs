@@ -10,6 +10,7 @@
 //! (streamed from disk in 256 KiB chunks), creates a batch from it, and
 //! prints the rates and the process's peak RSS.
 
+mod api;
 mod procstat;
 mod queue;
 mod run;
@@ -102,6 +103,24 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         port: u16,
     },
+    /// Uploads a ~SIZE MB file through `fusillade serve --api-only` over
+    /// HTTP, then downloads a batch output of it; prints MB/s and the
+    /// server's peak RSS.
+    ApiUpload {
+        /// Size of the generated input file in MB (kept in bench-data/).
+        #[arg(long, default_value_t = 1024)]
+        size_mb: u64,
+        /// Skip the output download.
+        #[arg(long)]
+        no_download: bool,
+        /// PostgreSQL URL of a database for benchmarks only (dropped and created afresh).
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/fusillade_bench"
+        )]
+        database_url: String,
+    },
     /// Uploads a JSONL file, then creates a batch from it.
     Ingest {
         /// The file to upload.
@@ -156,6 +175,15 @@ fn main() -> Result<()> {
             database_url,
         })),
         Command::Mock { latency_ms, port } => runtime()?.block_on(mock(latency_ms, port)),
+        Command::ApiUpload {
+            size_mb,
+            no_download,
+            database_url,
+        } => runtime()?.block_on(api::run(api::ApiBench {
+            size_mb,
+            download: !no_download,
+            database_url,
+        })),
     }
 }
 

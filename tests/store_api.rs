@@ -1,0 +1,204 @@
+//! Store functions added for the HTTP API: the user's retry of failed
+//! requests (the one documented exception to terminal states never
+//! changing), live request counts for `/metrics`, the health ping, and file
+//! expiry set after upload.
+
+mod common;
+
+use common::*;
+use fusillade::store::{HealthStore, LiveRequestCounts, MaintenanceStore, Owner, WorkNotifier};
+use fusillade::{BatchStatus, BatchStore, FileStore, RequestStore, StoreError};
+use futures_util::StreamExt;
+use serde_json::json;
+use sqlx::PgPool;
+use std::time::Duration;
+
+#[sqlx::test]
+async fn retry_reopens_an_expired_batch_and_requeues_only_failed_requests(pool: PgPool) {
+    let store = store(&pool).await;
+    let file = upload(&store, "alice", &valid_file("r", 4)).await;
+    let batch = store
+        .create_batch(new_batch("alice", file.id, CHAT))
+        .await
+        .unwrap();
+    let reqs = requests(&pool, batch.id).await;
+    // One completed, one failed by the upstream (after two retries), two
+    // left pending when the window runs out.
+    finish(&pool, reqs[0].id, Some(200), Some(r#"{"ok":true}"#), None).await;
+    finish(
+        &pool,
+        reqs[1].id,
+        Some(400),
+        Some("{}"),
+        Some(json!({"code": "upstream_error", "message": "no"})),
+    )
+    .await;
+    sqlx::query("UPDATE requests SET retries = 2 WHERE id = $1")
+        .bind(reqs[1].id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE batches SET expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(batch.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    store.finalize(10).await.unwrap();
+    let expired = store
+        .get_batch(Owner::Any, batch.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(expired.status, BatchStatus::Expired);
+    assert_eq!(expired.request_counts.failed, 3);
+
+    let mut signals = store.listen_for_work().await.unwrap();
+    let (reopened, n) = store
+        .retry_failed(Owner::Only("alice"), batch.id)
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(reopened.status, BatchStatus::InProgress);
+    assert_eq!(reopened.expired_at, None);
+    assert_eq!(reopened.completed_at, None);
+    let new_deadline = reopened.expires_at.unwrap();
+    assert!(new_deadline > chrono::Utc::now() + chrono::Duration::hours(23));
+    assert_eq!(reopened.request_counts.pending, 3);
+    assert_eq!(reopened.request_counts.completed, 1);
+    assert_eq!(reopened.request_counts.failed, 0);
+    // A signal for idle daemons, sent with the commit.
+    tokio::time::timeout(Duration::from_secs(5), signals.next())
+        .await
+        .expect("a work signal")
+        .unwrap();
+
+    let rows: Vec<(String, i32, chrono::DateTime<chrono::Utc>, bool)> = sqlx::query_as(
+        "SELECT q.state, q.retries, q.deadline, q.finished_at IS NULL FROM requests q \
+         WHERE q.batch_id = $1 ORDER BY q.id",
+    )
+    .bind(batch.id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows[0].0, "completed");
+    for r in &rows[1..] {
+        assert_eq!(
+            (r.0.as_str(), r.1, r.2, r.3),
+            ("pending", 0, new_deadline, true)
+        );
+    }
+    // Only the completed request keeps its result line.
+    let results: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM request_results WHERE batch_id = $1")
+            .bind(batch.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(results, 1);
+    assert_eq!(collect(store.error_stream(batch.id)).await, b"");
+}
+
+#[sqlx::test]
+async fn retry_is_a_conflict_unless_completed_or_expired(pool: PgPool) {
+    let store = store(&pool).await;
+    let file = upload(&store, "alice", &valid_file("c", 1)).await;
+    let running = store
+        .create_batch(new_batch("alice", file.id, CHAT))
+        .await
+        .unwrap();
+    let err = store
+        .retry_failed(Owner::Only("alice"), running.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    store
+        .cancel_batch(Owner::Only("alice"), running.id)
+        .await
+        .unwrap();
+    let err = store
+        .retry_failed(Owner::Only("alice"), running.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    // The cancelled request stays cancelled.
+    assert_eq!(requests(&pool, running.id).await[0].state, "canceled");
+    // Another owner's batch is not found.
+    let err = store
+        .retry_failed(Owner::Only("bob"), running.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+}
+
+#[sqlx::test]
+async fn retry_of_a_completed_batch_without_failures_changes_nothing(pool: PgPool) {
+    let store = store(&pool).await;
+    let file = upload(&store, "alice", &valid_file("n", 1)).await;
+    let batch = store
+        .create_batch(new_batch("alice", file.id, CHAT))
+        .await
+        .unwrap();
+    let r = requests(&pool, batch.id).await;
+    finish(&pool, r[0].id, Some(200), Some("{}"), None).await;
+    store.finalize(10).await.unwrap();
+    let before = store
+        .get_batch(Owner::Any, batch.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.status, BatchStatus::Completed);
+    let (after, n) = store
+        .retry_failed(Owner::Only("alice"), batch.id)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(after, before);
+}
+
+#[sqlx::test]
+async fn live_counts_come_from_unfinished_requests_only(pool: PgPool) {
+    let store = store(&pool).await;
+    store.ping().await.unwrap();
+    assert_eq!(
+        store.live_request_counts().await.unwrap(),
+        LiveRequestCounts::default()
+    );
+    let file = upload(&store, "", &valid_file("l", 5)).await;
+    let batch = store
+        .create_batch(new_batch("", file.id, CHAT))
+        .await
+        .unwrap();
+    let r = requests(&pool, batch.id).await;
+    set_in_flight(&pool, r[0].id, "claimed").await;
+    set_in_flight(&pool, r[1].id, "processing").await;
+    finish(&pool, r[2].id, Some(200), Some("{}"), None).await;
+    assert_eq!(
+        store.live_request_counts().await.unwrap(),
+        LiveRequestCounts {
+            pending: 2,
+            claimed: 1,
+            processing: 1
+        }
+    );
+}
+
+#[sqlx::test]
+async fn file_expiry_can_be_set_after_upload(pool: PgPool) {
+    let store = store(&pool).await;
+    let file = upload(&store, "alice", &valid_file("e", 1)).await;
+    let at = chrono::DateTime::from_timestamp(2_000_000_000, 0).unwrap();
+    assert!(
+        !store
+            .set_file_expiry(Owner::Only("bob"), file.id, Some(at))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_file_expiry(Owner::Only("alice"), file.id, Some(at))
+            .await
+            .unwrap()
+    );
+    let got = store.get_file(Owner::Any, file.id).await.unwrap().unwrap();
+    assert_eq!(got.expires_at, Some(at));
+}
