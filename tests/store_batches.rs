@@ -379,6 +379,21 @@ async fn an_idempotency_key_returns_the_first_batch(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn concurrent_creates_with_one_key_make_one_batch(pool: PgPool) {
+    let store = store(&pool).await;
+    let file = upload(&store, "alice", &valid_file("r", 20)).await;
+    let keyed = || NewBatch {
+        idempotency_key: Some("same"),
+        ..new_batch("alice", file.id, CHAT)
+    };
+    let results = futures_util::future::join_all((0..6).map(|_| store.create_batch(keyed()))).await;
+    let ids: HashSet<_> = results.into_iter().map(|r| r.unwrap().id).collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(count(&pool, "batches").await, 1);
+    assert_eq!(count(&pool, "requests").await, 20);
+}
+
+#[sqlx::test]
 async fn batches_of_one_file_have_their_own_requests(pool: PgPool) {
     let store = store(&pool).await;
     let file = upload(&store, "alice", &valid_file("r", 50)).await;

@@ -81,10 +81,11 @@ pub fn runtime(error: impl Into<anyhow::Error>) -> CliError {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: info).
+/// Logs to stderr, filtered by `RUST_LOG` (default: info; sqlx's slow-statement
+/// warnings are expected on bulk loads and are hidden unless asked for).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

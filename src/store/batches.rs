@@ -348,6 +348,20 @@ impl BatchStore for PostgresStore {
                 {
                     tries += 1;
                 }
+                // A concurrent create with the same key won the race: answer
+                // with its batch, as a repeat would get.
+                Err(StoreError::Database(sqlx::Error::Database(e)))
+                    if e.constraint() == Some("batches_idempotency") =>
+                {
+                    let key = new.idempotency_key.unwrap_or_default();
+                    return self
+                        .find_batch_by_key(new.owner, key)
+                        .await?
+                        .ok_or_else(|| StoreError::NotFound {
+                            what: "batch",
+                            id: key.to_owned(),
+                        });
+                }
                 other => return other,
             }
         }
