@@ -72,6 +72,13 @@ CREATE TABLE batches (
     output_file_id     uuid REFERENCES files (id),
     error_file_id      uuid REFERENCES files (id),
     total              bigint      NOT NULL DEFAULT 0,
+    -- Requests ended in each terminal state, kept by every statement that ends
+    -- (or, for a user retry, reopens) requests, so a batch's counts cost O(1)
+    -- instead of a scan of its requests. Pending and in-progress counts come
+    -- from the (batch_id, state) index over the few requests in flight.
+    n_completed        bigint      NOT NULL DEFAULT 0,
+    n_failed           bigint      NOT NULL DEFAULT 0,
+    n_canceled         bigint      NOT NULL DEFAULT 0,
     -- Token usage summed from the answers, added as results are written.
     input_tokens       bigint      NOT NULL DEFAULT 0,
     cached_tokens      bigint      NOT NULL DEFAULT 0,

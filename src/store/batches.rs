@@ -45,17 +45,23 @@ pub struct BatchListQuery<'a> {
 const BATCH_COLUMNS: &str = "b.id, b.owner, b.input_file_id, b.endpoint, b.completion_window, \
      b.metadata, b.status, b.errors, b.output_file_id, b.error_file_id, b.total, b.created_at, \
      b.in_progress_at, b.expires_at, b.finalizing_at, b.completed_at, b.failed_at, b.expired_at, \
-     b.cancelling_at, b.cancelled_at, b.input_tokens, b.cached_tokens, b.output_tokens, \
+     b.cancelling_at, b.cancelled_at, b.n_completed, b.n_failed, b.n_canceled, b.input_tokens, b.cached_tokens, b.output_tokens, \
      b.reasoning_tokens, b.total_tokens";
 
 /// Counts by state from the (batch_id, state) index, as one row of columns.
 const COUNTS_LATERAL: &str = "LEFT JOIN LATERAL ( \
-     SELECT count(*) FILTER (WHERE state = 'pending') AS n_pending, \
-            count(*) FILTER (WHERE state IN ('claimed', 'processing')) AS n_in_progress, \
-            count(*) FILTER (WHERE state = 'completed') AS n_completed, \
-            count(*) FILTER (WHERE state = 'failed') AS n_failed, \
-            count(*) FILTER (WHERE state = 'canceled') AS n_canceled \
-     FROM requests r WHERE r.batch_id = b.id) c ON true";
+     SELECT count(*) AS n_in_progress FROM requests r \
+     WHERE r.batch_id = b.id AND r.state IN ('claimed', 'processing')) c ON true";
+
+/// Pending = all - ended - in flight: every request is in exactly one of them.
+fn pending_of(row: &PgRow) -> Result<i64, sqlx::Error> {
+    let total: i64 = row.try_get("total")?;
+    let ended: i64 = row.try_get::<i64, _>("n_completed")?
+        + row.try_get::<i64, _>("n_failed")?
+        + row.try_get::<i64, _>("n_canceled")?;
+    let in_progress: i64 = row.try_get("n_in_progress")?;
+    Ok((total - ended - in_progress).max(0))
+}
 
 fn batch_from_row(row: &PgRow) -> Result<Batch> {
     let metadata: Option<Json<BTreeMap<String, String>>> = row.try_get("metadata")?;
@@ -82,7 +88,7 @@ fn batch_from_row(row: &PgRow) -> Result<Batch> {
         cancelled_at: row.try_get("cancelled_at")?,
         request_counts: RequestCounts {
             total: row.try_get("total")?,
-            pending: row.try_get("n_pending")?,
+            pending: pending_of(row)?,
             in_progress: row.try_get("n_in_progress")?,
             completed: row.try_get("n_completed")?,
             failed: row.try_get("n_failed")?,
@@ -449,9 +455,12 @@ impl BatchStore for PostgresStore {
             "WITH c AS ( \
                  UPDATE requests SET state = 'canceled', finished_at = now() \
                  WHERE batch_id = $1 AND state = 'pending' \
-                 RETURNING id, custom_id) \
-             INSERT INTO request_results (request_id, batch_id, custom_id, ok, error) \
-             SELECT id, $1, custom_id, false, $2 FROM c",
+                 RETURNING id, custom_id), \
+             r AS ( \
+                 INSERT INTO request_results (request_id, batch_id, custom_id, ok, error) \
+                 SELECT id, $1, custom_id, false, $2 FROM c) \
+             UPDATE batches SET n_canceled = n_canceled + (SELECT count(*) FROM c) \
+             WHERE id = $1",
         )
         .bind(id)
         .bind(Json(crate::domain::output::ResultError::new(
@@ -521,8 +530,10 @@ impl BatchStore for PostgresStore {
                  WHERE batch_id = $1 AND state = 'failed' \
                  RETURNING id), \
              d AS (DELETE FROM request_results x USING r \
-                   WHERE x.request_id = r.id AND x.batch_id = $1) \
-             SELECT count(*) FROM r",
+                   WHERE x.request_id = r.id AND x.batch_id = $1), \
+             n AS (SELECT count(*) AS n FROM r), \
+             t AS (UPDATE batches SET n_failed = n_failed - (SELECT n FROM n) WHERE id = $1) \
+             SELECT n FROM n",
         )
         .bind(id)
         .bind(window.duration())

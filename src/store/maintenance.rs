@@ -98,8 +98,11 @@ impl MaintenanceStore for PostgresStore {
              res AS (
                  INSERT INTO request_results (request_id, batch_id, custom_id, ok, error)
                  SELECT id, batch_id, custom_id, false, $2 FROM gone)
-             UPDATE batches x SET status = 'expired', expired_at = now()
-             FROM b WHERE x.id = b.id RETURNING x.id",
+             UPDATE batches x SET status = 'expired', expired_at = now(),
+                                  n_failed = x.n_failed + COALESCE(g.n, 0)
+             FROM b LEFT JOIN (SELECT batch_id, count(*) AS n FROM gone GROUP BY batch_id) g
+                    ON g.batch_id = b.id
+             WHERE x.id = b.id RETURNING x.id",
         )
         .bind(limit)
         .bind(&expired_error)
@@ -115,12 +118,23 @@ impl MaintenanceStore for PostgresStore {
                  RETURNING q.id, q.batch_id, q.custom_id),
              res AS (
                  INSERT INTO request_results (request_id, batch_id, custom_id, ok, error)
-                 SELECT id, batch_id, custom_id, false, $2 FROM c)
-             UPDATE batches x SET status = 'cancelled', cancelled_at = now()
-             FROM b WHERE x.id = b.id
-               AND NOT EXISTS (SELECT 1 FROM requests q WHERE q.batch_id = b.id
-                               AND q.state IN ('claimed', 'processing'))
-             RETURNING x.id",
+                 SELECT id, batch_id, custom_id, false, $2 FROM c),
+             -- One UPDATE per batch row: a second one in the same statement
+             -- would be silently skipped.
+             moved AS (
+                 UPDATE batches x
+                 SET n_canceled = x.n_canceled + COALESCE(g.n, 0),
+                     status = CASE WHEN s.idle THEN 'cancelled' ELSE x.status END,
+                     cancelled_at = CASE WHEN s.idle THEN now() ELSE x.cancelled_at END
+                 FROM b
+                 LEFT JOIN (SELECT batch_id, count(*) AS n FROM c GROUP BY batch_id) g
+                        ON g.batch_id = b.id
+                 CROSS JOIN LATERAL (
+                     SELECT NOT EXISTS (SELECT 1 FROM requests q WHERE q.batch_id = b.id
+                                        AND q.state IN ('claimed', 'processing')) AS idle) s
+                 WHERE x.id = b.id
+                 RETURNING x.id, x.status)
+             SELECT id FROM moved WHERE status = 'cancelled'",
         )
         .bind(limit)
         .bind(&cancelled_error)

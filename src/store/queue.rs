@@ -254,22 +254,29 @@ impl QueueStore for PostgresStore {
                  FROM o
                  WHERE q.id = o.id AND q.attempt = o.attempt
                    AND q.state IN ('claimed', 'processing')
-                 RETURNING q.id, q.batch_id, q.custom_id, o.ok, o.status_code,
+                 RETURNING q.id, q.batch_id, q.custom_id, q.state, o.ok, o.status_code,
                            o.upstream_request_id, o.body, o.error, o.input_tokens,
                            o.cached_tokens, o.output_tokens, o.reasoning_tokens, o.total_tokens),
-             usage AS (
+             tally AS (
                  UPDATE batches b
-                 SET input_tokens = b.input_tokens + s.input_tokens,
+                 SET n_completed = b.n_completed + s.n_completed,
+                     n_failed = b.n_failed + s.n_failed,
+                     n_canceled = b.n_canceled + s.n_canceled,
+                     input_tokens = b.input_tokens + s.input_tokens,
                      cached_tokens = b.cached_tokens + s.cached_tokens,
                      output_tokens = b.output_tokens + s.output_tokens,
                      reasoning_tokens = b.reasoning_tokens + s.reasoning_tokens,
                      total_tokens = b.total_tokens + s.total_tokens
-                 FROM (SELECT batch_id, sum(input_tokens) AS input_tokens,
+                 FROM (SELECT batch_id,
+                              count(*) FILTER (WHERE state = 'completed') AS n_completed,
+                              count(*) FILTER (WHERE state = 'failed') AS n_failed,
+                              count(*) FILTER (WHERE state = 'canceled') AS n_canceled,
+                              sum(input_tokens) AS input_tokens,
                               sum(cached_tokens) AS cached_tokens,
                               sum(output_tokens) AS output_tokens,
                               sum(reasoning_tokens) AS reasoning_tokens,
                               sum(total_tokens) AS total_tokens
-                       FROM done WHERE batch_id IS NOT NULL AND total_tokens > 0
+                       FROM done WHERE batch_id IS NOT NULL
                        GROUP BY batch_id) s
                  WHERE b.id = s.batch_id)
              INSERT INTO request_results

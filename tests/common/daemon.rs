@@ -133,6 +133,9 @@ pub async fn finished_batch(store: &PostgresStore, id: BatchId, timeout: Duratio
     loop {
         let b = store.get_batch(Owner::Any, id).await.unwrap().unwrap();
         if b.status.is_terminal() {
+            // The batch's kept counters must agree with a full count.
+            let exact = store.request_counts(id).await.unwrap();
+            assert_eq!(b.request_counts, exact, "kept counts drifted");
             return b;
         }
         assert!(

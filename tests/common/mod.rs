@@ -219,7 +219,10 @@ pub async fn finish(
     let state = if ok { "completed" } else { "failed" };
     sqlx::query(
         "WITH r AS (UPDATE requests SET state = $2, finished_at = now(), daemon_id = NULL \
-                    WHERE id = $1 RETURNING id, batch_id, custom_id) \
+                    WHERE id = $1 RETURNING id, batch_id, custom_id), \
+         t AS (UPDATE batches b SET n_completed = n_completed + ($3::bool)::int, \
+                                    n_failed = n_failed + (NOT $3::bool)::int \
+               FROM r WHERE b.id = r.batch_id) \
          INSERT INTO request_results \
              (request_id, batch_id, custom_id, ok, status_code, upstream_request_id, body, error) \
          SELECT id, batch_id, custom_id, $3, $4, $5, $6, $7 FROM r",

@@ -117,6 +117,7 @@ pub async fn run(b: QueueBench) -> Result<()> {
     let mut held: std::collections::VecDeque<fusillade::store::ClaimedRequest> = Default::default();
     let capacity = b.in_flight.max(b.claim_batch);
     let mut explained = false;
+    let mut explained_finish = false;
     loop {
         let want = capacity - held.len() as u32;
         if b.explain && !explained && total > b.requests / 2 {
@@ -145,6 +146,10 @@ pub async fn run(b: QueueBench) -> Result<()> {
                 usage: None,
             })
             .collect();
+        if b.explain && explained && !explained_finish {
+            explained_finish = true;
+            explain_finish(&pool, &finished).await?;
+        }
         let t = Instant::now();
         store.finish(&finished).await?;
         finish_time += t.elapsed();
@@ -197,6 +202,32 @@ async fn explain(pool: &sqlx::PgPool, daemon: DaemonId, limit: u32, want: u32) -
     .bind(want as i32)
     .bind(Vec::<i32>::new())
     .bind(i64::from(want.max(1)))
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in rows {
+        println!("  {}", r.try_get::<String, _>(0)?);
+    }
+    tx.rollback().await?;
+    Ok(())
+}
+
+/// Prints the plan of one finish, with auto_explain-like detail, rolled back.
+async fn explain_finish(pool: &sqlx::PgPool, items: &[Finished]) -> Result<()> {
+    use sqlx::Row;
+    let ids: Vec<uuid::Uuid> = items.iter().map(|i| i.id.0).collect();
+    let attempts: Vec<i32> = items.iter().map(|i| i.attempt).collect();
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) \
+         WITH o AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS o(id, attempt)), \
+         done AS (UPDATE requests q SET state = 'completed', finished_at = now(), daemon_id = NULL \
+                  FROM o WHERE q.id = o.id AND q.attempt = o.attempt \
+                  AND q.state IN ('claimed', 'processing') RETURNING q.id, q.batch_id, q.custom_id) \
+         INSERT INTO request_results (request_id, batch_id, custom_id, ok, status_code, body) \
+         SELECT id, batch_id, custom_id, true, 200, '{}' FROM done",
+    )
+    .bind(&ids)
+    .bind(&attempts)
     .fetch_all(&mut *tx)
     .await?;
     for r in rows {
