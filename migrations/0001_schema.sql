@@ -155,8 +155,10 @@ CREATE TABLE requests (
     CHECK ((state IN ('completed', 'failed', 'canceled')) = (finished_at IS NOT NULL)),
     CHECK (state IN ('claimed', 'processing') OR daemon_id IS NULL)
 );
--- The claim path: pending work by model, earliest deadline first.
-CREATE INDEX requests_claim ON requests (model, deadline, not_before)
+-- The claim path: pending work by model, earliest deadline first, then in id
+-- (line) order. The id lets a daemon resume its scan after the last request
+-- it claimed instead of walking the dead entries its earlier claims left.
+CREATE INDEX requests_claim ON requests (model, deadline, id)
     WHERE state = 'pending';
 -- Per-batch counts by state, and per-batch scans.
 CREATE INDEX requests_batch_state ON requests (batch_id, state);
