@@ -435,3 +435,19 @@ async fn a_claim_can_resume_after_a_mark(pool: PgPool) {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].id, first[0].id);
 }
+
+#[sqlx::test]
+async fn the_queue_is_vacuumed_only_when_worth_it(pool: PgPool) {
+    let store = store(&pool).await;
+    batch_of(&store, "m", 3, "24h").await;
+    let d = daemon(&store).await;
+    let got = store.claim(&demand(d, &[("m", 10, 10)], 10)).await.unwrap();
+    store
+        .finish(&got.iter().map(done).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(!store.vacuum_queue(i64::MAX).await.unwrap());
+    assert!(store.vacuum_queue(0).await.unwrap());
+    // The work is unchanged by it.
+    assert_eq!(store.finalize(10).await.unwrap().completed.len(), 1);
+}

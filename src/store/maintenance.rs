@@ -47,7 +47,16 @@ pub trait MaintenanceStore: Send + Sync {
     /// nothing in flight -> `cancelled`; in progress with every request ended
     /// -> `completed`.
     fn finalize(&self, limit: i64) -> impl Future<Output = Result<FinalizeReport>> + Send;
+    /// Vacuums `requests` when it holds at least `min_dead` dead row versions,
+    /// unless another daemon is doing it; `true` when it ran. Every claim
+    /// and result leaves a dead version behind, and the claim's indexes slow
+    /// down with each one until vacuum removes them: autovacuum (once a
+    /// minute at best) is far too slow for a queue moving 10k rows a second.
+    fn vacuum_queue(&self, min_dead: i64) -> impl Future<Output = Result<bool>> + Send;
 }
+
+/// Key of the advisory lock that lets one daemon vacuum at a time.
+const VACUUM_LOCK: i64 = 0x66_75_73_76_61_63; // "fusvac"
 
 impl MaintenanceStore for PostgresStore {
     async fn rescue(&self, stale_after: Duration) -> Result<RescueReport> {
@@ -160,5 +169,34 @@ impl MaintenanceStore for PostgresStore {
             cancelled,
             expired,
         })
+    }
+
+    async fn vacuum_queue(&self, min_dead: i64) -> Result<bool> {
+        use sqlx::Acquire;
+        let dead: Option<i64> = sqlx::query_scalar(
+            "SELECT n_dead_tup FROM pg_stat_user_tables \
+             WHERE relid = 'requests'::regclass",
+        )
+        .fetch_optional(&self.pools.primary)
+        .await?;
+        if dead.unwrap_or(0) < min_dead {
+            return Ok(false);
+        }
+        let mut conn = self.pools.primary.acquire().await?;
+        let conn = conn.acquire().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(VACUUM_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !locked {
+            return Ok(false);
+        }
+        let vacuumed = sqlx::query("VACUUM requests").execute(&mut *conn).await;
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(VACUUM_LOCK)
+            .execute(&mut *conn)
+            .await?;
+        vacuumed?;
+        Ok(true)
     }
 }
