@@ -191,7 +191,9 @@ impl MaintenanceStore for PostgresStore {
         if !locked {
             return Ok(false);
         }
-        let vacuumed = sqlx::query("VACUUM requests").execute(&mut *conn).await;
+        let vacuumed = sqlx::query("VACUUM (ANALYZE) requests")
+            .execute(&mut *conn)
+            .await;
         sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(VACUUM_LOCK)
             .execute(&mut *conn)

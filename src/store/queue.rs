@@ -201,10 +201,17 @@ impl QueueStore for PostgresStore {
         let mark_ids: Vec<Option<RequestId>> =
             req.models.iter().map(|m| m.after.map(|a| a.1)).collect();
         let mut tx = self.pools.primary.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(CLAIM_LOCK)
-            .execute(&mut *tx)
-            .await?;
+        // Right after a large batch is created the statistics still say the
+        // queue is nearly empty, and the planner then reads every pending row
+        // through a bitmap scan and sorts them, for a claim of a few dozen.
+        // The claim only ever wants the ordered index scan that stops early.
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock($1), set_config('enable_bitmapscan', 'off', true), \
+                    set_config('enable_sort', 'off', true)",
+        )
+        .bind(CLAIM_LOCK)
+        .execute(&mut *tx)
+        .await?;
         let rows = sqlx::query(CLAIM_SQL)
             .bind(req.daemon)
             .bind(&names)
