@@ -156,8 +156,7 @@ CREATE TABLE requests (
     CHECK (state IN ('claimed', 'processing') OR daemon_id IS NULL)
 );
 -- The claim path: pending work by model, earliest deadline first, then in id
--- (line) order. The id lets a daemon resume its scan after the last request
--- it claimed instead of walking the dead entries its earlier claims left.
+-- (line) order.
 CREATE INDEX requests_claim ON requests (model, deadline, id)
     WHERE state = 'pending';
 -- Per-batch counts by state, and per-batch scans.

@@ -51,13 +51,11 @@ fn demand(daemon: DaemonId, models: &[(&str, u32, u32)], max_total: u32) -> Clai
                 model: m.into(),
                 limit,
                 want,
-                after: None,
             })
             .collect(),
         default_limit: 0,
         default_want: 0,
         max_total,
-        discover: true,
     }
 }
 
@@ -392,48 +390,6 @@ async fn a_new_batch_wakes_listeners(pool: PgPool) {
         .await
         .expect("a signal arrives")
         .expect("the stream goes on");
-}
-
-#[sqlx::test]
-async fn a_claim_can_resume_after_a_mark(pool: PgPool) {
-    let store = store(&pool).await;
-    batch_of(&store, "m", 6, "24h").await;
-    let d = daemon(&store).await;
-    let first = store
-        .claim(&demand(d, &[("m", 100, 2)], 100))
-        .await
-        .unwrap();
-    assert_eq!(first.len(), 2);
-    let last = first.iter().max_by_key(|c| (c.deadline, c.id)).unwrap();
-    // Put the first claimed request back: it lies behind the mark now.
-    store
-        .requeue(&[Requeue {
-            id: first[0].id,
-            attempt: first[0].attempt,
-            delay: Duration::ZERO,
-            is_retry: false,
-        }])
-        .await
-        .unwrap();
-    let mut resumed = demand(d, &[("m", 100, 10)], 100);
-    resumed.discover = false;
-    resumed.models[0].after = Some((last.deadline.unwrap(), last.id));
-    let next = store.claim(&resumed).await.unwrap();
-    assert_eq!(next.len(), 4, "only the requests after the mark");
-    assert!(
-        next.iter()
-            .all(|c| (c.deadline, c.id) > (last.deadline, last.id))
-    );
-    // Without discovery, models without a mark are not looked at.
-    resumed.models[0].after = None;
-    assert!(store.claim(&resumed).await.unwrap().is_empty());
-    // Discovery finds the one behind the mark.
-    let found = store
-        .claim(&demand(d, &[("m", 100, 10)], 100))
-        .await
-        .unwrap();
-    assert_eq!(found.len(), 1);
-    assert_eq!(found[0].id, first[0].id);
 }
 
 #[sqlx::test]

@@ -4,11 +4,8 @@
 //! daemons' releases) a short poll.
 
 use super::{DaemonBackend, DbBackoff, Held, Shared, executor};
-use crate::domain::request::RequestId;
 use crate::store::{ClaimRequest, ModelDemand};
-use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,54 +17,8 @@ use tokio_util::task::TaskTracker;
 /// delay ended, slots freed by other daemons).
 const POLL: Duration = Duration::from_millis(100);
 
-/// Where this daemon's claims of each model stopped, so the next claim
-/// resumes there instead of rescanning the dead index entries its earlier
-/// claims left behind (a queue of a million requests otherwise slows every
-/// claim down until vacuum runs). A full "discovery" claim runs at least
-/// every [`DISCOVER_EVERY`], after new work is announced, and whenever a
-/// resumed claim finds nothing, so retries and released requests behind the
-/// marks are picked up too.
-#[derive(Debug, Default)]
-struct Marks {
-    by_model: HashMap<String, (DateTime<Utc>, RequestId)>,
-    last_discovery: Option<tokio::time::Instant>,
-    force: bool,
-}
-
-/// The longest time between two discovery claims.
-const DISCOVER_EVERY: Duration = Duration::from_secs(1);
-
-impl Marks {
-    fn discover_now(&self) -> bool {
-        self.force
-            || self.by_model.is_empty()
-            || self
-                .last_discovery
-                .is_none_or(|t| t.elapsed() >= DISCOVER_EVERY)
-    }
-
-    fn record(&mut self, discovered: bool, claimed: &[crate::store::ClaimedRequest]) {
-        if discovered {
-            self.by_model.clear();
-            self.last_discovery = Some(tokio::time::Instant::now());
-            self.force = false;
-        } else if claimed.is_empty() {
-            self.force = true;
-        }
-        for c in claimed {
-            if let Some(deadline) = c.deadline {
-                let key = (deadline, c.id);
-                let mark = self.by_model.entry(c.model.clone()).or_insert(key);
-                if key > *mark {
-                    *mark = key;
-                }
-            }
-        }
-    }
-}
-
-/// Builds the claim from the configuration, the slots in use and the marks.
-fn demand<S>(shared: &Shared<S>, max_total: u32, marks: &Marks, discover: bool) -> ClaimRequest {
+/// Builds the claim from the configuration and the slots in use.
+fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
     let (config, _) = shared.current();
     let in_flight = shared.limiter.snapshot();
     let peers = shared.peers.load(Ordering::Relaxed).max(1);
@@ -76,12 +27,6 @@ fn demand<S>(shared: &Shared<S>, max_total: u32, marks: &Marks, discover: bool) 
     let share = |limit: u32| limit.div_ceil(peers);
     let mut names: Vec<&String> = config.models.keys().collect();
     names.extend(in_flight.keys().filter(|m| !config.models.contains_key(*m)));
-    names.extend(
-        marks
-            .by_model
-            .keys()
-            .filter(|m| !config.models.contains_key(*m) && !in_flight.contains_key(*m)),
-    );
     let models = names
         .into_iter()
         .map(|m| {
@@ -90,7 +35,6 @@ fn demand<S>(shared: &Shared<S>, max_total: u32, marks: &Marks, discover: bool) 
                 model: m.clone(),
                 limit,
                 want: share(limit).saturating_sub(*in_flight.get(m).unwrap_or(&0)),
-                after: marks.by_model.get(m).copied(),
             }
         })
         .collect();
@@ -100,7 +44,6 @@ fn demand<S>(shared: &Shared<S>, max_total: u32, marks: &Marks, discover: bool) 
         default_limit: config.upstream.concurrency,
         default_want: share(config.upstream.concurrency),
         max_total,
-        discover,
     }
 }
 
@@ -119,16 +62,13 @@ pub(super) async fn run<S: DaemonBackend>(
         }
     };
     let mut backoff = DbBackoff::default();
-    let mut marks = Marks::default();
     let (mut claims, mut claimed_rows) = (0u64, 0u64);
     while !shutdown.is_cancelled() {
         let max_total = shared.current().0.daemon.claim_batch;
-        let discover = marks.discover_now();
-        let claim = demand(&shared, max_total, &marks, discover);
+        let claim = demand(&shared, max_total);
         let claimed = match shared.store.claim(&claim).await {
             Ok(c) => {
                 backoff.reset();
-                marks.record(discover, &c);
                 c
             }
             Err(e) => {
@@ -165,7 +105,7 @@ pub(super) async fn run<S: DaemonBackend>(
         let held = shared.limiter.total();
         tokio::select! {
             _ = shared.limiter.freed() => gather_frees(&shared.limiter, held).await,
-            Some(_) = next_signal(&mut work) => marks.force = true,
+            Some(_) = next_signal(&mut work) => {}
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.cancelled() => break,
         }

@@ -25,9 +25,6 @@ pub struct ModelDemand {
     pub limit: u32,
     /// Free slots in this daemon.
     pub want: u32,
-    /// Where this daemon's last claim of the model stopped: (deadline, id).
-    /// Without discovery, the scan starts after it.
-    pub after: Option<(DateTime<Utc>, RequestId)>,
 }
 
 /// What a claim asks for.
@@ -43,12 +40,6 @@ pub struct ClaimRequest {
     pub default_want: u32,
     /// Most requests claimed by this one statement.
     pub max_total: u32,
-    /// Look for every model with pending work, from the start of each
-    /// model's queue. Without it, only models with an `after` mark are
-    /// claimed, each from its mark: much cheaper on a long queue, but blind
-    /// to new models, retries and released requests behind the mark, so
-    /// the daemon discovers regularly.
-    pub discover: bool,
 }
 
 /// A claimed request with what is needed to send it.
@@ -143,20 +134,14 @@ const CLAIM_LOCK: i64 = 0x66_75_73_69_6c_6c; // "fusill"
 #[doc(hidden)]
 pub const CLAIM_SQL: &str = "
 WITH RECURSIVE pending_models AS (
-    (SELECT model FROM requests WHERE $8 AND state = 'pending' ORDER BY model LIMIT 1)
+    (SELECT model FROM requests WHERE state = 'pending' ORDER BY model LIMIT 1)
     UNION ALL
     SELECT (SELECT r.model FROM requests r
             WHERE r.state = 'pending' AND r.model > p.model ORDER BY r.model LIMIT 1)
     FROM pending_models p WHERE p.model IS NOT NULL
 ),
-given AS (
-    SELECT * FROM unnest($2::text[], $3::int[], $6::int[], $9::timestamptz[], $10::uuid[])
-        AS c(model, cap, want, mark_deadline, mark_id)
-),
 models AS (
     SELECT model FROM pending_models WHERE model IS NOT NULL
-    UNION
-    SELECT model FROM given WHERE NOT $8 AND mark_id IS NOT NULL
 ),
 in_flight AS MATERIALIZED (
     SELECT m.model, (SELECT count(*) FROM requests f
@@ -165,17 +150,14 @@ in_flight AS MATERIALIZED (
 ),
 demand AS (
     SELECT i.model,
-           GREATEST(0, LEAST(COALESCE(c.cap, $4) - i.n, COALESCE(c.want, $5))) AS k,
-           CASE WHEN $8 THEN NULL ELSE c.mark_deadline END AS mark_deadline,
-           CASE WHEN $8 THEN NULL ELSE c.mark_id END AS mark_id
+           GREATEST(0, LEAST(COALESCE(c.cap, $4) - i.n, COALESCE(c.want, $5))) AS k
     FROM in_flight i
-    LEFT JOIN given c ON c.model = i.model
+    LEFT JOIN unnest($2::text[], $3::int[], $6::int[]) AS c(model, cap, want) ON c.model = i.model
 ),
 picked AS (
     SELECT x.id FROM demand d CROSS JOIN LATERAL (
         SELECT r.id FROM requests r
         WHERE r.state = 'pending' AND r.model = d.model
-          AND (d.mark_id IS NULL OR (r.deadline, r.id) > (d.mark_deadline, d.mark_id))
           AND r.not_before <= now() AND r.deadline > now()
         ORDER BY r.deadline, r.id
         LIMIT d.k
@@ -196,10 +178,7 @@ impl QueueStore for PostgresStore {
         let names: Vec<&str> = req.models.iter().map(|m| m.model.as_str()).collect();
         let caps: Vec<i32> = req.models.iter().map(|m| clamp_i32(m.limit)).collect();
         let wants: Vec<i32> = req.models.iter().map(|m| clamp_i32(m.want)).collect();
-        let mark_deadlines: Vec<Option<DateTime<Utc>>> =
-            req.models.iter().map(|m| m.after.map(|a| a.0)).collect();
-        let mark_ids: Vec<Option<RequestId>> =
-            req.models.iter().map(|m| m.after.map(|a| a.1)).collect();
+
         let mut tx = self.pools.primary.begin().await?;
         // The claim only ever wants the ordered index scan that stops after a
         // few dozen rows. Two plans read the whole queue instead: right after
@@ -224,9 +203,6 @@ impl QueueStore for PostgresStore {
             .bind(clamp_i32(req.default_want))
             .bind(&wants)
             .bind(i64::from(req.max_total))
-            .bind(req.discover)
-            .bind(&mark_deadlines)
-            .bind(&mark_ids)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -107,7 +107,6 @@ pub async fn run(b: QueueBench) -> Result<()> {
         default_limit: b.in_flight.max(b.claim_batch),
         default_want: want,
         max_total: want.max(1),
-        discover: true,
     };
     let mut pg = GroupCpu::start("postgres");
     let mut claim_times: Vec<Duration> = Vec::new();
@@ -203,9 +202,6 @@ async fn explain(pool: &sqlx::PgPool, daemon: DaemonId, limit: u32, want: u32) -
     .bind(want as i32)
     .bind(Vec::<i32>::new())
     .bind(i64::from(want.max(1)))
-    .bind(true)
-    .bind(Vec::<Option<chrono::DateTime<chrono::Utc>>>::new())
-    .bind(Vec::<Option<uuid::Uuid>>::new())
     .fetch_all(&mut *tx)
     .await?;
     for r in rows {
