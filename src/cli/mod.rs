@@ -127,7 +127,13 @@ pub async fn connect(url: &str) -> Result<sqlx::PgPool, CliError> {
             redact(url)
         ))
     };
-    let options: PgConnectOptions = url.parse().map_err(fail)?;
+    // Every statement is planned with its parameters: the hot path's
+    // statements take arrays and ranges whose generic plans can scan whole
+    // tables once they hold millions of rows (see BENCHMARKS.md).
+    let options: PgConnectOptions = url
+        .parse::<PgConnectOptions>()
+        .map_err(fail)?
+        .options([("plan_cache_mode", "force_custom_plan")]);
     // One direct attempt first: a pool only reports "timed out", this says why.
     sqlx::PgConnection::connect_with(&options)
         .await

@@ -243,7 +243,10 @@ fn generate(lines: u64, line_bytes: usize, models: u64, out: &PathBuf) -> Result
 pub(crate) async fn connect_bench_db(url: &str) -> Result<sqlx::PgPool> {
     use sqlx::postgres::PgConnectOptions;
     use sqlx::{ConnectOptions, Executor};
-    let options: PgConnectOptions = url.parse()?;
+    // As the binary does (src/cli/mod.rs): custom plans for every statement.
+    let options: PgConnectOptions = url
+        .parse::<PgConnectOptions>()?
+        .options([("plan_cache_mode", "force_custom_plan")]);
     let db = options.get_database().unwrap_or("postgres").to_owned();
     let mut admin = options.clone().database("postgres").connect().await?;
     let exists: bool =
