@@ -408,13 +408,7 @@ impl BatchStore for PostgresStore {
         .bind(limit + 1)
         .fetch_all(&self.pools.replica)
         .await?;
-        let has_more = rows.len() as i64 > limit;
-        let items = rows
-            .iter()
-            .take(limit as usize)
-            .map(batch_from_row)
-            .collect::<Result<_>>()?;
-        Ok(Page { items, has_more })
+        Page::from_rows(&rows, limit, batch_from_row)
     }
 
     async fn cancel_batch(&self, owner: Owner<'_>, id: BatchId) -> Result<Batch> {

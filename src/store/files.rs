@@ -410,13 +410,7 @@ impl FileStore for PostgresStore {
         .bind(limit + 1)
         .fetch_all(&self.pools.replica)
         .await?;
-        let has_more = rows.len() as i64 > limit;
-        let items = rows
-            .iter()
-            .take(limit as usize)
-            .map(file_from_row)
-            .collect::<Result<_>>()?;
-        Ok(Page { items, has_more })
+        Page::from_rows(&rows, limit, file_from_row)
     }
 
     async fn delete_file(&self, owner: Owner<'_>, id: FileId) -> Result<bool> {

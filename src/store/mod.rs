@@ -86,6 +86,25 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
+impl<T> Page<T> {
+    /// A page from `limit + 1` fetched rows: the extra row only says more follow.
+    pub(crate) fn from_rows<R>(
+        rows: &[R],
+        limit: i64,
+        convert: impl Fn(&R) -> Result<T>,
+    ) -> Result<Self> {
+        let items = rows
+            .iter()
+            .take(limit.max(0) as usize)
+            .map(convert)
+            .collect::<Result<_>>()?;
+        Ok(Page {
+            items,
+            has_more: rows.len() as i64 > limit,
+        })
+    }
+}
+
 /// Which objects a caller may see: one owner's, or (with auth off) all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner<'a> {

@@ -123,13 +123,7 @@ impl RequestStore for PostgresStore {
         .bind(limit + 1)
         .fetch_all(&self.pools.replica)
         .await?;
-        let has_more = rows.len() as i64 > limit;
-        let items = rows
-            .iter()
-            .take(limit as usize)
-            .map(request_from_row)
-            .collect::<Result<_>>()?;
-        Ok(Page { items, has_more })
+        Page::from_rows(&rows, limit, request_from_row)
     }
 
     fn output_stream(&self, batch_id: BatchId) -> ByteStream {
