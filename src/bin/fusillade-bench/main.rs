@@ -61,13 +61,8 @@ enum Command {
         /// Requests claimed per statement.
         #[arg(long, default_value_t = 512)]
         claim_batch: u32,
-        /// PostgreSQL URL of a database for benchmarks only (dropped and created afresh).
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/fusillade_bench"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        db: BenchDb,
     },
     /// Claims and finishes N requests with no HTTP: the database cost alone.
     Queue {
@@ -86,13 +81,8 @@ enum Command {
         /// Print the plan of one claim halfway through.
         #[arg(long)]
         explain: bool,
-        /// PostgreSQL URL of a database for benchmarks only (dropped and created afresh).
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/fusillade_bench"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        db: BenchDb,
     },
     /// Serves a mock upstream until killed; prints `listening on URL` first.
     Mock {
@@ -113,27 +103,29 @@ enum Command {
         /// Skip the output download.
         #[arg(long)]
         no_download: bool,
-        /// PostgreSQL URL of a database for benchmarks only (dropped and created afresh).
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/fusillade_bench"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        db: BenchDb,
     },
     /// Uploads a JSONL file, then creates a batch from it.
     Ingest {
         /// The file to upload.
         path: PathBuf,
-        /// PostgreSQL URL of a database for benchmarks only: it is dropped
-        /// and created afresh on every run.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/fusillade_bench"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        db: BenchDb,
     },
+}
+
+/// The benchmark database, shared by every subcommand that needs one.
+#[derive(clap::Args)]
+struct BenchDb {
+    /// PostgreSQL URL of a database for benchmarks only: it is dropped and
+    /// created afresh on every run.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/fusillade_bench"
+    )]
+    url: String,
 }
 
 fn main() -> Result<()> {
@@ -145,18 +137,18 @@ fn main() -> Result<()> {
             models,
             out,
         } => generate(lines, line_bytes, models, &out),
-        Command::Ingest { path, database_url } => runtime()?.block_on(ingest(&path, &database_url)),
+        Command::Ingest { path, db } => runtime()?.block_on(ingest(&path, &db.url)),
         Command::Run {
             requests,
             concurrency,
             latency_ms,
             claim_batch,
-            database_url,
+            db,
         } => runtime()?.block_on(run::run(run::RunBench {
             requests,
             concurrency,
             latency_ms,
-            database_url,
+            database_url: db.url,
             claim_batch,
         })),
         Command::Queue {
@@ -165,24 +157,24 @@ fn main() -> Result<()> {
             claim_batch,
             in_flight,
             explain,
-            database_url,
+            db,
         } => runtime()?.block_on(queue::run(queue::QueueBench {
             requests,
             history,
             claim_batch,
             in_flight,
             explain,
-            database_url,
+            database_url: db.url,
         })),
         Command::Mock { latency_ms, port } => runtime()?.block_on(mock(latency_ms, port)),
         Command::ApiUpload {
             size_mb,
             no_download,
-            database_url,
+            db,
         } => runtime()?.block_on(api::run(api::ApiBench {
             size_mb,
             download: !no_download,
-            database_url,
+            database_url: db.url,
         })),
     }
 }
