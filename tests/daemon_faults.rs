@@ -148,7 +148,7 @@ async fn run_survives_kill_9_and_resumes_without_resending(pool: PgPool) {
     child.wait().unwrap();
     assert!(!dir.join("out.jsonl").exists());
     let done_before: Vec<String> =
-        sqlx::query_scalar("SELECT custom_id FROM requests WHERE state = 'completed'")
+        sqlx::query_scalar("SELECT custom_id FROM request_results WHERE state = 'completed'")
             .fetch_all(&pool)
             .await
             .unwrap();

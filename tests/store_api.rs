@@ -33,7 +33,7 @@ async fn retry_reopens_an_expired_batch_and_requeues_only_failed_requests(pool: 
         Some(json!({"code": "upstream_error", "message": "no"})),
     )
     .await;
-    sqlx::query("UPDATE requests SET retries = 2 WHERE id = $1")
+    sqlx::query("UPDATE request_results SET retries = 2 WHERE request_id = $1")
         .bind(reqs[1].id)
         .execute(&pool)
         .await
@@ -72,19 +72,23 @@ async fn retry_reopens_an_expired_batch_and_requeues_only_failed_requests(pool: 
         .expect("a work signal")
         .unwrap();
 
-    let rows: Vec<(String, i32, chrono::DateTime<chrono::Utc>, bool)> = sqlx::query_as(
-        "SELECT q.state, q.retries, q.deadline, q.finished_at IS NULL FROM requests q \
-         WHERE q.batch_id = $1 ORDER BY q.id",
+    let rows: Vec<(String, i32, Option<chrono::DateTime<chrono::Utc>>, bool)> = sqlx::query_as(
+        "SELECT state, retries, deadline, live FROM ( \
+             SELECT id, state, retries, deadline, true AS live FROM requests WHERE batch_id = $1 \
+             UNION ALL \
+             SELECT request_id, state, retries, NULL, false FROM request_results \
+             WHERE batch_id = $1) x \
+         ORDER BY id",
     )
     .bind(batch.id)
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(rows[0].0, "completed");
+    assert_eq!((rows[0].0.as_str(), rows[0].3), ("completed", false));
     for r in &rows[1..] {
         assert_eq!(
             (r.0.as_str(), r.1, r.2, r.3),
-            ("pending", 0, new_deadline, true)
+            ("pending", 0, Some(new_deadline), true)
         );
     }
     // Only the completed request keeps its result line.

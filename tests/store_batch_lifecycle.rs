@@ -308,16 +308,7 @@ async fn request_counts_by_state(pool: PgPool) {
     let err = serde_json::json!({"code": "request_timeout", "message": "slow"});
     finish(&pool, reqs[4].id, None, None, Some(err.clone())).await;
     finish(&pool, reqs[5].id, None, None, Some(err)).await;
-    // As the store does: the batch keeps a count of each terminal state.
-    sqlx::query(
-        "WITH r AS (UPDATE requests SET state = 'canceled', finished_at = now() WHERE id = $1 \
-                    RETURNING batch_id) \
-         UPDATE batches b SET n_canceled = n_canceled + 1 FROM r WHERE b.id = r.batch_id",
-    )
-    .bind(reqs[6].id)
-    .execute(&pool)
-    .await
-    .unwrap();
+    cancel(&pool, reqs[6].id).await;
 
     let want = RequestCounts {
         total: 7,

@@ -101,7 +101,7 @@ async fn a_valid_file_gives_a_running_batch_with_one_request_per_line(pool: PgPo
         assert_eq!(r.custom_id.as_deref(), Some(t.custom_id.as_str()));
         assert_eq!(r.model, t.model);
         assert_eq!(r.state, "pending");
-        assert_eq!(Some(r.deadline), batch.expires_at);
+        assert_eq!(r.deadline, batch.expires_at);
     }
     assert_eq!(
         store.get_batch(Owner::Any, batch.id).await.unwrap(),
@@ -124,7 +124,7 @@ async fn the_window_sets_the_deadline(pool: PgPool) {
         assert_eq!(batch.completion_window, window);
         assert_eq!(batch.expires_at, Some(batch.created_at + length));
         assert_eq!(
-            Some(requests(&pool, batch.id).await[0].deadline),
+            requests(&pool, batch.id).await[0].deadline,
             batch.expires_at
         );
     }

@@ -289,16 +289,19 @@ async fn streams_cross_pages_and_give_every_line_once(pool: PgPool) {
     let (batch, reqs) = batch_of(&store, &pool, n).await;
     // Every 13th request fails; the rest complete. One statement for all.
     sqlx::query(
-        "WITH r AS ( \
-             UPDATE requests SET finished_at = now(), state = CASE \
-                 WHEN substring(custom_id FROM 2)::int % 13 = 0 THEN 'failed' ELSE 'completed' END \
-             WHERE batch_id = $1 RETURNING id, batch_id, custom_id, state) \
+        "WITH d AS (DELETE FROM requests WHERE batch_id = $1 RETURNING *), \
+         r AS ( \
+             SELECT *, CASE WHEN substring(custom_id FROM 2)::int % 13 = 0 THEN 'failed' \
+                            ELSE 'completed' END AS end_state \
+             FROM d) \
          INSERT INTO request_results \
-             (request_id, batch_id, custom_id, ok, status_code, upstream_request_id, body, error) \
-         SELECT id, batch_id, custom_id, state = 'completed', \
-                CASE WHEN state = 'completed' THEN 200 END, 'up-' || custom_id, \
-                CASE WHEN state = 'completed' THEN json_build_object('echo', custom_id)::text END, \
-                CASE WHEN state = 'failed' THEN \
+             (request_id, batch_id, template_id, model, custom_id, not_before, created_at, \
+              state, ok, status_code, upstream_request_id, body, error) \
+         SELECT id, batch_id, template_id, model, custom_id, not_before, created_at, \
+                end_state, end_state = 'completed', \
+                CASE WHEN end_state = 'completed' THEN 200 END, 'up-' || custom_id, \
+                CASE WHEN end_state = 'completed' THEN json_build_object('echo', custom_id)::text END, \
+                CASE WHEN end_state = 'failed' THEN \
                     jsonb_build_object('code', 'request_timeout', 'message', 'slow') END \
          FROM r",
     )

@@ -1,5 +1,6 @@
 //! `batches`: created from a file with set-based SQL, listed, cancelled, counted.
 
+use super::ending::{end_as, error_param};
 use super::{BatchStore, MAX_PAGE, Owner, Page, PostgresStore, Result, StoreError};
 use crate::domain::batch::{
     Batch, BatchError, BatchId, BatchStatus, CompletionWindow, RequestCounts, check_metadata,
@@ -48,7 +49,8 @@ const BATCH_COLUMNS: &str = "b.id, b.owner, b.input_file_id, b.endpoint, b.compl
      b.cancelling_at, b.cancelled_at, b.n_completed, b.n_failed, b.n_canceled, b.input_tokens, b.cached_tokens, b.output_tokens, \
      b.reasoning_tokens, b.total_tokens";
 
-/// Counts by state from the (batch_id, state) index, as one row of columns.
+/// A batch's requests in flight, read from the small partial index of
+/// claimed requests (at most the sum of all limits), never from its pending ones.
 const COUNTS_LATERAL: &str = "LEFT JOIN LATERAL ( \
      SELECT count(*) AS n_in_progress FROM requests r \
      WHERE r.batch_id = b.id AND r.state IN ('claimed', 'processing')) c ON true";
@@ -102,6 +104,25 @@ fn batch_from_row(row: &PgRow) -> Result<Batch> {
             total_tokens: row.try_get("total_tokens")?,
         },
     })
+}
+
+/// A new batch id whose range of request ids no other batch uses. Two ids
+/// made in the same millisecond share their first ten bytes with a chance of
+/// one in 2^26; the requests' primary key still catches a concurrent twin.
+async fn free_batch_id(tx: &mut sqlx::PgConnection) -> Result<BatchId> {
+    loop {
+        let id = BatchId::new();
+        let taken: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM batches \
+             WHERE id BETWEEN fusillade_batch_lo($1) AND fusillade_batch_hi($1))",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !taken {
+            return Ok(id);
+        }
+    }
 }
 
 async fn fetch_batch<'e>(
@@ -258,7 +279,7 @@ impl PostgresStore {
             )
             .await?;
 
-        let id = BatchId::new();
+        let id = free_batch_id(&mut tx).await?;
         let metadata = new.metadata.as_ref().map(Json);
         if !errors.is_empty() {
             sqlx::query(
@@ -445,22 +466,24 @@ impl BatchStore for PostgresStore {
         .execute(&mut *tx)
         .await?;
         // Pending requests end now; in-flight ones are stopped by their daemon.
-        sqlx::query(
-            "WITH c AS ( \
-                 UPDATE requests SET state = 'canceled', finished_at = now() \
-                 WHERE batch_id = $1 AND state = 'pending' \
-                 RETURNING id, custom_id), \
-             r AS ( \
-                 INSERT INTO request_results (request_id, batch_id, custom_id, ok, error) \
-                 SELECT id, $1, custom_id, false, $2 FROM c) \
-             UPDATE batches SET n_canceled = n_canceled + (SELECT count(*) FROM c) \
-             WHERE id = $1",
-        )
+        sqlx::query(&format!(
+            "WITH {} \
+                 UPDATE batches SET n_canceled = n_canceled + (SELECT count(*) FROM c) \
+                 WHERE id = $1",
+            end_as(
+                "c",
+                "",
+                "q.id BETWEEN fusillade_batch_lo($1) AND fusillade_batch_hi($1) \
+                     AND q.batch_id = $1 AND q.state = 'pending'",
+                "canceled",
+                "$2"
+            )
+        ))
         .bind(id)
-        .bind(Json(crate::domain::output::ResultError::new(
+        .bind(error_param(
             codes::BATCH_CANCELLED,
             "the batch was cancelled before this request ran",
-        )))
+        ))
         .execute(&mut *tx)
         .await?;
         let in_flight: bool = sqlx::query_scalar(
@@ -518,13 +541,16 @@ impl BatchStore for PostgresStore {
         // RequestState::can_be_retried_by_user), and their results go with them.
         let retried: i64 = sqlx::query_scalar(
             "WITH r AS ( \
-                 UPDATE requests SET state = 'pending', retries = 0, not_before = now(), \
-                        deadline = now() + $2, finished_at = NULL, started_at = NULL, \
-                        daemon_id = NULL \
-                 WHERE batch_id = $1 AND state = 'failed' \
-                 RETURNING id), \
-             d AS (DELETE FROM request_results x USING r \
-                   WHERE x.request_id = r.id AND x.batch_id = $1), \
+                 DELETE FROM request_results x \
+                 WHERE x.request_id BETWEEN fusillade_batch_lo($1) AND fusillade_batch_hi($1) \
+                   AND NOT x.ok AND x.batch_id = $1 AND x.state = 'failed' \
+                 RETURNING x.request_id, x.template_id, x.model, x.custom_id, x.attempt, \
+                           x.created_at), \
+             q AS ( \
+                 INSERT INTO requests (id, batch_id, template_id, model, custom_id, state, \
+                                       attempt, retries, not_before, deadline, created_at) \
+                 SELECT request_id, $1, template_id, model, custom_id, 'pending', attempt, 0, \
+                        now(), now() + $2, created_at FROM r), \
              n AS (SELECT count(*) AS n FROM r), \
              t AS (UPDATE batches SET n_failed = n_failed - (SELECT n FROM n) WHERE id = $1) \
              SELECT n FROM n",
@@ -557,7 +583,14 @@ impl BatchStore for PostgresStore {
 
     async fn request_counts(&self, id: BatchId) -> Result<RequestCounts> {
         let rows: Vec<(RequestState, i64)> = sqlx::query_as(
-            "SELECT state, count(*) FROM requests WHERE batch_id = $1 GROUP BY state",
+            "SELECT state, count(*) FROM requests \
+             WHERE id BETWEEN fusillade_batch_lo($1) AND fusillade_batch_hi($1) AND batch_id = $1 \
+             GROUP BY state \
+             UNION ALL \
+             SELECT state, count(*) FROM request_results \
+             WHERE request_id BETWEEN fusillade_batch_lo($1) AND fusillade_batch_hi($1) \
+               AND batch_id = $1 \
+             GROUP BY state",
         )
         .bind(id)
         .fetch_all(&self.pools.replica)

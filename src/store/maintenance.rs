@@ -2,6 +2,7 @@
 //! claim loop: rescuing claims of dead daemons, expiring batches past their
 //! deadline, and settling batches whose requests have all ended.
 
+use super::ending::end_as;
 use super::{PostgresStore, Result};
 use crate::domain::batch::BatchId;
 use crate::domain::output::{ResultError, codes};
@@ -55,6 +56,10 @@ pub trait MaintenanceStore: Send + Sync {
     fn vacuum_queue(&self, min_dead: i64) -> impl Future<Output = Result<bool>> + Send;
 }
 
+/// The live requests of the batches in `b`, as a filter over `requests q`.
+const BATCH_LIVE: &str = "q.id BETWEEN fusillade_batch_lo(b.id) AND fusillade_batch_hi(b.id) \
+     AND q.batch_id = b.id";
+
 /// Key of the advisory lock that lets one daemon vacuum at a time.
 const VACUUM_LOCK: i64 = 0x66_75_73_76_61_63; // "fusvac"
 
@@ -95,39 +100,28 @@ impl MaintenanceStore for PostgresStore {
             codes::BATCH_CANCELLED,
             "the batch was cancelled before this request ran",
         ));
-        let expired: Vec<BatchId> = sqlx::query_scalar(
+        let expired: Vec<BatchId> = sqlx::query_scalar(&format!(
             "WITH b AS (
                  SELECT id FROM batches
                  WHERE status IN ('validating', 'in_progress', 'finalizing') AND expires_at <= now()
                  ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED),
-             gone AS (
-                 UPDATE requests q SET state = 'failed', finished_at = now(), daemon_id = NULL
-                 FROM b WHERE q.batch_id = b.id AND q.state IN ('pending', 'claimed', 'processing')
-                 RETURNING q.id, q.batch_id, q.custom_id),
-             res AS (
-                 INSERT INTO request_results (request_id, batch_id, custom_id, ok, error)
-                 SELECT id, batch_id, custom_id, false, $2 FROM gone)
+             {}
              UPDATE batches x SET status = 'expired', expired_at = now(),
                                   n_failed = x.n_failed + COALESCE(g.n, 0)
              FROM b LEFT JOIN (SELECT batch_id, count(*) AS n FROM gone GROUP BY batch_id) g
                     ON g.batch_id = b.id
              WHERE x.id = b.id RETURNING x.id",
-        )
+            end_as("gone", "USING b", BATCH_LIVE, "failed", "$2")
+        ))
         .bind(limit)
         .bind(&expired_error)
         .fetch_all(&self.pools.primary)
         .await?;
-        let cancelled: Vec<BatchId> = sqlx::query_scalar(
+        let cancelled: Vec<BatchId> = sqlx::query_scalar(&format!(
             "WITH b AS (
                  SELECT id FROM batches WHERE status = 'cancelling'
                  ORDER BY cancelling_at LIMIT $1 FOR UPDATE SKIP LOCKED),
-             c AS (
-                 UPDATE requests q SET state = 'canceled', finished_at = now()
-                 FROM b WHERE q.batch_id = b.id AND q.state = 'pending'
-                 RETURNING q.id, q.batch_id, q.custom_id),
-             res AS (
-                 INSERT INTO request_results (request_id, batch_id, custom_id, ok, error)
-                 SELECT id, batch_id, custom_id, false, $2 FROM c),
+             {},
              -- One UPDATE per batch row: a second one in the same statement
              -- would be silently skipped.
              moved AS (
@@ -144,17 +138,28 @@ impl MaintenanceStore for PostgresStore {
                  WHERE x.id = b.id
                  RETURNING x.id, x.status)
              SELECT id FROM moved WHERE status = 'cancelled'",
-        )
+            end_as(
+                "c",
+                "USING b",
+                &format!("{BATCH_LIVE} AND q.state = 'pending'"),
+                "canceled",
+                "$2"
+            )
+        ))
         .bind(limit)
         .bind(&cancelled_error)
         .fetch_all(&self.pools.primary)
         .await?;
+        // The counters say when a batch may be done; the queue confirms it.
         let completed: Vec<BatchId> = sqlx::query_scalar(
             "WITH b AS (
                  SELECT id FROM batches x
                  WHERE status IN ('in_progress', 'finalizing')
-                   AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = x.id
-                                   AND r.state IN ('pending', 'claimed', 'processing'))
+                   AND n_completed + n_failed + n_canceled >= total
+                   AND NOT EXISTS (SELECT 1 FROM requests r
+                                   WHERE r.id BETWEEN fusillade_batch_lo(x.id)
+                                                  AND fusillade_batch_hi(x.id)
+                                     AND r.batch_id = x.id)
                  ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
              UPDATE batches x
              SET status = 'completed', finalizing_at = COALESCE(finalizing_at, now()),

@@ -12,6 +12,7 @@
 mod batches;
 mod copy;
 mod daemons;
+mod ending;
 mod files;
 mod maintenance;
 mod notify;
@@ -27,7 +28,8 @@ pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
 pub use pools::{DbPools, TestDbPools};
 pub use queue::{
-    CLAIM_SQL, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue,
+    CLAIM_LOCK_KEY, CLAIM_SETUP_SQL, CLAIM_SQL, ClaimRequest, ClaimedRequest, Finished,
+    ModelDemand, QueueStore, Requeue, finish_sql,
 };
 pub use response_steps::ResponseStepStore;
 

@@ -4,6 +4,7 @@
 //! bumps `attempt`, so a daemon that lost its lease (rescued, expired,
 //! cancelled) finds its late writes rejected rather than applied.
 
+use super::ending::{DELETED_RECORD, RECORD, RESULT_RECORD};
 use super::{PostgresStore, Result};
 use crate::domain::batch::BatchId;
 use crate::domain::ids::{DaemonId, TemplateId};
@@ -14,6 +15,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::types::Json;
 use std::future::Future;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// How many requests of a model this daemon would take now.
@@ -130,6 +132,26 @@ pub trait QueueStore: Send + Sync {
 /// Key of the advisory lock that serializes claims across daemons.
 const CLAIM_LOCK: i64 = 0x66_75_73_69_6c_6c; // "fusill"
 
+/// Run first in the claim's transaction: takes the claim lock and pins the
+/// plan. The claim only ever wants ordered index scans that stop after a few
+/// dozen rows, joined by nested loops. Other plans read the whole queue:
+/// right after a large batch is created the statistics still say the queue
+/// is nearly empty, and the planner picks a bitmap scan plus a sort; the
+/// generic plan of a prepared statement joins back to `requests` by hashing
+/// all of it (440 ms against 4 ms at a million pending); and a queue of a
+/// few thousand rows gets a sequential scan per claim. So: custom plans, and
+/// no bitmap scans, sorts, sequential scans, hash or merge joins.
+#[doc(hidden)]
+pub const CLAIM_SETUP_SQL: &str = "SELECT pg_advisory_xact_lock($1), \
+     set_config('plan_cache_mode', 'force_custom_plan', true), \
+     set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true), \
+     set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true), \
+     set_config('enable_mergejoin', 'off', true)";
+
+/// Key of the claim lock, for [`CLAIM_SETUP_SQL`] in benchmarks.
+#[doc(hidden)]
+pub const CLAIM_LOCK_KEY: i64 = CLAIM_LOCK;
+
 /// The claim statement, for `EXPLAIN` in benchmarks.
 #[doc(hidden)]
 pub const CLAIM_SQL: &str = "
@@ -173,6 +195,66 @@ RETURNING q.id, q.batch_id, q.template_id, q.attempt, q.retries, q.model, q.cust
           CASE WHEN q.deadline = 'infinity' THEN NULL ELSE q.deadline END AS deadline,
           t.path, t.body, t.endpoint";
 
+/// Records results: deletes the queue rows whose lease holds, adds to their
+/// batches' counters and token totals, and appends their results.
+static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH o AS (
+                 SELECT *, state = 'completed' AS ok
+                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[],
+                             $6::text[], $7::jsonb[], $8::int8[], $9::int8[], $10::int8[],
+                             $11::int8[], $12::int8[])
+                     AS o(id, attempt, state, status_code, upstream_request_id, body, error,
+                          input_tokens, cached_tokens, output_tokens, reasoning_tokens,
+                          total_tokens)),
+             -- The queue row goes; its whole record moves into the result.
+             done AS (
+                 DELETE FROM requests q
+                 USING o
+                 WHERE q.id = o.id AND q.attempt = o.attempt
+                   AND q.state IN ('claimed', 'processing')
+                 RETURNING {DELETED_RECORD},
+                           o.state, o.ok, o.status_code, o.upstream_request_id, o.body, o.error,
+                           o.input_tokens, o.cached_tokens, o.output_tokens, o.reasoning_tokens,
+                           o.total_tokens),
+             tally AS (
+                 UPDATE batches b
+                 SET n_completed = b.n_completed + s.n_completed,
+                     n_failed = b.n_failed + s.n_failed,
+                     n_canceled = b.n_canceled + s.n_canceled,
+                     input_tokens = b.input_tokens + s.input_tokens,
+                     cached_tokens = b.cached_tokens + s.cached_tokens,
+                     output_tokens = b.output_tokens + s.output_tokens,
+                     reasoning_tokens = b.reasoning_tokens + s.reasoning_tokens,
+                     total_tokens = b.total_tokens + s.total_tokens
+                 FROM (SELECT batch_id,
+                              count(*) FILTER (WHERE state = 'completed') AS n_completed,
+                              count(*) FILTER (WHERE state = 'failed') AS n_failed,
+                              count(*) FILTER (WHERE state = 'canceled') AS n_canceled,
+                              sum(input_tokens) AS input_tokens,
+                              sum(cached_tokens) AS cached_tokens,
+                              sum(output_tokens) AS output_tokens,
+                              sum(reasoning_tokens) AS reasoning_tokens,
+                              sum(total_tokens) AS total_tokens
+                       FROM done WHERE batch_id IS NOT NULL
+                       GROUP BY batch_id) s
+                 WHERE b.id = s.batch_id)
+             INSERT INTO request_results
+                 ({RESULT_RECORD}, state, ok, status_code, upstream_request_id, body, error)
+             SELECT {RECORD}, state, ok, status_code, upstream_request_id, body,
+                    CASE WHEN ok THEN NULL
+                         ELSE COALESCE(error, '{{\"code\":\"upstream_error\",\"message\":\"\"}}') END
+             FROM done
+             RETURNING request_id"
+    )
+});
+
+/// The finish statement, for `EXPLAIN` in benchmarks.
+#[doc(hidden)]
+pub fn finish_sql() -> &'static str {
+    FINISH_SQL.as_str()
+}
+
 impl QueueStore for PostgresStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedRequest>> {
         let names: Vec<&str> = req.models.iter().map(|m| m.model.as_str()).collect();
@@ -180,21 +262,10 @@ impl QueueStore for PostgresStore {
         let wants: Vec<i32> = req.models.iter().map(|m| clamp_i32(m.want)).collect();
 
         let mut tx = self.pools.primary.begin().await?;
-        // The claim only ever wants the ordered index scan that stops after a
-        // few dozen rows. Two plans read the whole queue instead: right after
-        // a large batch is created, the statistics still say the queue is
-        // nearly empty and the planner picks a bitmap scan plus a sort; and
-        // the generic plan a prepared statement switches to after five runs
-        // joins back to `requests` by hashing all of it (440 ms against 4 ms
-        // at a million pending). So: custom plans, no bitmap scans, no sorts.
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock($1), set_config('enable_bitmapscan', 'off', true), \
-                    set_config('enable_sort', 'off', true), \
-                    set_config('plan_cache_mode', 'force_custom_plan', true)",
-        )
-        .bind(CLAIM_LOCK)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(CLAIM_SETUP_SQL)
+            .bind(CLAIM_LOCK)
+            .execute(&mut *tx)
+            .await?;
         let rows = sqlx::query(CLAIM_SQL)
             .bind(req.daemon)
             .bind(&names)
@@ -252,69 +323,21 @@ impl QueueStore for PostgresStore {
                 .map(|i| i.usage.as_ref().map_or(0, f))
                 .collect()
         };
-        let accepted: Vec<RequestId> = sqlx::query_scalar(
-            "WITH o AS (
-                 SELECT *, state = 'completed' AS ok
-                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[],
-                             $6::text[], $7::jsonb[], $8::int8[], $9::int8[], $10::int8[],
-                             $11::int8[], $12::int8[])
-                     AS o(id, attempt, state, status_code, upstream_request_id, body, error,
-                          input_tokens, cached_tokens, output_tokens, reasoning_tokens,
-                          total_tokens)),
-             done AS (
-                 UPDATE requests q
-                 SET state = o.state,
-                     finished_at = now(), daemon_id = NULL
-                 FROM o
-                 WHERE q.id = o.id AND q.attempt = o.attempt
-                   AND q.state IN ('claimed', 'processing')
-                 RETURNING q.id, q.batch_id, q.custom_id, q.state, o.ok, o.status_code,
-                           o.upstream_request_id, o.body, o.error, o.input_tokens,
-                           o.cached_tokens, o.output_tokens, o.reasoning_tokens, o.total_tokens),
-             tally AS (
-                 UPDATE batches b
-                 SET n_completed = b.n_completed + s.n_completed,
-                     n_failed = b.n_failed + s.n_failed,
-                     n_canceled = b.n_canceled + s.n_canceled,
-                     input_tokens = b.input_tokens + s.input_tokens,
-                     cached_tokens = b.cached_tokens + s.cached_tokens,
-                     output_tokens = b.output_tokens + s.output_tokens,
-                     reasoning_tokens = b.reasoning_tokens + s.reasoning_tokens,
-                     total_tokens = b.total_tokens + s.total_tokens
-                 FROM (SELECT batch_id,
-                              count(*) FILTER (WHERE state = 'completed') AS n_completed,
-                              count(*) FILTER (WHERE state = 'failed') AS n_failed,
-                              count(*) FILTER (WHERE state = 'canceled') AS n_canceled,
-                              sum(input_tokens) AS input_tokens,
-                              sum(cached_tokens) AS cached_tokens,
-                              sum(output_tokens) AS output_tokens,
-                              sum(reasoning_tokens) AS reasoning_tokens,
-                              sum(total_tokens) AS total_tokens
-                       FROM done WHERE batch_id IS NOT NULL
-                       GROUP BY batch_id) s
-                 WHERE b.id = s.batch_id)
-             INSERT INTO request_results
-                 (request_id, batch_id, custom_id, ok, status_code, upstream_request_id, body, error)
-             SELECT id, batch_id, custom_id, ok, status_code, upstream_request_id, body,
-                    CASE WHEN ok THEN NULL
-                         ELSE COALESCE(error, '{\"code\":\"upstream_error\",\"message\":\"\"}') END
-             FROM done
-             RETURNING request_id",
-        )
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&states)
-        .bind(&statuses)
-        .bind(&upstream_ids)
-        .bind(&bodies)
-        .bind(&errors)
-        .bind(usage(|u| u.input_tokens))
-        .bind(usage(|u| u.cached_tokens))
-        .bind(usage(|u| u.output_tokens))
-        .bind(usage(|u| u.reasoning_tokens))
-        .bind(usage(|u| u.total_tokens))
-        .fetch_all(&self.pools.primary)
-        .await?;
+        let accepted: Vec<RequestId> = sqlx::query_scalar(FINISH_SQL.as_str())
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&states)
+            .bind(&statuses)
+            .bind(&upstream_ids)
+            .bind(&bodies)
+            .bind(&errors)
+            .bind(usage(|u| u.input_tokens))
+            .bind(usage(|u| u.cached_tokens))
+            .bind(usage(|u| u.output_tokens))
+            .bind(usage(|u| u.reasoning_tokens))
+            .bind(usage(|u| u.total_tokens))
+            .fetch_all(&self.pools.primary)
+            .await?;
         Ok(accepted)
     }
 

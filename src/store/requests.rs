@@ -18,9 +18,31 @@ use uuid::Uuid;
 /// Results read per round trip when streaming a file out.
 const RESULT_PAGE: i64 = 1000;
 
-const REQUEST_COLUMNS: &str = "q.id, q.batch_id, q.template_id, q.model, q.custom_id, q.state, \
-     q.attempt, q.not_before, q.daemon_id, q.created_at, q.claimed_at, q.started_at, \
-     q.finished_at, r.status_code, r.error";
+/// Live requests' records (from `requests`) chosen by `filter`.
+fn live_records(filter: &str) -> String {
+    format!(
+        "SELECT id, batch_id, template_id, model, custom_id, state, attempt, not_before, \
+                daemon_id, created_at, claimed_at, started_at, NULL::timestamptz AS finished_at, \
+                NULL::int AS status_code, NULL::jsonb AS error \
+         FROM requests WHERE {filter}"
+    )
+}
+
+/// Ended requests' records (from `request_results`), in the same columns.
+fn ended_records(filter: &str) -> String {
+    format!(
+        "SELECT request_id AS id, batch_id, template_id, model, custom_id, state, attempt, \
+                not_before, NULL::uuid AS daemon_id, created_at, claimed_at, started_at, \
+                finished_at, status_code, error \
+         FROM request_results WHERE {filter}"
+    )
+}
+
+/// Just before the first request id of a batch: its ids are the batch id
+/// with the last six bytes replaced by the line number.
+fn before_batch(batch: BatchId) -> Uuid {
+    Uuid::from_u128((batch.0.as_u128() & !0xffff_ffff_ffff).wrapping_sub(1))
+}
 
 fn request_from_row(row: &PgRow) -> Result<RequestRecord> {
     let error: Option<Json<ResultError>> = row.try_get("error")?;
@@ -50,18 +72,26 @@ async fn result_page(
     ok: bool,
     after: Uuid,
 ) -> Result<Option<(Bytes, Uuid)>, sqlx::Error> {
-    let rows = sqlx::query(
+    // Two statements, not `ok = $2`: the error file's must name the partial
+    // index's own predicate to use it whatever the plan.
+    let sql = if ok {
         "SELECT request_id, custom_id, status_code, upstream_request_id, body, error \
          FROM request_results \
-         WHERE batch_id = $1 AND ok = $2 AND request_id > $3 \
-         ORDER BY request_id LIMIT $4",
-    )
-    .bind(batch_id)
-    .bind(ok)
-    .bind(after)
-    .bind(RESULT_PAGE)
-    .fetch_all(pool)
-    .await?;
+         WHERE request_id > $2 AND request_id <= fusillade_batch_hi($1) AND batch_id = $1 AND ok \
+         ORDER BY request_id LIMIT $3"
+    } else {
+        "SELECT request_id, custom_id, status_code, upstream_request_id, body, error \
+         FROM request_results \
+         WHERE request_id > $2 AND request_id <= fusillade_batch_hi($1) AND batch_id = $1 \
+           AND NOT ok \
+         ORDER BY request_id LIMIT $3"
+    };
+    let rows = sqlx::query(sql)
+        .bind(batch_id)
+        .bind(after)
+        .bind(RESULT_PAGE)
+        .fetch_all(pool)
+        .await?;
     let Some(last) = rows.last() else {
         return Ok(None);
     };
@@ -85,7 +115,7 @@ async fn result_page(
 impl PostgresStore {
     fn result_stream(&self, batch_id: BatchId, ok: bool) -> ByteStream {
         let pool = self.pools.replica.clone();
-        stream::try_unfold(Uuid::nil(), move |after| {
+        stream::try_unfold(before_batch(batch_id), move |after| {
             let pool = pool.clone();
             async move { result_page(&pool, batch_id, ok, after).await }
         })
@@ -97,8 +127,9 @@ impl PostgresStore {
 impl RequestStore for PostgresStore {
     async fn get_request(&self, id: RequestId) -> Result<Option<RequestRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests q \
-             LEFT JOIN request_results r ON r.request_id = q.id WHERE q.id = $1"
+            "{} UNION ALL {}",
+            live_records("id = $1"),
+            ended_records("request_id = $1")
         ))
         .bind(id)
         .fetch_optional(&self.pools.replica)
@@ -113,13 +144,20 @@ impl RequestStore for PostgresStore {
         limit: i64,
     ) -> Result<Page<RequestRecord>> {
         let limit = limit.clamp(1, MAX_PAGE);
+        // Each side reads its primary key range in order and stops early.
         let rows = sqlx::query(&format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests q \
-             LEFT JOIN request_results r ON r.request_id = q.id \
-             WHERE q.batch_id = $1 AND q.id > $2 ORDER BY q.id LIMIT $3"
+            "SELECT * FROM ( \
+                 ({} ORDER BY id LIMIT $3) \
+                 UNION ALL \
+                 ({} ORDER BY request_id LIMIT $3)) x \
+             ORDER BY id LIMIT $3",
+            live_records("id > $2 AND id <= fusillade_batch_hi($1) AND batch_id = $1"),
+            ended_records(
+                "request_id > $2 AND request_id <= fusillade_batch_hi($1) AND batch_id = $1"
+            ),
         ))
         .bind(batch_id)
-        .bind(after.map_or(Uuid::nil(), |a| a.0))
+        .bind(after.map_or(before_batch(batch_id), |a| a.0))
         .bind(limit + 1)
         .fetch_all(&self.pools.replica)
         .await?;

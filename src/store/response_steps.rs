@@ -111,10 +111,14 @@ impl PostgresStore {
 impl ResponseStepStore for PostgresStore {
     async fn create_step(&self, input: CreateStepInput) -> Result<StepId> {
         let id = input.id.unwrap_or_default();
-        sqlx::query(
+        // The request may be live or ended (ended requests leave `requests`),
+        // so its existence is checked here rather than by a foreign key.
+        let inserted = sqlx::query(
             "INSERT INTO response_steps \
              (id, request_id, prev_step_id, parent_step_id, step_kind, step_sequence, request_payload) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             SELECT $1, $2, $3, $4, $5, $6, $7 \
+             WHERE EXISTS (SELECT 1 FROM requests WHERE id = $2) \
+                OR EXISTS (SELECT 1 FROM request_results WHERE request_id = $2)",
         )
         .bind(id)
         .bind(input.request_id)
@@ -125,6 +129,12 @@ impl ResponseStepStore for PostgresStore {
         .bind(input.request_payload)
         .execute(&self.pools.primary)
         .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "request",
+                id: input.request_id.0.to_string(),
+            });
+        }
         Ok(id)
     }
 

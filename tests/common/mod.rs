@@ -164,14 +164,20 @@ pub struct RequestRow {
     pub model: String,
     pub custom_id: Option<String>,
     pub state: String,
-    pub deadline: chrono::DateTime<chrono::Utc>,
+    /// Live requests only: an ended one keeps no deadline.
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// The batch's requests in id order.
+/// The batch's requests in id order, live (in `requests`) and ended (in
+/// `request_results`) alike.
 pub async fn requests(pool: &PgPool, batch: BatchId) -> Vec<RequestRow> {
     sqlx::query_as(
         "SELECT id, template_id, model, custom_id, state, deadline \
-         FROM requests WHERE batch_id = $1 ORDER BY id",
+         FROM requests WHERE batch_id = $1 \
+         UNION ALL \
+         SELECT request_id, template_id, model, custom_id, state, NULL \
+         FROM request_results WHERE batch_id = $1 \
+         ORDER BY id",
     )
     .bind(batch)
     .fetch_all(pool)
@@ -215,21 +221,44 @@ pub async fn finish(
     body: Option<&str>,
     error: Option<serde_json::Value>,
 ) {
-    let ok = error.is_none();
-    let state = if ok { "completed" } else { "failed" };
+    let state = if error.is_none() {
+        "completed"
+    } else {
+        "failed"
+    };
+    end(pool, request, state, status_code, body, error).await;
+}
+
+/// Cancels a pending request by hand, as a batch cancel does.
+pub async fn cancel(pool: &PgPool, request: Uuid) {
+    let error = serde_json::json!({"code": "batch_cancelled", "message": "by hand"});
+    end(pool, request, "canceled", None, None, Some(error)).await;
+}
+
+/// Moves a request from the queue into its result, as the store does.
+async fn end(
+    pool: &PgPool,
+    request: Uuid,
+    state: &str,
+    status_code: Option<i32>,
+    body: Option<&str>,
+    error: Option<serde_json::Value>,
+) {
     sqlx::query(
-        "WITH r AS (UPDATE requests SET state = $2, finished_at = now(), daemon_id = NULL \
-                    WHERE id = $1 RETURNING id, batch_id, custom_id), \
-         t AS (UPDATE batches b SET n_completed = n_completed + ($3::bool)::int, \
-                                    n_failed = n_failed + (NOT $3::bool)::int \
+        "WITH r AS (DELETE FROM requests WHERE id = $1 RETURNING *), \
+         t AS (UPDATE batches b SET n_completed = n_completed + ($2 = 'completed')::int, \
+                                    n_failed = n_failed + ($2 = 'failed')::int, \
+                                    n_canceled = n_canceled + ($2 = 'canceled')::int \
                FROM r WHERE b.id = r.batch_id) \
          INSERT INTO request_results \
-             (request_id, batch_id, custom_id, ok, status_code, upstream_request_id, body, error) \
-         SELECT id, batch_id, custom_id, $3, $4, $5, $6, $7 FROM r",
+             (request_id, batch_id, template_id, model, custom_id, attempt, retries, not_before, \
+              created_at, claimed_at, started_at, state, ok, status_code, upstream_request_id, \
+              body, error) \
+         SELECT id, batch_id, template_id, model, custom_id, attempt, retries, not_before, \
+                created_at, claimed_at, started_at, $2, $2 = 'completed', $3, $4, $5, $6 FROM r",
     )
     .bind(request)
     .bind(state)
-    .bind(ok)
     .bind(status_code)
     .bind(status_code.map(|_| format!("upstream-{}", request.simple())))
     .bind(body)

@@ -252,21 +252,27 @@ async fn upload(
 async fn fill_results(pool: &sqlx::PgPool, batch: uuid::Uuid) -> Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "INSERT INTO request_results \
-             (request_id, batch_id, custom_id, ok, status_code, upstream_request_id, body) \
-         SELECT id, batch_id, custom_id, true, 200, 'req-' || left(md5(id::text), 16), \
+        "WITH d AS ( \
+             DELETE FROM requests \
+             WHERE id BETWEEN fusillade_batch_lo($1) AND fusillade_batch_hi($1) AND batch_id = $1 \
+             RETURNING *) \
+         INSERT INTO request_results \
+             (request_id, batch_id, template_id, model, custom_id, state, attempt, not_before, \
+              created_at, ok, status_code, upstream_request_id, body) \
+         SELECT id, batch_id, template_id, model, custom_id, 'completed', 1, not_before, \
+                created_at, true, 200, 'req-' || left(md5(id::text), 16), \
                 '{\"id\":\"chatcmpl-' || left(md5(id::text), 24) || \
                 '\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":\"' || \
                 model || '\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\
                 \"content\":\"The quick brown fox jumps over the lazy dog, and then it rests \
                 for a while.\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":120,\
                 \"completion_tokens\":18,\"total_tokens\":138}}' \
-         FROM requests WHERE batch_id = $1",
+         FROM d",
     )
     .bind(batch)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE requests SET state = 'completed', finished_at = now() WHERE batch_id = $1")
+    sqlx::query("UPDATE batches SET n_completed = total WHERE id = $1")
         .bind(batch)
         .execute(&mut *tx)
         .await?;

@@ -44,19 +44,28 @@ async fn seed(pool: &sqlx::PgPool, n: u64, state: &str) -> Result<()> {
     let mut done = 0u64;
     while done < n {
         let k = chunk.min(n - done);
-        sqlx::query(
+        // Live requests sit in the queue; ended ones only in request_results.
+        let target = if state == "pending" {
+            "INSERT INTO requests (id, batch_id, template_id, model, custom_id, state, deadline) \
+             SELECT encode(overlay(uuid_send($2) PLACING substring(int8send(t.line_number) FROM 3) FROM 11), 'hex')::uuid, \
+                    $2, t.id, 'bench-model', t.custom_id, $5, now() + interval '1 day' \
+             FROM t"
+        } else {
+            "INSERT INTO request_results (request_id, batch_id, template_id, model, custom_id, \
+                                          state, ok, status_code, body, not_before, created_at) \
+             SELECT encode(overlay(uuid_send($2) PLACING substring(int8send(t.line_number) FROM 3) FROM 11), 'hex')::uuid, \
+                    $2, t.id, 'bench-model', t.custom_id, $5, true, 200, '{}', now(), now() \
+             FROM t"
+        };
+        sqlx::query(&format!(
             "WITH t AS ( \
                  INSERT INTO request_templates (id, file_id, line_number, custom_id, path, body, model) \
                  SELECT gen_random_uuid(), $1, g, 'r-' || g, '/v1/chat/completions', \
-                        '{\"model\":\"bench-model\",\"messages\":[]}', 'bench-model' \
+                        '{{\"model\":\"bench-model\",\"messages\":[]}}', 'bench-model' \
                  FROM generate_series($3::bigint + 1, $3::bigint + $4::bigint) g \
                  RETURNING id, line_number, custom_id) \
-             INSERT INTO requests (id, batch_id, template_id, model, custom_id, state, deadline, finished_at) \
-             SELECT encode(overlay(uuid_send($2) PLACING substring(int8send(t.line_number) FROM 3) FROM 11), 'hex')::uuid, \
-                    $2, t.id, 'bench-model', t.custom_id, $5, now() + interval '1 day', \
-                    CASE WHEN $5 = 'pending' THEN NULL ELSE now() END \
-             FROM t",
-        )
+             {target}"
+        ))
         .bind(file)
         .bind(batch)
         .bind(done as i64)
@@ -67,6 +76,9 @@ async fn seed(pool: &sqlx::PgPool, n: u64, state: &str) -> Result<()> {
         done += k;
     }
     sqlx::query("VACUUM ANALYZE requests").execute(pool).await?;
+    sqlx::query("VACUUM ANALYZE request_results")
+        .execute(pool)
+        .await?;
     sqlx::query("VACUUM ANALYZE request_templates")
         .execute(pool)
         .await?;
@@ -191,6 +203,10 @@ pub async fn run(b: QueueBench) -> Result<()> {
 async fn explain(pool: &sqlx::PgPool, daemon: DaemonId, limit: u32, want: u32) -> Result<()> {
     use sqlx::Row;
     let mut tx = pool.begin().await?;
+    sqlx::query(fusillade::store::CLAIM_SETUP_SQL)
+        .bind(fusillade::store::CLAIM_LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
     let rows = sqlx::query(&format!(
         "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
         fusillade::store::CLAIM_SQL
@@ -211,23 +227,29 @@ async fn explain(pool: &sqlx::PgPool, daemon: DaemonId, limit: u32, want: u32) -
     Ok(())
 }
 
-/// Prints the plan of one finish, with auto_explain-like detail, rolled back.
+/// Prints the plan of one finish (the daemon's own statement), rolled back.
 async fn explain_finish(pool: &sqlx::PgPool, items: &[Finished]) -> Result<()> {
     use sqlx::Row;
+    let n = items.len();
     let ids: Vec<uuid::Uuid> = items.iter().map(|i| i.id.0).collect();
     let attempts: Vec<i32> = items.iter().map(|i| i.attempt).collect();
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query(
-        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) \
-         WITH o AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS o(id, attempt)), \
-         done AS (UPDATE requests q SET state = 'completed', finished_at = now(), daemon_id = NULL \
-                  FROM o WHERE q.id = o.id AND q.attempt = o.attempt \
-                  AND q.state IN ('claimed', 'processing') RETURNING q.id, q.batch_id, q.custom_id) \
-         INSERT INTO request_results (request_id, batch_id, custom_id, ok, status_code, body) \
-         SELECT id, batch_id, custom_id, true, 200, '{}' FROM done",
-    )
+    let rows = sqlx::query(&format!(
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
+        fusillade::store::finish_sql()
+    ))
     .bind(&ids)
     .bind(&attempts)
+    .bind(vec!["completed"; n])
+    .bind(vec![200i32; n])
+    .bind(vec![None::<String>; n])
+    .bind(vec!["{}"; n])
+    .bind(vec![None::<serde_json::Value>; n])
+    .bind(vec![0i64; n])
+    .bind(vec![0i64; n])
+    .bind(vec![0i64; n])
+    .bind(vec![0i64; n])
+    .bind(vec![0i64; n])
     .fetch_all(&mut *tx)
     .await?;
     for r in rows {

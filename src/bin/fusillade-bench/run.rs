@@ -126,8 +126,8 @@ pub async fn run(b: RunBench) -> Result<()> {
         chrono::DateTime<chrono::Utc>,
         i64,
     ) = sqlx::query_as(
-        "SELECT min(q.claimed_at), max(r.finished_at), count(*) FILTER (WHERE r.ok) \
-             FROM request_results r JOIN requests q ON q.id = r.request_id",
+        "SELECT min(claimed_at), max(finished_at), count(*) FILTER (WHERE ok) \
+             FROM request_results",
     )
     .fetch_one(&pool)
     .await?;
