@@ -76,3 +76,19 @@ DROP INDEX requests_batch_state;
 -- request ends); the store checks that the request exists when a step is
 -- created.
 ALTER TABLE response_steps DROP CONSTRAINT response_steps_request_id_fkey;
+
+-- Upstream slots per model held by each daemon. A daemon makes at most as
+-- many calls of a model at once as it holds slots, and the slots held by
+-- running daemons never add up to more than the model's limit (checked under
+-- the claim lock whenever a daemon takes more). Slots change when daemons
+-- come, go or run out of work, not per request, so the claim no longer counts
+-- requests in flight, and a daemon may claim requests ahead of its free
+-- slots: a call that ends is replaced at once by one already claimed.
+-- Only rows of running daemons count; no foreign key, so that a claim never
+-- fails on a daemon row that was removed.
+CREATE TABLE model_slots (
+    model      text    NOT NULL,
+    daemon_id  uuid    NOT NULL,
+    held       integer NOT NULL CHECK (held >= 0),
+    PRIMARY KEY (model, daemon_id)
+);

@@ -9,6 +9,7 @@ const TABLES: &[&str] = &[
     "daemons",
     "file_parts",
     "files",
+    "model_slots",
     "request_results",
     "request_templates",
     "requests",

@@ -9,8 +9,8 @@ use fusillade::domain::ids::DaemonId;
 use fusillade::domain::output::ResultError;
 use fusillade::domain::request::{RequestId, RequestState};
 use fusillade::store::{
-    BatchStore, ClaimRequest, ClaimedRequest, DaemonStore, Finished, MaintenanceStore, ModelDemand,
-    Owner, PostgresStore, QueueStore, RequestStore, Requeue,
+    BatchStore, Claim, ClaimRequest, ClaimedRequest, DaemonStore, Finished, MaintenanceStore,
+    ModelDemand, Owner, PostgresStore, QueueStore, RequestStore, Requeue,
 };
 use sqlx::PgPool;
 use std::collections::HashSet;
@@ -42,6 +42,11 @@ async fn daemon(store: &PostgresStore) -> DaemonId {
         .id
 }
 
+/// A claim of `want` requests of each `(model, limit, want)` by a daemon
+/// that holds none yet and is alone: its share is the whole limit, and the
+/// requests it says are waiting make the claim take exactly `want` once it
+/// holds the whole limit (a claim fills free slots plus half the slots'
+/// worth of waiting requests).
 fn demand(daemon: DaemonId, models: &[(&str, u32, u32)], max_total: u32) -> ClaimRequest {
     ClaimRequest {
         daemon,
@@ -50,13 +55,47 @@ fn demand(daemon: DaemonId, models: &[(&str, u32, u32)], max_total: u32) -> Clai
             .map(|&(m, limit, want)| ModelDemand {
                 model: m.into(),
                 limit,
-                want,
+                share: limit,
+                in_flight: 0,
+                waiting: (limit + limit.div_ceil(2)).saturating_sub(want),
             })
             .collect(),
         default_limit: 0,
-        default_want: 0,
+        default_share: 0,
         max_total,
     }
+}
+
+/// What a daemon with `in_flight` calls and `waiting` requests of `model` asks.
+fn slots_demand(
+    daemon: DaemonId,
+    model: &str,
+    limit: u32,
+    share: u32,
+    in_flight: u32,
+    waiting: u32,
+) -> ClaimRequest {
+    ClaimRequest {
+        daemon,
+        models: vec![ModelDemand {
+            model: model.into(),
+            limit,
+            share,
+            in_flight,
+            waiting,
+        }],
+        default_limit: 0,
+        default_share: 0,
+        max_total: 1000,
+    }
+}
+
+fn slots_of(claim: &Claim, model: &str) -> u32 {
+    claim
+        .slots
+        .iter()
+        .find(|(m, _)| m == model)
+        .map_or(0, |(_, n)| *n)
 }
 
 fn count(claimed: &[ClaimedRequest], model: &str) -> usize {
@@ -77,44 +116,99 @@ fn done(c: &ClaimedRequest) -> Finished {
 }
 
 #[sqlx::test]
-async fn claim_keeps_each_model_under_its_global_limit(pool: PgPool) {
+async fn slots_of_all_daemons_stay_within_each_models_limit(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "a", 10, "24h").await;
     batch_of(&store, "b", 5, "24h").await;
     let (d1, d2) = (daemon(&store).await, daemon(&store).await);
 
-    let first = store
-        .claim(&demand(d1, &[("a", 3, 100), ("b", 10, 100)], 100))
-        .await
-        .unwrap();
-    assert_eq!(count(&first, "a"), 3);
-    assert_eq!(count(&first, "b"), 5);
-    assert!(first.iter().all(|c| c.attempt == 1 && c.retries == 0));
+    // Alone with work: the whole limit, its free slots filled plus half
+    // its slots' worth claimed ahead (3 + 2 of a; all 5 of b).
+    let both = |d, a_in, a_waiting, b_in| ClaimRequest {
+        models: vec![
+            slots_demand(d, "a", 3, 3, a_in, a_waiting).models.remove(0),
+            slots_demand(d, "b", 10, 10, b_in, 0).models.remove(0),
+        ],
+        ..slots_demand(d, "a", 3, 3, 0, 0)
+    };
+    let first = store.claim(&both(d1, 0, 0, 0)).await.unwrap();
+    assert_eq!((slots_of(&first, "a"), slots_of(&first, "b")), (3, 10));
+    assert_eq!(count(&first.requests, "a"), 5);
+    assert_eq!(count(&first.requests, "b"), 5);
     assert!(
         first
+            .requests
+            .iter()
+            .all(|c| c.attempt == 1 && c.retries == 0)
+    );
+    assert!(
+        first
+            .requests
             .iter()
             .all(|c| c.path == CHAT && c.body.contains("\"model\""))
     );
 
-    // Another daemon sees the same global limit.
-    let second = store
-        .claim(&demand(d2, &[("a", 3, 100), ("b", 10, 100)], 100))
-        .await
-        .unwrap();
-    assert!(second.is_empty());
+    // Another daemon finds every slot taken: no slots, no requests.
+    let second = store.claim(&both(d2, 0, 0, 0)).await.unwrap();
+    assert_eq!((slots_of(&second, "a"), slots_of(&second, "b")), (0, 0));
+    assert!(second.requests.is_empty());
 
-    // One finished frees one slot.
-    let a = first.iter().find(|c| c.model == "a").unwrap();
-    assert_eq!(store.finish(&[done(a)]).await.unwrap(), vec![a.id]);
+    // The first keeps its share of a while a has work, and gives back what
+    // b's calls in flight do not use once b has none.
+    let again = store.claim(&both(d1, 3, 2, 2)).await.unwrap();
+    assert_eq!((slots_of(&again, "a"), slots_of(&again, "b")), (3, 2));
+    assert!(
+        again.requests.is_empty(),
+        "3 in flight + 2 waiting is enough"
+    );
+
+    // A stopped daemon's slots are free for the others.
+    store.mark_daemon_stopped(d1).await.unwrap();
     let third = store
-        .claim(&demand(d2, &[("a", 3, 100)], 100))
+        .claim(&slots_demand(d2, "a", 3, 3, 0, 0))
         .await
         .unwrap();
-    assert_eq!(count(&third, "a"), 1);
+    assert_eq!(slots_of(&third, "a"), 3);
+    assert_eq!(count(&third.requests, "a"), 5);
 }
 
 #[sqlx::test]
-async fn claim_honours_free_slots_total_cap_and_defaults(pool: PgPool) {
+async fn slots_never_drop_below_calls_in_flight(pool: PgPool) {
+    let store = store(&pool).await;
+    batch_of(&store, "a", 20, "24h").await;
+    let (d1, d2) = (daemon(&store).await, daemon(&store).await);
+    let first = store
+        .claim(&slots_demand(d1, "a", 4, 4, 0, 0))
+        .await
+        .unwrap();
+    assert_eq!(slots_of(&first, "a"), 4);
+    // A second daemon arrives: the first's share drops to 2, but it keeps
+    // a slot for each of its 3 calls still running.
+    let shrunk = store
+        .claim(&slots_demand(d1, "a", 4, 2, 3, 0))
+        .await
+        .unwrap();
+    assert_eq!(slots_of(&shrunk, "a"), 3);
+    let other = store
+        .claim(&slots_demand(d2, "a", 4, 2, 0, 0))
+        .await
+        .unwrap();
+    assert_eq!(slots_of(&other, "a"), 1, "only what is left of the limit");
+    // Its calls ended: the first gives back down to its share, and the
+    // second can take its own.
+    store
+        .claim(&slots_demand(d1, "a", 4, 2, 2, 0))
+        .await
+        .unwrap();
+    let other = store
+        .claim(&slots_demand(d2, "a", 4, 2, 1, 0))
+        .await
+        .unwrap();
+    assert_eq!(slots_of(&other, "a"), 2);
+}
+
+#[sqlx::test]
+async fn claim_honours_the_total_cap_and_defaults(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "a", 10, "24h").await;
     batch_of(&store, "other", 10, "24h").await;
@@ -123,14 +217,20 @@ async fn claim_honours_free_slots_total_cap_and_defaults(pool: PgPool) {
         .claim(&demand(d, &[("a", 100, 2)], 100))
         .await
         .unwrap();
-    assert_eq!(count(&got, "a"), 2, "want caps the claim");
-    assert_eq!(count(&got, "other"), 0, "default want is 0");
+    assert_eq!(
+        count(&got.requests, "a"),
+        2,
+        "free slots and waiting cap the claim"
+    );
+    assert_eq!(count(&got.requests, "other"), 0, "default limit is 0");
+    assert_eq!(slots_of(&got, "other"), 0);
 
     let mut req = demand(d, &[], 3);
     req.default_limit = 100;
-    req.default_want = 100;
+    req.default_share = 100;
     let got = store.claim(&req).await.unwrap();
-    assert_eq!(got.len(), 3, "max_total caps the statement");
+    assert_eq!(got.requests.len(), 3, "max_total caps the statement");
+    assert_eq!(slots_of(&got, "other"), 100);
 }
 
 #[sqlx::test]
@@ -142,7 +242,8 @@ async fn claim_prefers_the_earlier_deadline(pool: PgPool) {
     let got = store
         .claim(&demand(d, &[("m", 100, 3)], 100))
         .await
-        .unwrap();
+        .unwrap()
+        .requests;
     assert_eq!(got.len(), 3);
     assert!(
         got.iter().all(|c| c.batch_id == Some(soon)),
@@ -156,7 +257,11 @@ async fn finish_writes_results_once_and_rejects_stale_attempts(pool: PgPool) {
     let store = store(&pool).await;
     let batch = batch_of(&store, "m", 2, "24h").await;
     let d = daemon(&store).await;
-    let got = store.claim(&demand(d, &[("m", 10, 10)], 10)).await.unwrap();
+    let got = store
+        .claim(&demand(d, &[("m", 10, 10)], 10))
+        .await
+        .unwrap()
+        .requests;
     let (ok, bad) = (&got[0], &got[1]);
     let failed = Finished {
         id: bad.id,
@@ -198,7 +303,11 @@ async fn requeue_delays_retries_and_counts_them(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "m", 2, "24h").await;
     let d = daemon(&store).await;
-    let got = store.claim(&demand(d, &[("m", 10, 10)], 10)).await.unwrap();
+    let got = store
+        .claim(&demand(d, &[("m", 10, 10)], 10))
+        .await
+        .unwrap()
+        .requests;
     let accepted = store
         .requeue(&[
             Requeue {
@@ -226,7 +335,11 @@ async fn requeue_delays_retries_and_counts_them(pool: PgPool) {
     };
     assert!(store.requeue(&[again]).await.unwrap().is_empty());
 
-    let next = store.claim(&demand(d, &[("m", 10, 10)], 10)).await.unwrap();
+    let next = store
+        .claim(&demand(d, &[("m", 10, 10)], 10))
+        .await
+        .unwrap()
+        .requests;
     assert_eq!(next.len(), 1, "the delayed retry is not claimable yet");
     assert_eq!(next[0].id, got[1].id);
     assert_eq!(next[0].attempt, got[1].attempt + 1);
@@ -247,14 +360,17 @@ async fn rescue_returns_claims_of_dead_daemons_only(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "m", 4, "24h").await;
     let (alive, dying) = (daemon(&store).await, daemon(&store).await);
+    // Half the limit each; 6 said to wait leaves room to claim 2 each.
     let mine = store
-        .claim(&demand(alive, &[("m", 10, 2)], 10))
+        .claim(&slots_demand(alive, "m", 10, 5, 0, 6))
         .await
-        .unwrap();
+        .unwrap()
+        .requests;
     let theirs = store
-        .claim(&demand(dying, &[("m", 10, 2)], 10))
+        .claim(&slots_demand(dying, "m", 10, 5, 0, 6))
         .await
-        .unwrap();
+        .unwrap()
+        .requests;
     sqlx::query("UPDATE daemons SET last_heartbeat = now() - interval '1 hour' WHERE id = $1")
         .bind(dying)
         .execute(&pool)
@@ -285,7 +401,8 @@ async fn rescue_returns_claims_of_dead_daemons_only(pool: PgPool) {
     let ghost_claims = store
         .claim(&demand(ghost, &[("m", 10, 10)], 10))
         .await
-        .unwrap();
+        .unwrap()
+        .requests;
     assert_eq!(ghost_claims.len(), 2);
     assert_eq!(
         store
@@ -298,7 +415,8 @@ async fn rescue_returns_claims_of_dead_daemons_only(pool: PgPool) {
     let again = store
         .claim(&demand(alive, &[("m", 10, 10)], 10))
         .await
-        .unwrap();
+        .unwrap()
+        .requests;
     let ids: HashSet<_> = again.iter().map(|c| c.id).collect();
     assert_eq!(ids.len(), 2);
 }
@@ -313,7 +431,8 @@ async fn finalize_completes_expires_and_cancels(pool: PgPool) {
     let got = store
         .claim(&demand(d, &[("one", 10, 10)], 10))
         .await
-        .unwrap();
+        .unwrap()
+        .requests;
     assert!(store.finalize(10).await.unwrap().is_empty());
     let fin: Vec<Finished> = got.iter().map(done).collect();
     store.finish(&fin).await.unwrap();
@@ -328,7 +447,8 @@ async fn finalize_completes_expires_and_cancels(pool: PgPool) {
     let got = store
         .claim(&demand(d, &[("two", 10, 2)], 10))
         .await
-        .unwrap();
+        .unwrap()
+        .requests;
     store.finish(&[done(&got[0])]).await.unwrap();
     sqlx::query("UPDATE batches SET expires_at = now() - interval '1 second' WHERE id = $1")
         .bind(b2)
@@ -351,7 +471,8 @@ async fn finalize_completes_expires_and_cancels(pool: PgPool) {
     let got = store
         .claim(&demand(d, &[("three", 10, 1)], 10))
         .await
-        .unwrap();
+        .unwrap()
+        .requests;
     let b = store.cancel_batch(Owner::Any, b3).await.unwrap();
     assert_eq!(b.status, BatchStatus::Cancelling);
     assert!(store.finalize(10).await.unwrap().cancelled.is_empty());
@@ -397,7 +518,11 @@ async fn the_queue_is_vacuumed_only_when_worth_it(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "m", 3, "24h").await;
     let d = daemon(&store).await;
-    let got = store.claim(&demand(d, &[("m", 10, 10)], 10)).await.unwrap();
+    let got = store
+        .claim(&demand(d, &[("m", 10, 10)], 10))
+        .await
+        .unwrap()
+        .requests;
     store
         .finish(&got.iter().map(done).collect::<Vec<_>>())
         .await

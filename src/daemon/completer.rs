@@ -45,15 +45,15 @@ async fn write<S: DaemonBackend>(
     // Moved out, not cloned: the bodies are the bulk of the bytes.
     let mut finishes = Vec::new();
     let mut requeues = Vec::new();
-    let mut slots = Vec::with_capacity(batch.len());
+    let mut ids = Vec::with_capacity(batch.len());
     for o in batch.drain(..) {
         match o.write {
             Write::Finish(f) => {
-                slots.push((f.id, o.model));
+                ids.push(f.id);
                 finishes.push(f);
             }
             Write::Requeue(r) => {
-                slots.push((r.id, o.model));
+                ids.push(r.id);
                 requeues.push(r);
             }
         }
@@ -99,11 +99,9 @@ async fn write<S: DaemonBackend>(
             }
         }
     }
-    // Slots are freed only once the database agrees, so the global in-flight
-    // count never lags behind this daemon's view.
+    // Leases are checked until the database has the outcome.
     let mut held = shared.held.lock().expect("held lock");
-    for (id, model) in slots {
+    for id in ids {
         held.remove(&id);
-        shared.limiter.release(&model, 1);
     }
 }

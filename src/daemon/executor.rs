@@ -1,5 +1,6 @@
 //! One request: call the upstream, then decide (in `domain::retry`) what follows.
 
+use super::slots::Job;
 use super::{DaemonBackend, Shared, jitter};
 use crate::domain::output::{ResultError, codes};
 use crate::domain::request::RequestState;
@@ -16,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 /// What the completer must write for one request.
 #[derive(Debug)]
 pub(super) struct Outcome {
-    pub model: String,
     pub write: Write,
 }
 
@@ -27,12 +27,30 @@ pub(super) enum Write {
     Requeue(Requeue),
 }
 
-/// Runs one claimed request and sends its outcome to the completer.
+/// Runs a claimed request in a slot, sends its outcome to the completer,
+/// and goes on with the next request waiting for the slot, if any.
 pub(super) async fn run<S: DaemonBackend>(
     shared: Arc<Shared<S>>,
+    job: Job,
+    outcomes: UnboundedSender<Outcome>,
+) {
+    let mut job = job;
+    loop {
+        let model = job.req.model.clone();
+        run_one(&shared, job.req, job.abort, &outcomes).await;
+        match shared.slots.next_after(&model) {
+            Some(next) => job = next,
+            None => return,
+        }
+    }
+}
+
+/// Runs one claimed request and sends its outcome to the completer.
+async fn run_one<S: DaemonBackend>(
+    shared: &Shared<S>,
     req: ClaimedRequest,
     abort: CancellationToken,
-    outcomes: UnboundedSender<Outcome>,
+    outcomes: &UnboundedSender<Outcome>,
 ) {
     let (config, client) = shared.current();
     let call = UpstreamRequest {
@@ -101,10 +119,7 @@ pub(super) async fn run<S: DaemonBackend>(
         metrics::counter!("fusillade_retries_total", "model" => req.model.clone()).increment(1);
     }
     // The completer outlives every executor; a send error means it crashed.
-    let _ = outcomes.send(Outcome {
-        model: req.model,
-        write,
-    });
+    let _ = outcomes.send(Outcome { write });
 }
 
 fn decide_write(req: &ClaimedRequest, o: CallOutcome, decision: Decision) -> Write {

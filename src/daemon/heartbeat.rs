@@ -43,8 +43,18 @@ async fn beat<S: DaemonBackend>(shared: &Shared<S>, stop: &CancellationToken) {
             // too long): its claims were rescued, so stop every call and come
             // back under a new id.
             tracing::warn!(daemon = %id, "this daemon was declared dead; re-registering");
-            for held in shared.held.lock().expect("held lock").values() {
-                held.abort.cancel();
+            // Its slots no longer count either; requests waiting for one
+            // were rescued with the rest and are dropped unsent.
+            shared.slots.forget_grants();
+            let waiting = shared.slots.drain_waiting();
+            {
+                let mut held = shared.held.lock().expect("held lock");
+                for job in waiting {
+                    held.remove(&job.req.id);
+                }
+                for h in held.values() {
+                    h.abort.cancel();
+                }
             }
             let config = shared.config.borrow().clone();
             if let Ok(new_id) = register(&shared.store, &config, stop).await {

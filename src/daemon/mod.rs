@@ -1,8 +1,9 @@
 //! The runtime: claims requests, calls the upstream, records outcomes, and
 //! keeps batches moving. One file per role:
 //!
-//! - [`limiter`]: this daemon's slots per model.
-//! - [`producer`]: the claim loop (free slots -> claim -> spawn).
+//! - [`slots`]: this daemon's upstream slots per model, and the requests
+//!   claimed ahead that wait for one.
+//! - [`producer`]: the claim loop (slots and requests -> calls).
 //! - [`executor`]: one request: call the upstream, decide what follows.
 //! - [`completer`]: outcomes written many rows per statement.
 //! - [`heartbeat`]: liveness, and stopping calls whose lease was lost.
@@ -16,9 +17,9 @@ mod completer;
 mod executor;
 mod finalizer;
 mod heartbeat;
-pub mod limiter;
 mod producer;
 mod rescuer;
+mod slots;
 
 use crate::config::Config;
 pub use crate::config::DaemonSettings as DaemonConfig;
@@ -27,7 +28,7 @@ use crate::domain::ids::DaemonId;
 use crate::domain::request::RequestId;
 use crate::store::{DaemonStore, MaintenanceStore, QueueStore, StoreError, WorkNotifier};
 use crate::upstream::UpstreamClient;
-use limiter::Limiter;
+use slots::Slots;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -56,7 +57,7 @@ struct Held {
 /// State shared by the daemon's tasks.
 struct Shared<S> {
     store: S,
-    limiter: Limiter,
+    slots: Slots,
     held: Mutex<HashMap<RequestId, Held>>,
     id: RwLock<DaemonId>,
     config: watch::Receiver<Arc<Config>>,
@@ -92,7 +93,7 @@ impl<S> Shared<S> {
 
     fn stats(&self) -> DaemonStats {
         DaemonStats {
-            in_flight: self.limiter.total() as i32,
+            in_flight: self.slots.in_flight() as i32,
             requests_done: self.done.load(Ordering::Relaxed) as i64,
             requests_failed: self.failed.load(Ordering::Relaxed) as i64,
         }
@@ -129,7 +130,7 @@ impl<S: DaemonBackend> Daemon<S> {
         let id = register(&self.store, &initial, &shutdown).await?;
         let shared = Arc::new(Shared {
             store: self.store,
-            limiter: Limiter::new(),
+            slots: Slots::new(),
             held: Mutex::new(HashMap::new()),
             id: RwLock::new(id),
             client: RwLock::new((
@@ -156,16 +157,24 @@ impl<S: DaemonBackend> Daemon<S> {
         tasks.spawn(rescuer::run(shared.clone(), background.clone()));
         tasks.spawn(finalizer::run(shared.clone(), background.clone()));
 
+        let tx_release = tx.clone();
         producer::run(shared.clone(), tx, executors.clone(), shutdown.clone()).await;
 
         // Stopping: calls in flight may finish within the grace period.
         let grace = shared.config.borrow().daemon.shutdown_grace;
-        let _ = tokio::time::timeout(grace, async {
-            while shared.limiter.total() > 0 {
-                shared.limiter.freed().await;
-            }
-        })
-        .await;
+        // Requests claimed but not started go back at once.
+        for job in shared.slots.drain_waiting() {
+            let _ = tx_release.send(executor::Outcome {
+                write: executor::Write::Requeue(crate::store::Requeue {
+                    id: job.req.id,
+                    attempt: job.req.attempt,
+                    delay: Duration::ZERO,
+                    is_retry: false,
+                }),
+            });
+        }
+        drop(tx_release);
+        let _ = tokio::time::timeout(grace, shared.slots.idle()).await;
         shared.releasing.store(true, Ordering::SeqCst);
         for held in shared.held.lock().expect("held lock").values() {
             held.abort.cancel();

@@ -1,11 +1,14 @@
-//! The claim loop: while slots are free and work is pending, claim and spawn.
-//! It never sleeps a fixed time while work is claimable: it waits for a slot
-//! to free, a notification of new work, or (for delayed retries and other
-//! daemons' releases) a short poll.
+//! The claim loop: keeps every model with work supplied with slots and with
+//! claimed requests waiting for them, and starts calls as slots allow. It
+//! never sleeps a fixed time while work is claimable: it waits for the
+//! waiting requests to run low, a notification of new work, or (for delayed
+//! retries and other daemons' releases) a short poll.
 
+use super::slots::Job;
 use super::{DaemonBackend, DbBackoff, Held, Shared, executor};
 use crate::store::{ClaimRequest, ModelDemand};
 use futures_util::StreamExt;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,24 +20,31 @@ use tokio_util::task::TaskTracker;
 /// delay ended, slots freed by other daemons).
 const POLL: Duration = Duration::from_millis(100);
 
-/// Builds the claim from the configuration and the slots in use.
+/// Builds the claim from the configuration and this daemon's slots.
 fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
     let (config, _) = shared.current();
-    let in_flight = shared.limiter.snapshot();
     let peers = shared.peers.load(Ordering::Relaxed).max(1);
-    // This daemon's share of a limit; the claim statement still enforces the
-    // whole limit across daemons.
+    // This daemon's fair share of a limit; the database keeps the sum of
+    // all daemons' slots within the whole limit.
     let share = |limit: u32| limit.div_ceil(peers);
+    let local: HashMap<String, _> = shared
+        .slots
+        .prepare_claim(|model, _| share(config.route(model).concurrency))
+        .into_iter()
+        .collect();
     let mut names: Vec<&String> = config.models.keys().collect();
-    names.extend(in_flight.keys().filter(|m| !config.models.contains_key(*m)));
+    names.extend(local.keys().filter(|m| !config.models.contains_key(*m)));
     let models = names
         .into_iter()
         .map(|m| {
             let limit = config.route(m).concurrency;
+            let state = local.get(m).copied().unwrap_or_default();
             ModelDemand {
                 model: m.clone(),
                 limit,
-                want: share(limit).saturating_sub(*in_flight.get(m).unwrap_or(&0)),
+                share: share(limit),
+                in_flight: state.in_flight,
+                waiting: state.waiting,
             }
         })
         .collect();
@@ -42,12 +52,12 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
         daemon: shared.id(),
         models,
         default_limit: config.upstream.concurrency,
-        default_want: share(config.upstream.concurrency),
+        default_share: share(config.upstream.concurrency),
         max_total,
     }
 }
 
-/// Claims and spawns until `shutdown` fires.
+/// Claims and starts calls until `shutdown` fires.
 pub(super) async fn run<S: DaemonBackend>(
     shared: Arc<Shared<S>>,
     outcomes: UnboundedSender<executor::Outcome>,
@@ -65,8 +75,8 @@ pub(super) async fn run<S: DaemonBackend>(
     let (mut claims, mut claimed_rows) = (0u64, 0u64);
     while !shutdown.is_cancelled() {
         let max_total = shared.current().0.daemon.claim_batch;
-        let claim = demand(&shared, max_total);
-        let claimed = match shared.store.claim(&claim).await {
+        let request = demand(&shared, max_total);
+        let claim = match shared.store.claim(&request).await {
             Ok(c) => {
                 backoff.reset();
                 c
@@ -79,55 +89,44 @@ pub(super) async fn run<S: DaemonBackend>(
                 continue;
             }
         };
-        let n = claimed.len();
+        let n = claim.requests.len();
         claims += 1;
         claimed_rows += n as u64;
-        for request in claimed {
-            let abort = CancellationToken::new();
-            shared.limiter.acquire(&request.model);
-            shared.held.lock().expect("held lock").insert(
-                request.id,
-                Held {
-                    attempt: request.attempt,
-                    abort: abort.clone(),
-                },
-            );
-            executors.spawn(executor::run(
-                shared.clone(),
-                request,
-                abort,
-                outcomes.clone(),
-            ));
+        let jobs: Vec<Job> = {
+            let mut held = shared.held.lock().expect("held lock");
+            claim
+                .requests
+                .into_iter()
+                .map(|req| {
+                    let abort = CancellationToken::new();
+                    held.insert(
+                        req.id,
+                        Held {
+                            attempt: req.attempt,
+                            abort: abort.clone(),
+                        },
+                    );
+                    Job { req, abort }
+                })
+                .collect()
+        };
+        for job in shared.slots.refill(&claim.slots, jobs) {
+            executors.spawn(executor::run(shared.clone(), job, outcomes.clone()));
         }
         if n as u32 >= max_total {
             continue; // a full claim: more is probably waiting
         }
-        let held = shared.limiter.total();
+        // Nothing claimed: the queue is empty for now, so only new work (or
+        // the poll) is worth another claim, not every call that ends.
+        let ran_dry = n == 0;
         tokio::select! {
-            _ = shared.limiter.freed() => gather_frees(&shared.limiter, held).await,
+            _ = shared.slots.low(), if !ran_dry => {}
             Some(_) = next_signal(&mut work) => {}
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.cancelled() => break,
         }
     }
     tracing::info!(claims, claimed_rows, "claim loop stopped");
-}
-
-/// Most time spent gathering freed slots into one claim.
-const GATHER: Duration = Duration::from_millis(2);
-
-/// After a slot frees, waits briefly for more, so that one claim statement
-/// refills many slots: a claim costs the database about the same for one row
-/// as for dozens. Waits for a sixteenth of the slots held, at most [`GATHER`].
-async fn gather_frees(limiter: &super::limiter::Limiter, held: u32) {
-    let enough = (held / 16).max(1);
-    let until = tokio::time::Instant::now() + GATHER;
-    while held.saturating_sub(limiter.total()) < enough {
-        tokio::select! {
-            _ = limiter.freed() => {}
-            _ = tokio::time::sleep_until(until) => return,
-        }
-    }
 }
 
 async fn next_signal(work: &mut Option<crate::store::WorkSignals>) -> Option<()> {

@@ -28,7 +28,7 @@ pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
 pub use pools::{DbPools, TestDbPools};
 pub use queue::{
-    CLAIM_LOCK_KEY, CLAIM_SETUP_SQL, CLAIM_SQL, ClaimRequest, ClaimedRequest, Finished,
+    CLAIM_LOCK_KEY, CLAIM_SETUP_SQL, CLAIM_SQL, Claim, ClaimRequest, ClaimedRequest, Finished,
     ModelDemand, QueueStore, Requeue, finish_sql,
 };
 pub use response_steps::ResponseStepStore;

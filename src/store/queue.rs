@@ -18,15 +18,21 @@ use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-/// How many requests of a model this daemon would take now.
+/// One model as a daemon sees it when it claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelDemand {
     /// The model.
     pub model: String,
-    /// Its global limit: most in flight across all daemons.
+    /// Its global limit: most calls at once across all daemons.
     pub limit: u32,
-    /// Free slots in this daemon.
-    pub want: u32,
+    /// The slots this daemon aims to hold while the model has work (its
+    /// fair share of the limit).
+    pub share: u32,
+    /// Calls of it this daemon is making now: the slots it holds never go
+    /// below this.
+    pub in_flight: u32,
+    /// Requests of it this daemon has claimed and not yet sent.
+    pub waiting: u32,
 }
 
 /// What a claim asks for.
@@ -34,14 +40,25 @@ pub struct ModelDemand {
 pub struct ClaimRequest {
     /// The claiming daemon.
     pub daemon: DaemonId,
-    /// Models with their own limits.
+    /// Models with their own limits, and every model this daemon holds
+    /// slots or requests of.
     pub models: Vec<ModelDemand>,
     /// Limit of every other model.
     pub default_limit: u32,
-    /// Free slots for every other model.
-    pub default_want: u32,
+    /// Share of every other model.
+    pub default_share: u32,
     /// Most requests claimed by this one statement.
     pub max_total: u32,
+}
+
+/// What a claim returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// Slots this daemon now holds, per model it asked about or found work
+    /// for: it may make that many calls of the model at once.
+    pub slots: Vec<(String, u32)>,
+    /// The requests claimed, earliest deadline first within each model.
+    pub requests: Vec<ClaimedRequest>,
 }
 
 /// A claimed request with what is needed to send it.
@@ -108,13 +125,16 @@ pub struct Requeue {
 
 /// Claiming and settling requests.
 pub trait QueueStore: Send + Sync {
-    /// Claims up to `max_total` pending requests over all models with pending
-    /// work, earliest deadline first, within each model's global limit and
-    /// this daemon's free slots. Claims from all daemons are serialized by one
-    /// transaction-scoped advisory lock, so the in-flight count they read is
-    /// never low.
-    fn claim(&self, req: &ClaimRequest)
-    -> impl Future<Output = Result<Vec<ClaimedRequest>>> + Send;
+    /// Sets the slots this daemon holds per model and claims up to
+    /// `max_total` pending requests, earliest deadline first. A model with
+    /// work (pending here, or waiting in the daemon) gets the daemon's share
+    /// of its limit, as far as the slots of the other running daemons leave
+    /// room; one without keeps only the slots of its calls in flight. Claims
+    /// from all daemons are serialized by one transaction-scoped advisory
+    /// lock, so the slots they read are never stale. Each model with slots
+    /// gets enough requests to fill its free slots and have half its slots'
+    /// worth waiting, so that calls that end are replaced at once.
+    fn claim(&self, req: &ClaimRequest) -> impl Future<Output = Result<Claim>> + Send;
     /// Records final results; returns the ids whose lease still held (the
     /// others were rescued, expired or cancelled meanwhile and are untouched).
     fn finish(&self, items: &[Finished]) -> impl Future<Output = Result<Vec<RequestId>>> + Send;
@@ -152,9 +172,9 @@ pub const CLAIM_SETUP_SQL: &str = "SELECT pg_advisory_xact_lock($1), \
 #[doc(hidden)]
 pub const CLAIM_LOCK_KEY: i64 = CLAIM_LOCK;
 
-/// The claim statement, for `EXPLAIN` in benchmarks.
-#[doc(hidden)]
-pub const CLAIM_SQL: &str = "
+/// Sets this daemon's slots (see [`QueueStore::claim`]); returns, per model,
+/// the slots held, whether it has pending work, and how many to claim.
+const SLOTS_SQL: &str = "
 WITH RECURSIVE pending_models AS (
     (SELECT model FROM requests WHERE state = 'pending' ORDER BY model LIMIT 1)
     UNION ALL
@@ -162,22 +182,47 @@ WITH RECURSIVE pending_models AS (
             WHERE r.state = 'pending' AND r.model > p.model ORDER BY r.model LIMIT 1)
     FROM pending_models p WHERE p.model IS NOT NULL
 ),
+asked AS (
+    SELECT * FROM unnest($2::text[], $3::int[], $4::int[], $5::int[], $6::int[])
+        AS a(model, cap, share, in_flight, waiting)
+),
 models AS (
-    SELECT model FROM pending_models WHERE model IS NOT NULL
+    SELECT COALESCE(a.model, p.model) AS model, COALESCE(a.cap, $7) AS cap,
+           COALESCE(a.share, $8) AS share, COALESCE(a.in_flight, 0) AS in_flight,
+           COALESCE(a.waiting, 0) AS waiting, p.model IS NOT NULL AS pending
+    FROM asked a
+    FULL JOIN (SELECT model FROM pending_models WHERE model IS NOT NULL) p ON p.model = a.model
 ),
-in_flight AS MATERIALIZED (
-    SELECT m.model, (SELECT count(*) FROM requests f
-                     WHERE f.model = m.model AND f.state IN ('claimed', 'processing')) AS n
-    FROM models m
+others AS (
+    SELECT s.model, sum(s.held) AS held
+    FROM model_slots s JOIN daemons d ON d.id = s.daemon_id
+    WHERE s.daemon_id <> $1 AND d.status = 'running' AND s.held > 0
+    GROUP BY s.model
 ),
-demand AS (
-    SELECT i.model,
-           GREATEST(0, LEAST(COALESCE(c.cap, $4) - i.n, COALESCE(c.want, $5))) AS k
-    FROM in_flight i
-    LEFT JOIN unnest($2::text[], $3::int[], $6::int[]) AS c(model, cap, want) ON c.model = i.model
+granted AS MATERIALIZED (
+    SELECT m.model, m.pending, m.in_flight, m.waiting,
+           GREATEST(m.in_flight, LEAST(
+               CASE WHEN m.pending OR m.waiting > 0 THEN GREATEST(m.share, m.in_flight)
+                    ELSE m.in_flight END,
+               m.cap - COALESCE(o.held, 0)))::int AS held
+    FROM models m LEFT JOIN others o ON o.model = m.model
 ),
-picked AS (
-    SELECT x.id FROM demand d CROSS JOIN LATERAL (
+kept AS (
+    INSERT INTO model_slots (model, daemon_id, held)
+    SELECT model, $1, held FROM granted
+    ON CONFLICT (model, daemon_id) DO UPDATE SET held = EXCLUDED.held
+    WHERE model_slots.held <> EXCLUDED.held
+)
+SELECT model, held, pending,
+       GREATEST(0, held - in_flight - waiting + (held + 1) / 2) AS claim
+FROM granted";
+
+/// The claim statement, for `EXPLAIN` in benchmarks: `$2` models, `$3` how
+/// many of each.
+#[doc(hidden)]
+pub const CLAIM_SQL: &str = "
+WITH picked AS (
+    SELECT x.id FROM unnest($2::text[], $3::int[]) AS d(model, k) CROSS JOIN LATERAL (
         SELECT r.id FROM requests r
         WHERE r.state = 'pending' AND r.model = d.model
           AND r.not_before <= now() AND r.deadline > now()
@@ -185,7 +230,7 @@ picked AS (
         LIMIT d.k
         FOR UPDATE SKIP LOCKED) x
     WHERE d.k > 0
-    LIMIT $7
+    LIMIT $4
 )
 UPDATE requests q
 SET state = 'claimed', attempt = q.attempt + 1, daemon_id = $1, claimed_at = now()
@@ -256,44 +301,70 @@ pub fn finish_sql() -> &'static str {
 }
 
 impl QueueStore for PostgresStore {
-    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedRequest>> {
-        let names: Vec<&str> = req.models.iter().map(|m| m.model.as_str()).collect();
-        let caps: Vec<i32> = req.models.iter().map(|m| clamp_i32(m.limit)).collect();
-        let wants: Vec<i32> = req.models.iter().map(|m| clamp_i32(m.want)).collect();
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claim> {
+        let m = &req.models;
+        let names: Vec<&str> = m.iter().map(|m| m.model.as_str()).collect();
+        let field = |f: fn(&ModelDemand) -> u32| -> Vec<i32> {
+            m.iter().map(|m| clamp_i32(f(m))).collect()
+        };
 
         let mut tx = self.pools.primary.begin().await?;
         sqlx::query(CLAIM_SETUP_SQL)
             .bind(CLAIM_LOCK)
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query(CLAIM_SQL)
+        let rows = sqlx::query(SLOTS_SQL)
             .bind(req.daemon)
             .bind(&names)
-            .bind(&caps)
+            .bind(field(|m| m.limit))
+            .bind(field(|m| m.share))
+            .bind(field(|m| m.in_flight))
+            .bind(field(|m| m.waiting))
             .bind(clamp_i32(req.default_limit))
-            .bind(clamp_i32(req.default_want))
-            .bind(&wants)
-            .bind(i64::from(req.max_total))
+            .bind(clamp_i32(req.default_share))
             .fetch_all(&mut *tx)
             .await?;
-        tx.commit().await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ClaimedRequest {
-                    id: r.try_get("id")?,
-                    batch_id: r.try_get("batch_id")?,
-                    template_id: r.try_get("template_id")?,
-                    attempt: r.try_get("attempt")?,
-                    retries: r.try_get("retries")?,
-                    model: r.try_get("model")?,
-                    custom_id: r.try_get("custom_id")?,
-                    deadline: r.try_get("deadline")?,
-                    path: r.try_get("path")?,
-                    body: r.try_get("body")?,
-                    endpoint: r.try_get("endpoint")?,
+        let mut claim = Claim::default();
+        let (mut models, mut wants) = (Vec::new(), Vec::new());
+        for r in &rows {
+            let model: String = r.try_get("model")?;
+            let held: i32 = r.try_get("held")?;
+            let want: i32 = r.try_get("claim")?;
+            if r.try_get("pending")? && held > 0 && want > 0 {
+                models.push(model.clone());
+                wants.push(want);
+            }
+            claim.slots.push((model, held.max(0) as u32));
+        }
+        if !models.is_empty() {
+            let rows = sqlx::query(CLAIM_SQL)
+                .bind(req.daemon)
+                .bind(&models)
+                .bind(&wants)
+                .bind(i64::from(req.max_total))
+                .fetch_all(&mut *tx)
+                .await?;
+            claim.requests = rows
+                .iter()
+                .map(|r| {
+                    Ok(ClaimedRequest {
+                        id: r.try_get("id")?,
+                        batch_id: r.try_get("batch_id")?,
+                        template_id: r.try_get("template_id")?,
+                        attempt: r.try_get("attempt")?,
+                        retries: r.try_get("retries")?,
+                        model: r.try_get("model")?,
+                        custom_id: r.try_get("custom_id")?,
+                        deadline: r.try_get("deadline")?,
+                        path: r.try_get("path")?,
+                        body: r.try_get("body")?,
+                        endpoint: r.try_get("endpoint")?,
+                    })
                 })
-            })
-            .collect()
+                .collect::<Result<_>>()?;
+        }
+        tx.commit().await?;
+        Ok(claim)
     }
 
     async fn finish(&self, items: &[Finished]) -> Result<Vec<RequestId>> {

@@ -6,7 +6,9 @@ use crate::procstat::GroupCpu;
 use anyhow::Result;
 use fusillade::domain::ids::DaemonId;
 use fusillade::domain::request::RequestState;
-use fusillade::store::{ClaimRequest, DaemonStore, Finished, NewDaemon, PostgresStore, QueueStore};
+use fusillade::store::{
+    ClaimRequest, DaemonStore, Finished, ModelDemand, NewDaemon, PostgresStore, QueueStore,
+};
 use std::time::{Duration, Instant};
 
 /// What to measure.
@@ -113,12 +115,22 @@ pub async fn run(b: QueueBench) -> Result<()> {
         .id;
     // Steady state, as in the daemon: `in_flight` requests held; each step
     // finishes the oldest `claim_batch` of them and claims as many again.
-    let req = |want: u32| ClaimRequest {
+    // Claims fill free slots plus half the slots' worth of waiting requests:
+    // saying that much already waits makes each claim take exactly the
+    // slots freed.
+    let capacity = b.in_flight.max(b.claim_batch);
+    let req = |held: u32| ClaimRequest {
         daemon,
-        models: vec![],
-        default_limit: b.in_flight.max(b.claim_batch),
-        default_want: want,
-        max_total: want.max(1),
+        models: vec![ModelDemand {
+            model: "bench-model".into(),
+            limit: capacity,
+            share: capacity,
+            in_flight: held,
+            waiting: capacity.div_ceil(2),
+        }],
+        default_limit: 0,
+        default_share: 0,
+        max_total: capacity,
     };
     let mut pg = GroupCpu::start("postgres");
     let mut claim_times: Vec<Duration> = Vec::new();
@@ -127,20 +139,19 @@ pub async fn run(b: QueueBench) -> Result<()> {
     let started = Instant::now();
     let mut total = 0u64;
     let mut held: std::collections::VecDeque<fusillade::store::ClaimedRequest> = Default::default();
-    let capacity = b.in_flight.max(b.claim_batch);
     let mut explained = false;
     let mut explained_finish = false;
     loop {
         let want = capacity - held.len() as u32;
         if b.explain && !explained && total > b.requests / 2 {
             explained = true;
-            explain(&pool, daemon, capacity, want).await?;
+            explain(&pool, daemon, want).await?;
         }
         let t = Instant::now();
-        let claimed = store.claim(&req(want)).await?;
+        let claimed = store.claim(&req(held.len() as u32)).await?;
         claim_times.push(t.elapsed());
-        total += claimed.len() as u64;
-        held.extend(claimed);
+        total += claimed.requests.len() as u64;
+        held.extend(claimed.requests);
         if held.is_empty() {
             break;
         }
@@ -200,7 +211,7 @@ pub async fn run(b: QueueBench) -> Result<()> {
 }
 
 /// Prints the plan of one claim, run inside a transaction that is rolled back.
-async fn explain(pool: &sqlx::PgPool, daemon: DaemonId, limit: u32, want: u32) -> Result<()> {
+async fn explain(pool: &sqlx::PgPool, daemon: DaemonId, want: u32) -> Result<()> {
     use sqlx::Row;
     let mut tx = pool.begin().await?;
     sqlx::query(fusillade::store::CLAIM_SETUP_SQL)
@@ -212,11 +223,8 @@ async fn explain(pool: &sqlx::PgPool, daemon: DaemonId, limit: u32, want: u32) -
         fusillade::store::CLAIM_SQL
     ))
     .bind(daemon)
-    .bind(Vec::<String>::new())
-    .bind(Vec::<i32>::new())
-    .bind(limit as i32)
-    .bind(want as i32)
-    .bind(Vec::<i32>::new())
+    .bind(vec!["bench-model"])
+    .bind(vec![want as i32])
     .bind(i64::from(want.max(1)))
     .fetch_all(&mut *tx)
     .await?;
