@@ -177,6 +177,9 @@ async fn a_duplicate_custom_id_refuses_the_later_line(pool: PgPool) {
         .collect();
     assert_eq!(kept, vec![(1, "a", "m1"), (2, "b", "m-b"), (4, "c", "m-c")]);
     assert_eq!(rows[0].body, chat_body("first", "m1"));
+    // The refused lines' bodies are gone from the templates but not from the file.
+    let content = collect(store.file_content(Owner::Any, file.id).await.unwrap()).await;
+    assert!(content == text.as_bytes());
 }
 
 #[sqlx::test]
@@ -389,13 +392,14 @@ async fn only_the_first_errors_are_kept_but_all_are_counted(pool: PgPool) {
 #[sqlx::test]
 async fn content_of_a_large_input_file_is_the_exact_upload(pool: PgPool) {
     let store = store(&pool).await;
-    // Over 4 MiB, with refused lines, so several parts and odd chunk edges.
+    // Over 4 MiB, with long refused lines, so several parts even with the
+    // bodies cut out of them, and odd chunk edges.
     let big = "y".repeat(3000);
     let mut text = String::new();
     let mut i = 0;
     while text.len() < (9 << 20) {
-        let l = match i % 50 {
-            7 => format!("not json {i}"),
+        let l = match i % 5 {
+            2 => format!("not json {i} {big}"),
             _ => line_with(&format!("r{i}"), CHAT, &chat_body(&big, "m")),
         };
         text.push_str(&l);
@@ -407,7 +411,7 @@ async fn content_of_a_large_input_file_is_the_exact_upload(pool: PgPool) {
         .unwrap();
     assert_eq!(file.bytes, text.len() as i64);
     assert_eq!(file.template_count + file.error_count, i);
-    assert_eq!(file.error_count, (i + 42) / 50);
+    assert_eq!(file.error_count, (i + 2) / 5);
     let parts: i64 = sqlx::query_scalar("SELECT count(*) FROM file_parts WHERE file_id = $1")
         .bind(file.id)
         .fetch_one(&pool)
@@ -462,5 +466,69 @@ async fn a_bom_does_not_count_towards_the_line_limit(pool: PgPool) {
             "chunk {chunk}"
         );
         assert_eq!(file.template_count, 1);
+    }
+}
+
+/// A file with every kind of line: duplicates, refused lines, one over the
+/// line limit, invalid UTF-8, escapes, blank lines, CRLF, a BOM.
+fn mixed_file() -> Vec<u8> {
+    let mut text = b"\xEF\xBB\xBF".to_vec();
+    for i in 0..400 {
+        let l = match i % 10 {
+            1 => line(&format!("r{}", i - 1)),
+            2 => format!("not json {i}"),
+            3 => line_with("r0", CHAT, &chat_body("again", "m")),
+            4 => format!("{}\r", line(&format!("r{i}"))),
+            5 => String::new(),
+            6 => format!(
+                "{{\"custom_id\":\"e\\u00e9{i}\",\"method\":\"POST\",\"url\":\"{CHAT}\",\
+                 \"body\": {{ \"model\" : \"m\\u00e9\" }} }}"
+            ),
+            7 => line_with(&format!("r{i}"), CHAT, &chat_body(&"z".repeat(700), "m")),
+            _ => line(&format!("r{i}")),
+        };
+        text.extend_from_slice(l.as_bytes());
+        if i == 8 {
+            text.extend_from_slice(b"{\"custom_id\":\"\xff\"}");
+        }
+        text.push(b'\n');
+    }
+    text.extend_from_slice(line("last").as_bytes());
+    text
+}
+
+#[sqlx::test]
+async fn every_kind_of_line_downloads_exactly_at_any_chunk_size(pool: PgPool) {
+    let text = mixed_file();
+    // A small fingerprint budget sends the later lines to the database's
+    // duplicate check; none sends every line there.
+    for max_fingerprints in [usize::MAX, 50, 0] {
+        let limits = IngestLimits {
+            max_line_bytes: 600,
+            max_fingerprints,
+            ..Default::default()
+        };
+        let store = store_with(&pool, limits).await;
+        let mut seen = None;
+        for chunk in [1, 7, 4096, 1 << 20] {
+            let file = try_upload(&store, "alice", &text, chunk).await.unwrap();
+            assert_eq!(file.bytes, text.len() as i64);
+            let counts = (file.template_count, file.error_count, file.errors.clone());
+            if let Some(seen) = &seen {
+                assert_eq!(&counts, seen, "{max_fingerprints} {chunk}");
+            }
+            seen = Some(counts);
+            let codes: Vec<LineErrorCode> = file.errors.iter().map(|e| e.code).collect();
+            for code in [
+                LineErrorCode::DuplicateCustomId,
+                LineErrorCode::InvalidJsonLine,
+                LineErrorCode::LineTooLong,
+                LineErrorCode::InvalidUtf8,
+            ] {
+                assert!(codes.contains(&code), "{code} {max_fingerprints} {chunk}");
+            }
+            let content = collect(store.file_content(Owner::Any, file.id).await.unwrap()).await;
+            assert!(content == text, "{max_fingerprints} {chunk}");
+        }
     }
 }

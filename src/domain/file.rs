@@ -101,6 +101,10 @@ pub struct IngestLimits {
     pub max_kept_errors: usize,
     /// The `url` values a line may have.
     pub endpoints: Vec<String>,
+    /// How many custom_id fingerprints an upload keeps in memory to find
+    /// duplicates itself (8 bytes and change each); later lines are checked
+    /// by the database, which is slower, and stored twice.
+    pub max_fingerprints: usize,
 }
 
 impl Default for IngestLimits {
@@ -110,6 +114,8 @@ impl Default for IngestLimits {
             max_file_bytes: 4 << 30,
             max_kept_errors: 1000,
             endpoints: DEFAULT_ENDPOINTS.iter().map(|s| s.to_string()).collect(),
+            // Fills 2^20 hash buckets, about 9 MiB: a million lines.
+            max_fingerprints: (1 << 20) / 8 * 7,
         }
     }
 }
@@ -153,6 +159,8 @@ pub enum RawLine<'a> {
     Line {
         /// 1-based line number.
         number: u64,
+        /// Where `bytes` starts in the stream (after a BOM, if any).
+        offset: u64,
         /// The line's bytes.
         bytes: &'a [u8],
     },
@@ -173,6 +181,10 @@ pub struct LineSplitter {
     carry: Vec<u8>,
     max_line: usize,
     line_no: u64,
+    /// Bytes pushed so far.
+    consumed: u64,
+    /// Where the current, unfinished line starts in the stream.
+    line_start: u64,
     /// While dropping an over-long line: how many bytes of it were seen, and
     /// whether the last of them was a CR (not counted if a LF follows).
     skipping: Option<(u64, bool)>,
@@ -185,6 +197,8 @@ impl LineSplitter {
             carry: Vec::new(),
             max_line: max_line_bytes,
             line_no: 0,
+            consumed: 0,
+            line_start: 0,
             skipping: None,
         }
     }
@@ -194,13 +208,27 @@ impl LineSplitter {
         self.line_no
     }
 
+    /// Where the bytes that may still end up in a [`RawLine::Line`] start:
+    /// every byte before it has been given to `f` or will never be.
+    pub fn pending_start(&self) -> u64 {
+        if self.skipping.is_some() {
+            self.consumed
+        } else {
+            self.line_start
+        }
+    }
+
     /// Feeds the next chunk; calls `f` for every line it completes.
     pub fn push(&mut self, chunk: &[u8], mut f: impl FnMut(RawLine<'_>)) {
+        let base = self.consumed;
+        self.consumed += chunk.len() as u64;
         let mut rest = chunk;
         while let Some(i) = memchr::memchr(b'\n', rest) {
+            let at = base + (chunk.len() - rest.len()) as u64;
             let part = &rest[..i];
             rest = &rest[i + 1..];
             self.line_no += 1;
+            let start = std::mem::replace(&mut self.line_start, at + i as u64 + 1);
             if let Some((seen, cr)) = self.skipping.take() {
                 let cr = part.last().map_or(cr, |&b| b == b'\r');
                 f(RawLine::TooLong {
@@ -208,7 +236,7 @@ impl LineSplitter {
                     len: seen + part.len() as u64 - u64::from(cr),
                 });
             } else if self.carry.is_empty() {
-                self.emit(part, &mut f);
+                self.emit(part, start, &mut f);
             } else if self.carry.len() + part.len() > self.room(self.line_no) {
                 let last = part.last().or(self.carry.last());
                 let cr = u64::from(last == Some(&b'\r'));
@@ -221,7 +249,7 @@ impl LineSplitter {
             } else {
                 let mut line = std::mem::take(&mut self.carry);
                 line.extend_from_slice(part);
-                self.emit(&line, &mut f);
+                self.emit(&line, start, &mut f);
                 line.clear();
                 self.carry = line;
             }
@@ -249,8 +277,9 @@ impl LineSplitter {
         } else if !self.carry.is_empty() {
             self.line_no += 1;
             let line = std::mem::take(&mut self.carry);
-            self.emit(&line, &mut f);
+            self.emit(&line, self.line_start, &mut f);
         }
+        self.line_start = self.consumed;
     }
 
     /// The most bytes line `number` may hold before its ending is seen: the
@@ -261,7 +290,7 @@ impl LineSplitter {
         self.max_line + 1 + bom
     }
 
-    fn emit(&self, mut line: &[u8], f: &mut impl FnMut(RawLine<'_>)) {
+    fn emit(&self, mut line: &[u8], mut offset: u64, f: &mut impl FnMut(RawLine<'_>)) {
         if let Some(stripped) = line.strip_suffix(b"\r") {
             line = stripped;
         }
@@ -269,6 +298,7 @@ impl LineSplitter {
             && let Some(stripped) = line.strip_prefix(b"\xEF\xBB\xBF")
         {
             line = stripped;
+            offset += 3;
         }
         if line.len() > self.max_line {
             f(RawLine::TooLong {
@@ -278,6 +308,7 @@ impl LineSplitter {
         } else if !line.iter().all(u8::is_ascii_whitespace) {
             f(RawLine::Line {
                 number: self.line_no,
+                offset,
                 bytes: line,
             });
         }
@@ -460,7 +491,14 @@ mod tests {
         let mut out = Vec::new();
         let mut s = LineSplitter::new(max);
         let mut collect = |l: RawLine<'_>| match l {
-            RawLine::Line { number, bytes } => {
+            RawLine::Line {
+                number,
+                offset,
+                bytes,
+            } => {
+                // The offset points at the line's bytes in the whole input.
+                let at = offset as usize;
+                assert_eq!(&input[at..at + bytes.len()], bytes, "line {number}");
                 out.push((number, Ok(String::from_utf8_lossy(bytes).into_owned())))
             }
             RawLine::TooLong { number, len } => out.push((number, Err(len))),

@@ -4,22 +4,26 @@
 
 use uuid::Uuid;
 
-const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+/// What a binary COPY stream starts with: the signature, then zero flags
+/// and an empty header extension.
+pub(crate) const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// What a binary COPY stream ends with: a field count of -1.
+pub(crate) const TRAILER: &[u8] = &(-1i16).to_be_bytes();
 
-/// A buffer of rows in binary COPY format.
+/// A buffer of rows in binary COPY format, without [`HEADER`] and
+/// [`TRAILER`], so that one COPY statement can carry many buffers.
 pub(crate) struct BinaryCopy {
     buf: Vec<u8>,
     rows: u64,
 }
 
 impl BinaryCopy {
-    /// An empty buffer with the header written.
+    /// An empty buffer.
     pub(crate) fn with_capacity(capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(capacity);
-        buf.extend_from_slice(SIGNATURE);
-        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
-        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-        Self { buf, rows: 0 }
+        Self {
+            buf: Vec::with_capacity(capacity),
+            rows: 0,
+        }
     }
 
     /// Starts a row of `fields` fields.
@@ -59,9 +63,22 @@ impl BinaryCopy {
         self.buf.len()
     }
 
-    /// The finished buffer, trailer included.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
-        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
+    /// The rows written, to be sent after [`HEADER`] and before [`TRAILER`].
+    pub(crate) fn into_rows(self) -> Vec<u8> {
         self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_is_the_documented_one() {
+        let mut want = b"PGCOPY\n\xff\r\n\0".to_vec();
+        want.extend_from_slice(&0i32.to_be_bytes());
+        want.extend_from_slice(&0i32.to_be_bytes());
+        assert_eq!(HEADER, want.as_slice());
+        assert_eq!(TRAILER, b"\xff\xff");
     }
 }

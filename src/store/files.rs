@@ -1,7 +1,7 @@
 //! `files`, `file_parts` and `request_templates`: uploads parsed as they
 //! stream in, and bulk-loaded with binary COPY.
 
-use super::copy::BinaryCopy;
+use super::copy::{BinaryCopy, HEADER, TRAILER};
 use super::{
     ByteStream, FileStore, MAX_PAGE, Owner, Page, PostgresStore, RequestStore, Result, StoreError,
 };
@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use tokio::sync::mpsc;
 
 /// What is known about an upload before its bytes arrive.
@@ -54,17 +55,53 @@ pub struct FileListQuery<'a> {
     pub order: Order,
 }
 
-/// Bytes of templates (and of raw file parts) sent to the database at a time:
-/// big enough to amortise round trips, small enough to keep memory flat.
+/// Bytes of templates sent to the database at a time, and the most bytes of
+/// one stored part: big enough to amortise round trips, small enough to keep
+/// memory flat.
 const SEGMENT_BYTES: usize = 1 << 20;
 /// Incoming chunks are cut to this size so that one huge chunk cannot make a
 /// segment huge.
 const SLICE_BYTES: usize = 256 << 10;
 
 /// One unit of work for the database writer.
-struct Segment {
-    copy: Option<Vec<u8>>,
-    part: Option<Vec<u8>>,
+enum Segment {
+    /// Template rows in binary COPY format, without header or trailer.
+    Rows(Vec<u8>),
+    /// One stored part of the original bytes.
+    Part(Part),
+}
+
+/// A piece of the original file with the bodies of its templates cut out:
+/// each template's body is stored once, in `request_templates`, and spliced
+/// back in on download.
+#[derive(Default)]
+struct Part {
+    /// The bytes, bodies removed.
+    data: Vec<u8>,
+    /// For each body removed, in order: where it goes in `data` (u32) and its
+    /// line number (u64), both big-endian.
+    holes: Vec<u8>,
+}
+
+/// Bytes of one entry of [`Part::holes`].
+const HOLE_BYTES: usize = 12;
+
+/// The holes of a stored part, as (offset in its data, line number).
+fn decode_holes(holes: &[u8]) -> Result<Vec<(usize, i64)>> {
+    if !holes.len().is_multiple_of(HOLE_BYTES) {
+        return Err(StoreError::Invalid(format!(
+            "a file part's hole list is {} bytes long",
+            holes.len()
+        )));
+    }
+    Ok(holes
+        .chunks_exact(HOLE_BYTES)
+        .map(|h| {
+            let at = u32::from_be_bytes(h[..4].try_into().expect("4 bytes"));
+            let line = u64::from_be_bytes(h[4..].try_into().expect("8 bytes"));
+            (at as usize, line as i64)
+        })
+        .collect())
 }
 
 /// The parser's running state for one upload.
@@ -72,12 +109,24 @@ struct Ingest<'l> {
     file_id: FileId,
     limits: &'l IngestLimits,
     copy: BinaryCopy,
-    part: Vec<u8>,
+    /// Original bytes not yet moved into `part`, from stream offset `raw_base`;
+    /// those before `raw_pos` are settled (moved or cut out).
+    raw: Vec<u8>,
+    raw_base: u64,
+    raw_pos: usize,
+    part: Part,
     bytes: u64,
     templates: u64,
     errors: Vec<LineError>,
     error_count: u64,
     urls: BTreeSet<String>,
+    /// Fingerprints of the custom_ids seen, to find duplicates without the
+    /// database; a repeated fingerprint is only a suspicion, confirmed there.
+    fingerprints: HashSet<u64>,
+    hasher: RandomState,
+    /// Whether the database must look for duplicates: a fingerprint repeated,
+    /// or lines came after the last fingerprint kept.
+    check_duplicates: bool,
 }
 
 impl<'l> Ingest<'l> {
@@ -86,12 +135,18 @@ impl<'l> Ingest<'l> {
             file_id,
             limits,
             copy: BinaryCopy::with_capacity(SEGMENT_BYTES + (64 << 10)),
-            part: Vec::with_capacity(SLICE_BYTES),
+            raw: Vec::with_capacity(SLICE_BYTES),
+            raw_base: 0,
+            raw_pos: 0,
+            part: Part::default(),
             bytes: 0,
             templates: 0,
             errors: Vec::new(),
             error_count: 0,
             urls: BTreeSet::new(),
+            fingerprints: HashSet::new(),
+            hasher: RandomState::new(),
+            check_duplicates: false,
         }
     }
 
@@ -102,9 +157,47 @@ impl<'l> Ingest<'l> {
         }
     }
 
+    /// Whether no earlier line can have this custom_id. Only such a line's
+    /// body is cut out of the stored bytes: the duplicate check deletes later
+    /// uses of a custom_id, never the first, so the body stays downloadable.
+    fn first_use(&mut self, custom_id: &str) -> bool {
+        let fp = self.hasher.hash_one(custom_id);
+        if self.fingerprints.contains(&fp)
+            || self.fingerprints.len() >= self.limits.max_fingerprints
+        {
+            self.check_duplicates = true;
+            return false;
+        }
+        self.fingerprints.insert(fp);
+        true
+    }
+
+    /// Moves the original bytes before stream offset `to` into the part.
+    fn settle(&mut self, to: u64) {
+        let end = (to - self.raw_base) as usize;
+        if end > self.raw_pos {
+            self.part
+                .data
+                .extend_from_slice(&self.raw[self.raw_pos..end]);
+            self.raw_pos = end;
+        }
+    }
+
+    /// Settles what the splitter will not look at again and drops it from `raw`.
+    fn compact(&mut self, splitter: &LineSplitter) {
+        self.settle(splitter.pending_start());
+        self.raw.drain(..self.raw_pos);
+        self.raw_base += self.raw_pos as u64;
+        self.raw_pos = 0;
+    }
+
     fn line(&mut self, raw: RawLine<'_>) {
-        let (number, bytes) = match raw {
-            RawLine::Line { number, bytes } => (number, bytes),
+        let (number, offset, bytes) = match raw {
+            RawLine::Line {
+                number,
+                offset,
+                bytes,
+            } => (number, offset, bytes),
             RawLine::TooLong { number, len } => {
                 let max = self.limits.max_line_bytes;
                 return self.error(LineError {
@@ -119,6 +212,17 @@ impl<'l> Ingest<'l> {
             Ok(p) => {
                 if !self.urls.contains(p.url.as_ref()) {
                     self.urls.insert(p.url.to_string());
+                }
+                if self.first_use(&p.custom_id) {
+                    // The body borrows from the line, so its place in the
+                    // stream follows from the line's.
+                    let start =
+                        offset + (p.body.as_ptr() as usize - bytes.as_ptr() as usize) as u64;
+                    self.settle(start);
+                    let at = u32::try_from(self.part.data.len()).expect("a part is under 4 GiB");
+                    self.part.holes.extend_from_slice(&at.to_be_bytes());
+                    self.part.holes.extend_from_slice(&number.to_be_bytes());
+                    self.raw_pos = (start - self.raw_base) as usize + p.body.len();
                 }
                 let c = &mut self.copy;
                 c.row(8);
@@ -135,23 +239,20 @@ impl<'l> Ingest<'l> {
         }
     }
 
-    /// Takes what is buffered, if `force` or if a buffer is full.
-    fn take_segment(&mut self, force: bool) -> Option<Segment> {
-        let copy_full = self.copy.len() >= SEGMENT_BYTES;
-        let part_full = self.part.len() >= SEGMENT_BYTES;
-        if !(force || copy_full || part_full) {
-            return None;
-        }
-        let copy = (self.copy.rows() > 0 && (force || copy_full)).then(|| {
-            std::mem::replace(
-                &mut self.copy,
-                BinaryCopy::with_capacity(SEGMENT_BYTES + (64 << 10)),
-            )
-            .finish()
-        });
-        let part = (!self.part.is_empty() && (force || part_full))
-            .then(|| std::mem::replace(&mut self.part, Vec::with_capacity(SLICE_BYTES)));
-        (copy.is_some() || part.is_some()).then_some(Segment { copy, part })
+    /// Takes the buffered rows, if `force` or if they fill a segment.
+    fn take_rows(&mut self, force: bool) -> Option<Segment> {
+        let full = self.copy.len() >= SEGMENT_BYTES;
+        ((force || full) && self.copy.rows() > 0).then(|| {
+            let next = BinaryCopy::with_capacity(SEGMENT_BYTES + (64 << 10));
+            Segment::Rows(std::mem::replace(&mut self.copy, next).into_rows())
+        })
+    }
+
+    /// Takes the settled part, if `force` or if it is full.
+    fn take_part(&mut self, force: bool) -> Option<Segment> {
+        let len = self.part.data.len() + self.part.holes.len();
+        ((force && len > 0) || len >= SEGMENT_BYTES)
+            .then(|| Segment::Part(std::mem::take(&mut self.part)))
     }
 }
 
@@ -159,30 +260,60 @@ const TEMPLATE_COPY: &str = "COPY request_templates \
     (id, file_id, line_number, custom_id, path, body, model, body_byte_size) \
     FROM STDIN (FORMAT binary)";
 
-/// Writes segments into the transaction as they come.
+/// Writes segments into the transaction as they come. A run of rows goes
+/// through one COPY statement, ended only when a part comes: each new COPY
+/// costs the server setting up its insert state again.
 async fn write_segments(
     tx: &mut Transaction<'static, Postgres>,
     file_id: FileId,
     mut rx: mpsc::Receiver<Segment>,
 ) -> Result<()> {
     let mut seq: i32 = 0;
-    while let Some(seg) = rx.recv().await {
-        if let Some(copy) = seg.copy {
-            let mut sink = tx.copy_in_raw(TEMPLATE_COPY).await?;
-            if let Err(e) = sink.send(copy).await {
-                let _ = sink.abort("upload failed").await;
-                return Err(e.into());
+    let mut next = rx.recv().await;
+    while let Some(seg) = next.take() {
+        match seg {
+            Segment::Rows(rows) => {
+                let mut sink = tx.copy_in_raw(TEMPLATE_COPY).await?;
+                let run: Result<Option<Segment>, sqlx::Error> = async {
+                    sink.send(HEADER).await?;
+                    sink.send(rows).await?;
+                    loop {
+                        match rx.recv().await {
+                            Some(Segment::Rows(rows)) => {
+                                sink.send(rows).await?;
+                            }
+                            other => {
+                                sink.send(TRAILER).await?;
+                                return Ok(other);
+                            }
+                        }
+                    }
+                }
+                .await;
+                match run {
+                    Ok(other) => {
+                        sink.finish().await?;
+                        next = other;
+                    }
+                    Err(e) => {
+                        let _ = sink.abort("upload failed").await;
+                        return Err(e.into());
+                    }
+                }
             }
-            sink.finish().await?;
-        }
-        if let Some(part) = seg.part {
-            sqlx::query("INSERT INTO file_parts (file_id, seq, data) VALUES ($1, $2, $3)")
+            Segment::Part(part) => {
+                sqlx::query(
+                    "INSERT INTO file_parts (file_id, seq, data, holes) VALUES ($1, $2, $3, $4)",
+                )
                 .bind(file_id)
                 .bind(seq)
-                .bind(part)
+                .bind(part.data)
+                .bind(part.holes)
                 .execute(&mut **tx)
                 .await?;
-            seq += 1;
+                seq += 1;
+                next = rx.recv().await;
+            }
         }
     }
     Ok(())
@@ -303,18 +434,29 @@ impl PostgresStore {
                     });
                 }
                 for slice in chunk.chunks(SLICE_BYTES) {
-                    st.part.extend_from_slice(slice);
+                    st.raw.extend_from_slice(slice);
                     splitter.push(slice, |line| st.line(line));
-                    if let Some(seg) = st.take_segment(false)
-                        && seg_tx.send(seg).await.is_err()
+                    st.compact(&splitter);
+                    for seg in [st.take_rows(false), st.take_part(false)]
+                        .into_iter()
+                        .flatten()
                     {
-                        return Ok(st); // the writer failed; its error wins
+                        if seg_tx.send(seg).await.is_err() {
+                            return Ok(st); // the writer failed; its error wins
+                        }
                     }
                 }
             }
             splitter.finish(|line| st.line(line));
-            if let Some(seg) = st.take_segment(true) {
-                let _ = seg_tx.send(seg).await;
+            st.compact(&splitter);
+            debug_assert!(st.raw.is_empty(), "every byte is settled at the end");
+            for seg in [st.take_rows(true), st.take_part(true)]
+                .into_iter()
+                .flatten()
+            {
+                if seg_tx.send(seg).await.is_err() {
+                    break;
+                }
             }
             Ok(st)
         };
@@ -345,7 +487,11 @@ impl FileStore for PostgresStore {
 
         let st = self.ingest(&mut tx, file_id, body).await?;
         let keep = self.limits.max_kept_errors;
-        let (dups, dup_errors) = remove_duplicates(&mut tx, file_id, keep).await?;
+        let (dups, dup_errors) = if st.check_duplicates {
+            remove_duplicates(&mut tx, file_id, keep).await?
+        } else {
+            (0, Vec::new())
+        };
         let mut error_count = st.error_count + dups;
         let mut errors = merge_errors(st.errors, dup_errors, keep);
         let templates = st.templates - dups;
@@ -462,24 +608,104 @@ impl FileStore for PostgresStore {
     }
 }
 
-impl PostgresStore {
-    /// The stored parts of an input file, one at a time.
-    fn file_parts_stream(&self, id: FileId) -> ByteStream {
-        let pool = self.pools.replica.clone();
-        stream::try_unfold(0i32, move |seq| {
-            let pool = pool.clone();
-            async move {
-                let data: Option<Vec<u8>> = sqlx::query_scalar(
-                    "SELECT data FROM file_parts WHERE file_id = $1 AND seq = $2",
-                )
+/// Bytes handed to a download at a time.
+const DOWNLOAD_CHUNK: usize = 256 << 10;
+
+/// Sends the original bytes of input file `id` down `out`, one part at a
+/// time, with the bodies cut out of each part read back from its templates.
+/// Stops quietly when the reader goes away.
+async fn send_file_content(
+    pool: &sqlx::PgPool,
+    id: FileId,
+    out: &mpsc::Sender<Result<Bytes>>,
+) -> Result<()> {
+    for seq in 0i32.. {
+        let Some(row) =
+            sqlx::query("SELECT data, holes FROM file_parts WHERE file_id = $1 AND seq = $2")
                 .bind(id)
                 .bind(seq)
-                .fetch_optional(&pool)
-                .await?;
-                Ok::<_, sqlx::Error>(data.map(|d| (Bytes::from(d), seq + 1)))
+                .fetch_optional(pool)
+                .await?
+        else {
+            break;
+        };
+        let data: Vec<u8> = row.try_get("data")?;
+        let holes: Option<Vec<u8>> = row.try_get("holes")?;
+        let holes = decode_holes(holes.as_deref().unwrap_or_default())?;
+        let (Some(&(_, first)), Some(&(_, last))) = (holes.first(), holes.last()) else {
+            if out.send(Ok(Bytes::from(data))).await.is_err() {
+                return Ok(());
             }
+            continue;
+        };
+        // A template in the range whose body was not cut out (a suspected
+        // duplicate) is passed over.
+        let mut bodies = sqlx::query(
+            "SELECT line_number, body FROM request_templates \
+             WHERE file_id = $1 AND line_number BETWEEN $2 AND $3 ORDER BY line_number",
+        )
+        .bind(id)
+        .bind(first)
+        .bind(last)
+        .fetch(pool);
+        let mut buf = Vec::with_capacity(DOWNLOAD_CHUNK);
+        let mut from = 0;
+        for (at, line) in holes {
+            let body: String = loop {
+                let row = bodies
+                    .try_next()
+                    .await?
+                    .ok_or_else(|| missing_body(id, line))?;
+                let n: i64 = row.try_get("line_number")?;
+                if n == line {
+                    break row.try_get("body")?;
+                }
+                if n > line {
+                    return Err(missing_body(id, line));
+                }
+            };
+            let gap = data.get(from..at).ok_or_else(|| {
+                StoreError::Invalid(format!("file {id}: a part's hole at {at} is out of order"))
+            })?;
+            buf.extend_from_slice(gap);
+            buf.extend_from_slice(body.as_bytes());
+            from = at;
+            if buf.len() >= DOWNLOAD_CHUNK {
+                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(DOWNLOAD_CHUNK));
+                if out.send(Ok(Bytes::from(chunk))).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        drop(bodies);
+        buf.extend_from_slice(&data[from..]);
+        if out.send(Ok(Bytes::from(buf))).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn missing_body(id: FileId, line: i64) -> StoreError {
+    StoreError::Invalid(format!(
+        "file {id}: the template of line {line}, which holds part of the file, is missing"
+    ))
+}
+
+impl PostgresStore {
+    /// The original bytes of an input file, streamed: a task reads them
+    /// ahead into a small channel, so memory stays flat.
+    fn file_parts_stream(&self, id: FileId) -> ByteStream {
+        let pool = self.pools.replica.clone();
+        let (tx, rx) = mpsc::channel::<Result<Bytes>>(4);
+        tokio::spawn(async move {
+            if let Err(e) = send_file_content(&pool, id, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
         })
-        .map_err(StoreError::from)
         .boxed()
     }
 }
