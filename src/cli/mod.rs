@@ -129,11 +129,13 @@ pub async fn connect(url: &str) -> Result<sqlx::PgPool, CliError> {
     };
     // Every statement is planned with its parameters: the hot path's
     // statements take arrays and ranges whose generic plans can scan whole
-    // tables once they hold millions of rows (see BENCHMARKS.md).
+    // tables once they hold millions of rows (see BENCHMARKS.md). No JIT:
+    // these are short statements, and a plan that must use a disabled node
+    // (see the claim) costs enough to trigger half a second of compiling.
     let options: PgConnectOptions = url
         .parse::<PgConnectOptions>()
         .map_err(fail)?
-        .options([("plan_cache_mode", "force_custom_plan")]);
+        .options([("plan_cache_mode", "force_custom_plan"), ("jit", "off")]);
     // One direct attempt first: a pool only reports "timed out", this says why.
     sqlx::PgConnection::connect_with(&options)
         .await

@@ -160,10 +160,12 @@ const CLAIM_LOCK: i64 = 0x66_75_73_69_6c_6c; // "fusill"
 /// generic plan of a prepared statement joins back to `requests` by hashing
 /// all of it (440 ms against 4 ms at a million pending); and a queue of a
 /// few thousand rows gets a sequential scan per claim. So: custom plans, and
-/// no bitmap scans, sorts, sequential scans, hash or merge joins.
+/// no bitmap scans, sorts, sequential scans, hash or merge joins. And no
+/// JIT: a disabled node that must be used anyway makes a plan look costly
+/// enough to be compiled, which takes half a second.
 #[doc(hidden)]
 pub const CLAIM_SETUP_SQL: &str = "SELECT pg_advisory_xact_lock($1), \
-     set_config('plan_cache_mode', 'force_custom_plan', true), \
+     set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true), \
      set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true), \
      set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true), \
      set_config('enable_mergejoin', 'off', true)";
@@ -187,11 +189,13 @@ asked AS (
         AS a(model, cap, share, in_flight, waiting)
 ),
 models AS (
-    SELECT COALESCE(a.model, p.model) AS model, COALESCE(a.cap, $7) AS cap,
-           COALESCE(a.share, $8) AS share, COALESCE(a.in_flight, 0) AS in_flight,
-           COALESCE(a.waiting, 0) AS waiting, p.model IS NOT NULL AS pending
+    SELECT a.model, a.cap, a.share, a.in_flight, a.waiting,
+           EXISTS (SELECT 1 FROM pending_models p WHERE p.model = a.model) AS pending
     FROM asked a
-    FULL JOIN (SELECT model FROM pending_models WHERE model IS NOT NULL) p ON p.model = a.model
+    UNION ALL
+    SELECT p.model, $7, $8, 0, 0, true
+    FROM pending_models p
+    WHERE p.model IS NOT NULL AND NOT EXISTS (SELECT 1 FROM asked a WHERE a.model = p.model)
 ),
 others AS (
     SELECT s.model, sum(s.held) AS held

@@ -238,7 +238,7 @@ pub(crate) async fn connect_bench_db(url: &str) -> Result<sqlx::PgPool> {
     // As the binary does (src/cli/mod.rs): custom plans for every statement.
     let options: PgConnectOptions = url
         .parse::<PgConnectOptions>()?
-        .options([("plan_cache_mode", "force_custom_plan")]);
+        .options([("plan_cache_mode", "force_custom_plan"), ("jit", "off")]);
     let db = options.get_database().unwrap_or("postgres").to_owned();
     let mut admin = options.clone().database("postgres").connect().await?;
     let exists: bool =
