@@ -116,9 +116,10 @@ pub(super) async fn run<S: DaemonBackend>(
         if n as u32 >= max_total {
             continue; // a full claim: more is probably waiting
         }
-        // Nothing claimed: the queue is empty for now, so only new work (or
-        // the poll) is worth another claim, not every call that ends.
-        let ran_dry = n == 0;
+        // Fewer than asked: the queue is empty for now, so only new work (or
+        // the poll) is worth another claim, not every call that ends. (None
+        // asked means enough requests wait: claim again when they run low.)
+        let ran_dry = (n as u32) < claim.asked;
         tokio::select! {
             _ = shared.slots.low(), if !ran_dry => {}
             Some(_) = next_signal(&mut work) => {}

@@ -28,8 +28,8 @@ pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
 pub use pools::{DbPools, TestDbPools};
 pub use queue::{
-    CLAIM_LOCK_KEY, CLAIM_SETUP_SQL, CLAIM_SQL, Claim, ClaimRequest, ClaimedRequest, Finished,
-    ModelDemand, QueueStore, Requeue, finish_sql,
+    CLAIM_SQL, Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue,
+    finish_sql,
 };
 pub use response_steps::ResponseStepStore;
 
@@ -78,6 +78,72 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A stream of bytes (file content), owning everything it needs.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// Planner settings for statements that must walk an index in order and
+/// stop early: no bitmap scans, sorts or sequential scans, no JIT. Needed
+/// because the bulk tables' statistics lag far behind their contents (a
+/// batch of a million rows is written in seconds): with "one row" estimates
+/// the planner reads a whole batch and sorts it for every page, and a plan
+/// that must use a disabled node anyway looks costly enough to be compiled
+/// by the JIT (half a second).
+const ORDERED_SETTINGS: &[(&str, &str)] = &[
+    ("jit", "off"),
+    ("enable_bitmapscan", "off"),
+    ("enable_sort", "off"),
+    ("enable_seqscan", "off"),
+];
+
+/// The daemon's hot path (claims, results, requeues, lease checks) runs on
+/// connections of its own with [`ORDERED_SETTINGS`], joins by nested loops
+/// only (its statements join a few hundred ids to their rows by primary
+/// key; a hash join would scan a whole index of live or dead rows), and
+/// plans made once per connection: replanning every statement cost about a
+/// quarter of its database time, and these settings leave one good plan.
+#[doc(hidden)]
+pub const QUEUE_SETTINGS: &[(&str, &str)] = &[
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+    ("plan_cache_mode", "force_generic_plan"),
+];
+
+/// Every setting of the hot path's sessions, for `EXPLAIN` in benchmarks.
+#[doc(hidden)]
+pub fn queue_session_settings() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ORDERED_SETTINGS.iter().chain(QUEUE_SETTINGS).copied()
+}
+
+/// Most connections of the hot path's pool: one claim, one result writer,
+/// one lease check at a time, and a spare.
+const QUEUE_CONNECTIONS: u32 = 4;
+
+/// A pool on the same server as `primary` whose sessions use `settings` on
+/// top of [`ORDERED_SETTINGS`].
+fn pool_with(primary: &sqlx::PgPool, settings: &[(&str, &str)], max: u32) -> sqlx::PgPool {
+    let options = primary
+        .connect_options()
+        .as_ref()
+        .clone()
+        .options(ORDERED_SETTINGS.iter().chain(settings).copied());
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max)
+        .connect_lazy_with(options)
+}
+
+/// Begins a transaction whose statements are planned with
+/// [`ORDERED_SETTINGS`] (and with their parameters).
+pub(crate) async fn begin_ordered(
+    pool: &sqlx::PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let settings: Vec<String> = ORDERED_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("set_config('{k}', '{v}', true)"))
+        .collect();
+    sqlx::query(&format!("SELECT {}", settings.join(", ")))
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
 
 /// One page of a keyset-paginated list.
 #[derive(Debug, Clone, PartialEq)]
@@ -283,6 +349,8 @@ pub trait DaemonStore: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pools: DbPools,
+    /// The daemon's hot path: the primary server, [`QUEUE_SETTINGS`].
+    queue: sqlx::PgPool,
     limits: IngestLimits,
 }
 
@@ -294,8 +362,10 @@ pub type PostgresResponseStepManager = PostgresStore;
 impl PostgresStore {
     /// A store over these pools with default upload limits.
     pub fn new(pools: impl Into<DbPools>) -> Self {
+        let pools = pools.into();
         Self {
-            pools: pools.into(),
+            queue: pool_with(&pools.primary, QUEUE_SETTINGS, QUEUE_CONNECTIONS),
+            pools,
             limits: IngestLimits::default(),
         }
     }

@@ -59,6 +59,9 @@ pub struct Claim {
     pub slots: Vec<(String, u32)>,
     /// The requests claimed, earliest deadline first within each model.
     pub requests: Vec<ClaimedRequest>,
+    /// How many requests were asked for: fewer claimed means the queue had
+    /// no more to give.
+    pub asked: u32,
 }
 
 /// A claimed request with what is needed to send it.
@@ -152,28 +155,6 @@ pub trait QueueStore: Send + Sync {
 /// Key of the advisory lock that serializes claims across daemons.
 const CLAIM_LOCK: i64 = 0x66_75_73_69_6c_6c; // "fusill"
 
-/// Run first in the claim's transaction: takes the claim lock and pins the
-/// plan. The claim only ever wants ordered index scans that stop after a few
-/// dozen rows, joined by nested loops. Other plans read the whole queue:
-/// right after a large batch is created the statistics still say the queue
-/// is nearly empty, and the planner picks a bitmap scan plus a sort; the
-/// generic plan of a prepared statement joins back to `requests` by hashing
-/// all of it (440 ms against 4 ms at a million pending); and a queue of a
-/// few thousand rows gets a sequential scan per claim. So: custom plans, and
-/// no bitmap scans, sorts, sequential scans, hash or merge joins. And no
-/// JIT: a disabled node that must be used anyway makes a plan look costly
-/// enough to be compiled, which takes half a second.
-#[doc(hidden)]
-pub const CLAIM_SETUP_SQL: &str = "SELECT pg_advisory_xact_lock($1), \
-     set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true), \
-     set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true), \
-     set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true), \
-     set_config('enable_mergejoin', 'off', true)";
-
-/// Key of the claim lock, for [`CLAIM_SETUP_SQL`] in benchmarks.
-#[doc(hidden)]
-pub const CLAIM_LOCK_KEY: i64 = CLAIM_LOCK;
-
 /// Sets this daemon's slots (see [`QueueStore::claim`]); returns, per model,
 /// the slots held, whether it has pending work, and how many to claim.
 const SLOTS_SQL: &str = "
@@ -261,7 +242,11 @@ static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
                  DELETE FROM requests q
                  USING o
                  WHERE q.id = o.id AND q.attempt = o.attempt
-                   AND q.state IN ('claimed', 'processing')
+                   -- In flight, i.e. not pending (the only other live state).
+                   -- Written so, the partial index of in-flight rows does not
+                   -- match: with stale statistics the planner would scan all
+                   -- of it (dead entries too) for every row of o.
+                   AND q.state <> 'pending'
                  RETURNING {DELETED_RECORD},
                            o.state, o.ok, o.status_code, o.upstream_request_id, o.body, o.error,
                            o.input_tokens, o.cached_tokens, o.output_tokens, o.reasoning_tokens,
@@ -312,8 +297,10 @@ impl QueueStore for PostgresStore {
             m.iter().map(|m| clamp_i32(f(m))).collect()
         };
 
-        let mut tx = self.pools.primary.begin().await?;
-        sqlx::query(CLAIM_SETUP_SQL)
+        // Claims of all daemons take turns: each reads the slots the others
+        // hold and then changes its own.
+        let mut tx = self.queue.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(CLAIM_LOCK)
             .execute(&mut *tx)
             .await?;
@@ -337,9 +324,11 @@ impl QueueStore for PostgresStore {
             if r.try_get("pending")? && held > 0 && want > 0 {
                 models.push(model.clone());
                 wants.push(want);
+                claim.asked = claim.asked.saturating_add(want as u32);
             }
             claim.slots.push((model, held.max(0) as u32));
         }
+        claim.asked = claim.asked.min(req.max_total);
         if !models.is_empty() {
             let rows = sqlx::query(CLAIM_SQL)
                 .bind(req.daemon)
@@ -411,7 +400,7 @@ impl QueueStore for PostgresStore {
             .bind(usage(|u| u.output_tokens))
             .bind(usage(|u| u.reasoning_tokens))
             .bind(usage(|u| u.total_tokens))
-            .fetch_all(&self.pools.primary)
+            .fetch_all(&self.queue)
             .await?;
         Ok(accepted)
     }
@@ -435,7 +424,8 @@ impl QueueStore for PostgresStore {
                  retries = q.retries + o.retry
              FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::int[])
                  AS o(id, attempt, delay_us, retry)
-             WHERE q.id = o.id AND q.attempt = o.attempt AND q.state IN ('claimed', 'processing')
+             -- Not pending = in flight; see the finish statement.
+             WHERE q.id = o.id AND q.attempt = o.attempt AND q.state <> 'pending'
              RETURNING q.id, o.delay_us = 0 AS now)
              -- Released work is claimable at once: wake idle daemons.
              SELECT r.id FROM r, (SELECT CASE WHEN EXISTS (SELECT 1 FROM r WHERE now)
@@ -445,7 +435,7 @@ impl QueueStore for PostgresStore {
         .bind(&attempts)
         .bind(&delays)
         .bind(&retries)
-        .fetch_all(&self.pools.primary)
+        .fetch_all(&self.queue)
         .await?;
         Ok(accepted)
     }
@@ -471,7 +461,7 @@ impl QueueStore for PostgresStore {
         .bind(daemon)
         .bind(&ids)
         .bind(&attempts)
-        .fetch_all(&self.pools.primary)
+        .fetch_all(&self.queue)
         .await?;
         Ok(lost)
     }

@@ -16,7 +16,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 /// Results read per round trip when streaming a file out.
-const RESULT_PAGE: i64 = 1000;
+const RESULT_PAGE: i64 = 4000;
 
 /// Live requests' records (from `requests`) chosen by `filter`.
 fn live_records(filter: &str) -> String {
@@ -86,12 +86,14 @@ async fn result_page(
            AND NOT ok \
          ORDER BY request_id LIMIT $3"
     };
+    let mut tx = super::begin_ordered(pool).await?;
     let rows = sqlx::query(sql)
         .bind(batch_id)
         .bind(after)
         .bind(RESULT_PAGE)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?;
+    tx.commit().await?;
     let Some(last) = rows.last() else {
         return Ok(None);
     };
@@ -145,6 +147,7 @@ impl RequestStore for PostgresStore {
     ) -> Result<Page<RequestRecord>> {
         let limit = limit.clamp(1, MAX_PAGE);
         // Each side reads its primary key range in order and stops early.
+        let mut tx = super::begin_ordered(&self.pools.replica).await?;
         let rows = sqlx::query(&format!(
             "SELECT * FROM ( \
                  ({} ORDER BY id LIMIT $3) \
@@ -159,8 +162,9 @@ impl RequestStore for PostgresStore {
         .bind(batch_id)
         .bind(after.map_or(before_batch(batch_id), |a| a.0))
         .bind(limit + 1)
-        .fetch_all(&self.pools.replica)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Page::from_rows(&rows, limit, request_from_row)
     }
 

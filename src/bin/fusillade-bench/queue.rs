@@ -210,14 +210,23 @@ pub async fn run(b: QueueBench) -> Result<()> {
     Ok(())
 }
 
+/// Plans the transaction's statements as the daemon's hot path does.
+async fn queue_session(tx: &mut sqlx::PgConnection) -> Result<()> {
+    for (name, value) in fusillade::store::queue_session_settings() {
+        sqlx::query("SELECT set_config($1, $2, true)")
+            .bind(name)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Prints the plan of one claim, run inside a transaction that is rolled back.
 async fn explain(pool: &sqlx::PgPool, daemon: DaemonId, want: u32) -> Result<()> {
     use sqlx::Row;
     let mut tx = pool.begin().await?;
-    sqlx::query(fusillade::store::CLAIM_SETUP_SQL)
-        .bind(fusillade::store::CLAIM_LOCK_KEY)
-        .execute(&mut *tx)
-        .await?;
+    queue_session(&mut tx).await?;
     let rows = sqlx::query(&format!(
         "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
         fusillade::store::CLAIM_SQL
@@ -242,6 +251,7 @@ async fn explain_finish(pool: &sqlx::PgPool, items: &[Finished]) -> Result<()> {
     let ids: Vec<uuid::Uuid> = items.iter().map(|i| i.id.0).collect();
     let attempts: Vec<i32> = items.iter().map(|i| i.attempt).collect();
     let mut tx = pool.begin().await?;
+    queue_session(&mut tx).await?;
     let rows = sqlx::query(&format!(
         "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
         fusillade::store::finish_sql()
