@@ -16,7 +16,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 /// Results read per round trip when streaming a file out.
-const RESULT_PAGE: i64 = 4000;
+const RESULT_PAGE: i64 = 1000;
 
 /// Live requests' records (from `requests`) chosen by `filter`.
 fn live_records(filter: &str) -> String {
