@@ -85,7 +85,7 @@ pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 /// batch of a million rows is written in seconds): with "one row" estimates
 /// the planner reads a whole batch and sorts it for every page, and a plan
 /// that must use a disabled node anyway looks costly enough to be compiled
-/// by the JIT (half a second).
+/// by the JIT (half a second). Set on the sessions of dedicated pools.
 const ORDERED_SETTINGS: &[(&str, &str)] = &[
     ("jit", "off"),
     ("enable_bitmapscan", "off"),
@@ -116,6 +116,9 @@ pub fn queue_session_settings() -> impl Iterator<Item = (&'static str, &'static 
 /// one lease check at a time, and a spare.
 const QUEUE_CONNECTIONS: u32 = 4;
 
+/// Most connections of the pool of ordered reads (downloads and lists).
+const ORDERED_CONNECTIONS: u32 = 8;
+
 /// A pool on the same server as `primary` whose sessions use `settings` on
 /// top of [`ORDERED_SETTINGS`].
 fn pool_with(primary: &sqlx::PgPool, settings: &[(&str, &str)], max: u32) -> sqlx::PgPool {
@@ -127,22 +130,6 @@ fn pool_with(primary: &sqlx::PgPool, settings: &[(&str, &str)], max: u32) -> sql
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(max)
         .connect_lazy_with(options)
-}
-
-/// Begins a transaction whose statements are planned with
-/// [`ORDERED_SETTINGS`] (and with their parameters).
-pub(crate) async fn begin_ordered(
-    pool: &sqlx::PgPool,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let settings: Vec<String> = ORDERED_SETTINGS
-        .iter()
-        .map(|(k, v)| format!("set_config('{k}', '{v}', true)"))
-        .collect();
-    sqlx::query(&format!("SELECT {}", settings.join(", ")))
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
 }
 
 /// One page of a keyset-paginated list.
@@ -351,6 +338,9 @@ pub struct PostgresStore {
     pools: DbPools,
     /// The daemon's hot path: the primary server, [`QUEUE_SETTINGS`].
     queue: sqlx::PgPool,
+    /// Reads that walk a batch's requests or results in order (lists and
+    /// output files): the replica, [`ORDERED_SETTINGS`], read-only.
+    ordered: sqlx::PgPool,
     limits: IngestLimits,
 }
 
@@ -365,6 +355,11 @@ impl PostgresStore {
         let pools = pools.into();
         Self {
             queue: pool_with(&pools.primary, QUEUE_SETTINGS, QUEUE_CONNECTIONS),
+            ordered: pool_with(
+                &pools.replica,
+                &[("default_transaction_read_only", "on")],
+                ORDERED_CONNECTIONS,
+            ),
             pools,
             limits: IngestLimits::default(),
         }

@@ -9,14 +9,15 @@ use crate::domain::batch::BatchId;
 use crate::domain::output::{ResultError, ResultRow};
 use crate::domain::request::{RequestId, RequestRecord};
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt, stream};
+use futures_util::{StreamExt, stream};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgPool, Row};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Results read per round trip when streaming a file out.
-const RESULT_PAGE: i64 = 1000;
+const RESULT_PAGE: i64 = 2000;
 
 /// Live requests' records (from `requests`) chosen by `filter`.
 fn live_records(filter: &str) -> String {
@@ -65,13 +66,13 @@ fn request_from_row(row: &PgRow) -> Result<RequestRecord> {
     })
 }
 
-/// One page of results, rendered as JSONL, and the cursor after it.
+/// One page of results after `after`, in request order.
 async fn result_page(
     pool: &PgPool,
     batch_id: BatchId,
     ok: bool,
     after: Uuid,
-) -> Result<Option<(Bytes, Uuid)>, sqlx::Error> {
+) -> Result<Vec<PgRow>, sqlx::Error> {
     // Two statements, not `ok = $2`: the error file's must name the partial
     // index's own predicate to use it whatever the plan.
     let sql = if ok {
@@ -86,20 +87,18 @@ async fn result_page(
            AND NOT ok \
          ORDER BY request_id LIMIT $3"
     };
-    let mut tx = super::begin_ordered(pool).await?;
-    let rows = sqlx::query(sql)
+    sqlx::query(sql)
         .bind(batch_id)
         .bind(after)
         .bind(RESULT_PAGE)
-        .fetch_all(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    let Some(last) = rows.last() else {
-        return Ok(None);
-    };
-    let next: Uuid = last.try_get("request_id")?;
+        .fetch_all(pool)
+        .await
+}
+
+/// A page of results rendered as JSONL.
+fn render(rows: &[PgRow]) -> Result<Bytes> {
     let mut out = Vec::with_capacity(rows.len() * 256);
-    for row in &rows {
+    for row in rows {
         let error: Option<Json<ResultError>> = row.try_get("error")?;
         ResultRow {
             request_id: RequestId(row.try_get("request_id")?),
@@ -111,17 +110,50 @@ async fn result_page(
         }
         .write_line(&mut out);
     }
-    Ok(Some((Bytes::from(out), next)))
+    Ok(Bytes::from(out))
+}
+
+/// Reads every page into `out`, one ahead of the reader: the database
+/// reads page N+1 while the server renders and sends page N. Stops quietly
+/// when the reader goes away.
+async fn read_pages(
+    pool: PgPool,
+    batch_id: BatchId,
+    ok: bool,
+    out: mpsc::Sender<Result<Vec<PgRow>, sqlx::Error>>,
+) {
+    let mut after = before_batch(batch_id);
+    loop {
+        let page = result_page(&pool, batch_id, ok, after).await;
+        let last = match &page {
+            Ok(rows) => match rows.last().map(|r| r.try_get::<Uuid, _>("request_id")) {
+                None => return,
+                Some(Ok(id)) => Some(id),
+                Some(Err(_)) => None,
+            },
+            Err(_) => None,
+        };
+        if out.send(page).await.is_err() {
+            return;
+        }
+        match last {
+            Some(id) => after = id,
+            None => return, // an error was sent
+        }
+    }
 }
 
 impl PostgresStore {
     fn result_stream(&self, batch_id: BatchId, ok: bool) -> ByteStream {
-        let pool = self.pools.replica.clone();
-        stream::try_unfold(before_batch(batch_id), move |after| {
-            let pool = pool.clone();
-            async move { result_page(&pool, batch_id, ok, after).await }
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(read_pages(self.ordered.clone(), batch_id, ok, tx));
+        stream::unfold(rx, |mut rx| async move {
+            let page = rx.recv().await?;
+            let item = page
+                .map_err(StoreError::from)
+                .and_then(|rows| render(&rows));
+            Some((item, rx))
         })
-        .map_err(StoreError::from)
         .boxed()
     }
 }
@@ -147,7 +179,6 @@ impl RequestStore for PostgresStore {
     ) -> Result<Page<RequestRecord>> {
         let limit = limit.clamp(1, MAX_PAGE);
         // Each side reads its primary key range in order and stops early.
-        let mut tx = super::begin_ordered(&self.pools.replica).await?;
         let rows = sqlx::query(&format!(
             "SELECT * FROM ( \
                  ({} ORDER BY id LIMIT $3) \
@@ -162,9 +193,8 @@ impl RequestStore for PostgresStore {
         .bind(batch_id)
         .bind(after.map_or(before_batch(batch_id), |a| a.0))
         .bind(limit + 1)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.ordered)
         .await?;
-        tx.commit().await?;
         Page::from_rows(&rows, limit, request_from_row)
     }
 

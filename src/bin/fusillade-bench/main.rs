@@ -72,6 +72,10 @@ enum Command {
         /// Terminal requests inserted first, to see the claim with a long history.
         #[arg(long, default_value_t = 0)]
         history: u64,
+        /// Pending requests with a later deadline inserted first: a backlog
+        /// in `requests` that the claims never reach.
+        #[arg(long, default_value_t = 0)]
+        backlog: u64,
         /// Requests finished and claimed again per step.
         #[arg(long, default_value_t = 96)]
         claim_batch: u32,
@@ -154,6 +158,7 @@ fn main() -> Result<()> {
         Command::Queue {
             requests,
             history,
+            backlog,
             claim_batch,
             in_flight,
             explain,
@@ -161,6 +166,7 @@ fn main() -> Result<()> {
         } => runtime()?.block_on(queue::run(queue::QueueBench {
             requests,
             history,
+            backlog,
             claim_batch,
             in_flight,
             explain,

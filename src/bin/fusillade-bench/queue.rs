@@ -15,14 +15,20 @@ use std::time::{Duration, Instant};
 pub struct QueueBench {
     pub requests: u64,
     pub history: u64,
+    pub backlog: u64,
     pub claim_batch: u32,
     pub in_flight: u32,
     pub explain: bool,
     pub database_url: String,
 }
 
-/// Inserts a batch of `n` requests (and templates) in `state`, by SQL.
+/// Inserts a batch of `n` requests (and templates) in `state`, by SQL;
+/// `backlog` is pending with a deadline after every other batch's.
 async fn seed(pool: &sqlx::PgPool, n: u64, state: &str) -> Result<()> {
+    let (state, deadline) = match state {
+        "backlog" => ("pending", "now() + interval '30 days'"),
+        s => (s, "now() + interval '1 day'"),
+    };
     let batch = uuid::Uuid::now_v7();
     let file = uuid::Uuid::now_v7();
     sqlx::query(
@@ -48,16 +54,18 @@ async fn seed(pool: &sqlx::PgPool, n: u64, state: &str) -> Result<()> {
         let k = chunk.min(n - done);
         // Live requests sit in the queue; ended ones only in request_results.
         let target = if state == "pending" {
-            "INSERT INTO requests (id, batch_id, template_id, model, custom_id, state, deadline) \
+            format!(
+                "INSERT INTO requests (id, batch_id, template_id, model, custom_id, state, deadline) \
              SELECT encode(overlay(uuid_send($2) PLACING substring(int8send(t.line_number) FROM 3) FROM 11), 'hex')::uuid, \
-                    $2, t.id, 'bench-model', t.custom_id, $5, now() + interval '1 day' \
+                    $2, t.id, 'bench-model', t.custom_id, $5, {deadline} \
              FROM t"
+            )
         } else {
             "INSERT INTO request_results (request_id, batch_id, template_id, model, custom_id, \
                                           state, ok, status_code, body, not_before, created_at) \
              SELECT encode(overlay(uuid_send($2) PLACING substring(int8send(t.line_number) FROM 3) FROM 11), 'hex')::uuid, \
                     $2, t.id, 'bench-model', t.custom_id, $5, true, 200, '{}', now(), now() \
-             FROM t"
+             FROM t".to_owned()
         };
         sqlx::query(&format!(
             "WITH t AS ( \
@@ -90,6 +98,15 @@ async fn seed(pool: &sqlx::PgPool, n: u64, state: &str) -> Result<()> {
 /// Runs it and prints the numbers.
 pub async fn run(b: QueueBench) -> Result<()> {
     let pool = crate::connect_bench_db(&b.database_url).await?;
+    if b.backlog > 0 {
+        let t = Instant::now();
+        seed(&pool, b.backlog, "backlog").await?;
+        println!(
+            "backlog         {} pending requests (later deadline) inserted in {:.1} s",
+            b.backlog,
+            t.elapsed().as_secs_f64()
+        );
+    }
     if b.history > 0 {
         let t = Instant::now();
         seed(&pool, b.history, "completed").await?;
@@ -147,11 +164,14 @@ pub async fn run(b: QueueBench) -> Result<()> {
             explained = true;
             explain(&pool, daemon, want).await?;
         }
-        let t = Instant::now();
-        let claimed = store.claim(&req(held.len() as u32)).await?;
-        claim_times.push(t.elapsed());
-        total += claimed.requests.len() as u64;
-        held.extend(claimed.requests);
+        // With a backlog, stop claiming once N are claimed.
+        if total < b.requests {
+            let t = Instant::now();
+            let claimed = store.claim(&req(held.len() as u32)).await?;
+            claim_times.push(t.elapsed());
+            total += claimed.requests.len() as u64;
+            held.extend(claimed.requests);
+        }
         if held.is_empty() {
             break;
         }
@@ -181,7 +201,6 @@ pub async fn run(b: QueueBench) -> Result<()> {
     }
     pg.sample();
     let wall = started.elapsed().as_secs_f64();
-    claim_times.pop(); // the empty claim at the end
     claim_times.sort();
     let pct = |p: f64| claim_times[((claim_times.len() - 1) as f64 * p) as usize];
     println!(
