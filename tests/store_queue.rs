@@ -45,8 +45,8 @@ async fn daemon(store: &PostgresStore) -> DaemonId {
 /// A claim of `want` requests of each `(model, limit, want)` by a daemon
 /// that holds none yet and is alone: its share is the whole limit, and the
 /// requests it says are waiting make the claim take exactly `want` once it
-/// holds the whole limit (a claim fills free slots plus half the slots'
-/// worth of waiting requests).
+/// holds the whole limit (a claim fills free slots plus the slots' worth of
+/// waiting requests).
 fn demand(daemon: DaemonId, models: &[(&str, u32, u32)], max_total: u32) -> ClaimRequest {
     ClaimRequest {
         daemon,
@@ -57,7 +57,7 @@ fn demand(daemon: DaemonId, models: &[(&str, u32, u32)], max_total: u32) -> Clai
                 limit,
                 share: limit,
                 in_flight: 0,
-                waiting: (limit + limit.div_ceil(2)).saturating_sub(want),
+                waiting: (2 * limit).saturating_sub(want),
             })
             .collect(),
         default_limit: 0,
@@ -122,8 +122,8 @@ async fn slots_of_all_daemons_stay_within_each_models_limit(pool: PgPool) {
     batch_of(&store, "b", 5, "24h").await;
     let (d1, d2) = (daemon(&store).await, daemon(&store).await);
 
-    // Alone with work: the whole limit, its free slots filled plus half
-    // its slots' worth claimed ahead (3 + 2 of a; all 5 of b).
+    // Alone with work: the whole limit, its free slots filled plus its
+    // slots' worth claimed ahead (3 + 3 of a; all 5 of b).
     let both = |d, a_in, a_waiting, b_in| ClaimRequest {
         models: vec![
             slots_demand(d, "a", 3, 3, a_in, a_waiting).models.remove(0),
@@ -133,7 +133,7 @@ async fn slots_of_all_daemons_stay_within_each_models_limit(pool: PgPool) {
     };
     let first = store.claim(&both(d1, 0, 0, 0)).await.unwrap();
     assert_eq!((slots_of(&first, "a"), slots_of(&first, "b")), (3, 10));
-    assert_eq!(count(&first.requests, "a"), 5);
+    assert_eq!(count(&first.requests, "a"), 6);
     assert_eq!(count(&first.requests, "b"), 5);
     assert!(
         first
@@ -155,11 +155,11 @@ async fn slots_of_all_daemons_stay_within_each_models_limit(pool: PgPool) {
 
     // The first keeps its share of a while a has work, and gives back what
     // b's calls in flight do not use once b has none.
-    let again = store.claim(&both(d1, 3, 2, 2)).await.unwrap();
+    let again = store.claim(&both(d1, 3, 3, 2)).await.unwrap();
     assert_eq!((slots_of(&again, "a"), slots_of(&again, "b")), (3, 2));
     assert!(
         again.requests.is_empty(),
-        "3 in flight + 2 waiting is enough"
+        "3 in flight + 3 waiting is enough"
     );
 
     // A stopped daemon's slots are free for the others.
@@ -169,7 +169,7 @@ async fn slots_of_all_daemons_stay_within_each_models_limit(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(slots_of(&third, "a"), 3);
-    assert_eq!(count(&third.requests, "a"), 5);
+    assert_eq!(count(&third.requests, "a"), 4, "all that is left");
 }
 
 #[sqlx::test]
@@ -360,14 +360,14 @@ async fn rescue_returns_claims_of_dead_daemons_only(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "m", 4, "24h").await;
     let (alive, dying) = (daemon(&store).await, daemon(&store).await);
-    // Half the limit each; 6 said to wait leaves room to claim 2 each.
+    // Half the limit each; 8 said to wait leaves room to claim 2 each.
     let mine = store
-        .claim(&slots_demand(alive, "m", 10, 5, 0, 6))
+        .claim(&slots_demand(alive, "m", 10, 5, 0, 8))
         .await
         .unwrap()
         .requests;
     let theirs = store
-        .claim(&slots_demand(dying, "m", 10, 5, 0, 6))
+        .claim(&slots_demand(dying, "m", 10, 5, 0, 8))
         .await
         .unwrap()
         .requests;
@@ -399,7 +399,7 @@ async fn rescue_returns_claims_of_dead_daemons_only(pool: PgPool) {
     // Claims by an id that never registered are rescued too.
     let ghost = DaemonId::new();
     let ghost_claims = store
-        .claim(&demand(ghost, &[("m", 10, 10)], 10))
+        .claim(&slots_demand(ghost, "m", 10, 10, 0, 0))
         .await
         .unwrap()
         .requests;

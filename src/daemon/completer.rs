@@ -17,10 +17,10 @@ const MAX_BATCH: usize = 1024;
 /// every statement (and its commit) costs the database about as much for
 /// one row as for dozens, and no slot waits for the write (slots are handed
 /// on when the call ends), so a few milliseconds of delay cost nothing.
-const GATHER: Duration = Duration::from_millis(5);
+const GATHER: Duration = Duration::from_millis(10);
 
 /// Outcomes that end the gathering early.
-const GATHER_ENOUGH: usize = 256;
+const GATHER_ENOUGH: usize = 512;
 
 /// After shutdown, how long a failing database is retried before the
 /// remaining outcomes are given up (their leases then expire and other

@@ -110,8 +110,8 @@ impl Slots {
 
     /// A call of `model` ended: returns the request to run in its slot, if
     /// one waits and the slot is still granted; else frees the slot.
-    /// Wakes the claim loop when fewer than a quarter of the slots' worth
-    /// of requests still wait.
+    /// Wakes the claim loop when fewer than half the slots' worth of
+    /// requests still wait (a claim tops them up to the slots' worth).
     pub fn next_after(&self, model: &str) -> Option<Job> {
         let next = {
             let mut models = self.models.lock().expect("slots lock");
@@ -124,7 +124,7 @@ impl Slots {
             if next.is_none() {
                 m.in_flight = m.in_flight.saturating_sub(1);
             }
-            if next.is_none() || (m.waiting.len() as u32) < m.granted.div_ceil(4) {
+            if next.is_none() || (m.waiting.len() as u32) < m.granted.div_ceil(2) {
                 self.low.notify_one();
             }
             next

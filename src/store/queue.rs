@@ -135,8 +135,8 @@ pub trait QueueStore: Send + Sync {
     /// room; one without keeps only the slots of its calls in flight. Claims
     /// from all daemons are serialized by one transaction-scoped advisory
     /// lock, so the slots they read are never stale. Each model with slots
-    /// gets enough requests to fill its free slots and have half its slots'
-    /// worth waiting, so that calls that end are replaced at once.
+    /// gets enough requests to fill its free slots and have as many again
+    /// waiting, so that calls that end are replaced at once.
     fn claim(&self, req: &ClaimRequest) -> impl Future<Output = Result<Claim>> + Send;
     /// Records final results; returns the ids whose lease still held (the
     /// others were rescued, expired or cancelled meanwhile and are untouched).
@@ -198,8 +198,7 @@ kept AS (
     ON CONFLICT (model, daemon_id) DO UPDATE SET held = EXCLUDED.held
     WHERE model_slots.held <> EXCLUDED.held
 )
-SELECT model, held, pending,
-       GREATEST(0, held - in_flight - waiting + (held + 1) / 2) AS claim
+SELECT model, held, pending, GREATEST(0, 2 * held - in_flight - waiting) AS claim
 FROM granted";
 
 /// The claim statement, for `EXPLAIN` in benchmarks: `$2` models, `$3` how

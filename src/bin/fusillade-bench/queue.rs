@@ -132,7 +132,7 @@ pub async fn run(b: QueueBench) -> Result<()> {
         .id;
     // Steady state, as in the daemon: `in_flight` requests held; each step
     // finishes the oldest `claim_batch` of them and claims as many again.
-    // Claims fill free slots plus half the slots' worth of waiting requests:
+    // Claims fill free slots plus the slots' worth of waiting requests:
     // saying that much already waits makes each claim take exactly the
     // slots freed.
     let capacity = b.in_flight.max(b.claim_batch);
@@ -143,7 +143,7 @@ pub async fn run(b: QueueBench) -> Result<()> {
             limit: capacity,
             share: capacity,
             in_flight: held,
-            waiting: capacity.div_ceil(2),
+            waiting: capacity,
         }],
         default_limit: 0,
         default_share: 0,
