@@ -1,7 +1,7 @@
 //! Outcomes are written many per statement: one `finish` and one `requeue`
 //! for everything that arrived while the previous write ran.
 
-use super::executor::{Outcome, Write};
+use super::executor::Outcome;
 use super::{DaemonBackend, DbBackoff, Shared};
 use crate::domain::request::RequestState;
 use std::sync::Arc;
@@ -63,12 +63,12 @@ async fn write<S: DaemonBackend>(
     let mut requeues = Vec::new();
     let mut ids = Vec::with_capacity(batch.len());
     for o in batch.drain(..) {
-        match o.write {
-            Write::Finish(f) => {
+        match o {
+            Outcome::Finish(f) => {
                 ids.push(f.id);
                 finishes.push(f);
             }
-            Write::Requeue(r) => {
+            Outcome::Requeue(r) => {
                 ids.push(r.id);
                 requeues.push(r);
             }

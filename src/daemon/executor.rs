@@ -16,14 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 /// What the completer must write for one request.
 #[derive(Debug)]
-pub(super) struct Outcome {
-    pub write: Write,
-}
-
-/// The write itself.
-#[derive(Debug)]
-pub(super) enum Write {
+pub(super) enum Outcome {
+    /// A final result.
     Finish(Finished),
+    /// Back to pending (a retry or a release).
     Requeue(Requeue),
 }
 
@@ -72,7 +68,7 @@ async fn run_one<S: DaemonBackend>(
             .record(sent.elapsed().as_secs_f64());
     }
     let write = match outcome {
-        None if shared.releasing.load(Ordering::SeqCst) => Write::Requeue(Requeue {
+        None if shared.releasing.load(Ordering::SeqCst) => Outcome::Requeue(Requeue {
             id: req.id,
             attempt: req.attempt,
             delay: Duration::ZERO,
@@ -80,7 +76,7 @@ async fn run_one<S: DaemonBackend>(
         }),
         // The batch is being cancelled (or the lease is gone, in which case
         // this guarded write is simply rejected).
-        None => Write::Finish(Finished {
+        None => Outcome::Finish(Finished {
             id: req.id,
             attempt: req.attempt,
             state: RequestState::Canceled,
@@ -109,9 +105,9 @@ async fn run_one<S: DaemonBackend>(
         }
     };
     let (label, retried) = match &write {
-        Write::Requeue(r) if r.is_retry => ("retried", true),
-        Write::Requeue(_) => ("released", false),
-        Write::Finish(f) => (f.state.as_str(), false),
+        Outcome::Requeue(r) if r.is_retry => ("retried", true),
+        Outcome::Requeue(_) => ("released", false),
+        Outcome::Finish(f) => (f.state.as_str(), false),
     };
     metrics::counter!("fusillade_upstream_requests_total", "model" => req.model.clone(), "outcome" => label)
         .increment(1);
@@ -119,12 +115,12 @@ async fn run_one<S: DaemonBackend>(
         metrics::counter!("fusillade_retries_total", "model" => req.model.clone()).increment(1);
     }
     // The completer outlives every executor; a send error means it crashed.
-    let _ = outcomes.send(Outcome { write });
+    let _ = outcomes.send(write);
 }
 
-fn decide_write(req: &ClaimedRequest, o: CallOutcome, decision: Decision) -> Write {
+fn decide_write(req: &ClaimedRequest, o: CallOutcome, decision: Decision) -> Outcome {
     match decision {
-        Decision::RetryAfter(delay) => Write::Requeue(Requeue {
+        Decision::RetryAfter(delay) => Outcome::Requeue(Requeue {
             id: req.id,
             attempt: req.attempt,
             delay,
@@ -140,7 +136,7 @@ fn decide_write(req: &ClaimedRequest, o: CallOutcome, decision: Decision) -> Wri
             else {
                 unreachable!("only an answer completes")
             };
-            Write::Finish(Finished {
+            Outcome::Finish(Finished {
                 id: req.id,
                 attempt: req.attempt,
                 state: RequestState::Completed,
@@ -210,7 +206,7 @@ fn decide_write(req: &ClaimedRequest, o: CallOutcome, decision: Decision) -> Wri
                     ),
                 ),
             };
-            Write::Finish(Finished {
+            Outcome::Finish(Finished {
                 id: req.id,
                 attempt: req.attempt,
                 state: RequestState::Failed,

@@ -164,14 +164,12 @@ impl<S: DaemonBackend> Daemon<S> {
         let grace = shared.config.borrow().daemon.shutdown_grace;
         // Requests claimed but not started go back at once.
         for job in shared.slots.drain_waiting() {
-            let _ = tx_release.send(executor::Outcome {
-                write: executor::Write::Requeue(crate::store::Requeue {
-                    id: job.req.id,
-                    attempt: job.req.attempt,
-                    delay: Duration::ZERO,
-                    is_retry: false,
-                }),
-            });
+            let _ = tx_release.send(executor::Outcome::Requeue(crate::store::Requeue {
+                id: job.req.id,
+                attempt: job.req.attempt,
+                delay: Duration::ZERO,
+                is_retry: false,
+            }));
         }
         drop(tx_release);
         let _ = tokio::time::timeout(grace, shared.slots.idle()).await;

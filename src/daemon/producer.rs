@@ -29,7 +29,7 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
     let share = |limit: u32| limit.div_ceil(peers);
     let local: HashMap<String, _> = shared
         .slots
-        .prepare_claim(|model, _| share(config.route(model).concurrency))
+        .prepare_claim(|model| share(config.route(model).concurrency))
         .into_iter()
         .collect();
     let mut names: Vec<&String> = config.models.keys().collect();
@@ -90,6 +90,9 @@ pub(super) async fn run<S: DaemonBackend>(
             }
         };
         let n = claim.requests.len();
+        // The share of the next claim follows daemons that came or went
+        // since (heartbeats also refresh it, less often).
+        shared.peers.store(claim.peers.max(1), Ordering::Relaxed);
         claims += 1;
         claimed_rows += n as u64;
         let jobs: Vec<Job> = {

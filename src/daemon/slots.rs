@@ -60,14 +60,15 @@ impl Slots {
     }
 
     /// Each model's state, for the next claim. Before reading, lowers each
-    /// model's slots to what the claim may keep (`cap(model, in_flight)`), so
-    /// that no call starts under a grant the claim is about to give back.
-    pub fn prepare_claim(&self, cap: impl Fn(&str, u32) -> u32) -> Vec<(String, ModelState)> {
+    /// model's usable slots to its `share`, so that no call starts under a
+    /// grant the claim is about to give back; calls beyond it run on, and
+    /// their slots are not handed on when they end.
+    pub fn prepare_claim(&self, share: impl Fn(&str) -> u32) -> Vec<(String, ModelState)> {
         let mut models = self.models.lock().expect("slots lock");
         models
             .iter_mut()
             .map(|(name, m)| {
-                m.granted = m.granted.min(cap(name, m.in_flight).max(m.in_flight));
+                m.granted = m.granted.min(share(name));
                 metrics::gauge!("fusillade_in_flight", "model" => name.clone())
                     .set(f64::from(m.in_flight));
                 let state = ModelState {
@@ -217,16 +218,17 @@ mod tests {
     }
 
     #[test]
-    fn a_lowered_grant_is_not_refilled_until_calls_end() {
+    fn a_lowered_share_is_not_refilled_until_calls_end() {
         let s = Slots::new();
         let jobs = (0..6).map(|_| job("a")).collect();
         assert_eq!(s.refill(&[("a".into(), 3)], jobs).len(), 3);
-        // The claim is about to keep one slot: calls in flight keep theirs.
-        let state = s.prepare_claim(|_, _| 1);
-        assert_eq!(state[0].1.granted, 3, "never below the calls in flight");
+        // Another daemon came: this one's share drops to 1.
+        let state = s.prepare_claim(|_| 1);
+        assert_eq!(state[0].1.granted, 1);
+        assert_eq!(state[0].1.in_flight, 3, "calls in flight run on");
         assert!(s.refill(&[("a".into(), 1)], Vec::new()).is_empty());
-        assert!(s.next_after("a").is_none(), "3 in flight > 1 granted");
-        assert!(s.next_after("a").is_none(), "2 in flight > 1 granted");
+        assert!(s.next_after("a").is_none(), "3 in flight > 1 usable");
+        assert!(s.next_after("a").is_none(), "2 in flight > 1 usable");
         assert!(s.next_after("a").is_some(), "1 in flight: hand on");
         assert_eq!(s.in_flight(), 1);
         assert_eq!(s.drain_waiting().len(), 2);

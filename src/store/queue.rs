@@ -54,14 +54,17 @@ pub struct ClaimRequest {
 /// What a claim returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claim {
-    /// Slots this daemon now holds, per model it asked about or found work
-    /// for: it may make that many calls of the model at once.
+    /// Slots this daemon may use now, per model it asked about or found
+    /// work for: it may make that many calls of the model at once. (While
+    /// calls beyond its share still run it holds more, and uses them up.)
     pub slots: Vec<(String, u32)>,
     /// The requests claimed, earliest deadline first within each model.
     pub requests: Vec<ClaimedRequest>,
     /// How many requests were asked for: fewer claimed means the queue had
     /// no more to give.
     pub asked: u32,
+    /// Running daemons (this one included), for the next share.
+    pub peers: u32,
 }
 
 /// A claimed request with what is needed to send it.
@@ -156,7 +159,9 @@ pub trait QueueStore: Send + Sync {
 const CLAIM_LOCK: i64 = 0x66_75_73_69_6c_6c; // "fusill"
 
 /// Sets this daemon's slots (see [`QueueStore::claim`]); returns, per model,
-/// the slots held, whether it has pending work, and how many to claim.
+/// whether it has pending work, the slots the daemon may use (its share of
+/// those it holds: it holds more only while calls beyond its share run), and
+/// how many to claim; and the number of running daemons.
 const SLOTS_SQL: &str = "
 WITH RECURSIVE pending_models AS (
     (SELECT model FROM requests WHERE state = 'pending' ORDER BY model LIMIT 1)
@@ -185,7 +190,7 @@ others AS (
     GROUP BY s.model
 ),
 granted AS MATERIALIZED (
-    SELECT m.model, m.pending, m.in_flight, m.waiting,
+    SELECT m.model, m.pending, m.in_flight, m.waiting, m.share,
            GREATEST(m.in_flight, LEAST(
                CASE WHEN m.pending OR m.waiting > 0 THEN GREATEST(m.share, m.in_flight)
                     ELSE m.in_flight END,
@@ -198,7 +203,9 @@ kept AS (
     ON CONFLICT (model, daemon_id) DO UPDATE SET held = EXCLUDED.held
     WHERE model_slots.held <> EXCLUDED.held
 )
-SELECT model, held, pending, GREATEST(0, 2 * held - in_flight - waiting) AS claim
+SELECT model, pending, LEAST(held, share) AS usable,
+       GREATEST(0, 2 * LEAST(held, share) - in_flight - waiting) AS claim,
+       (SELECT count(*) FROM daemons WHERE status = 'running') AS peers
 FROM granted";
 
 /// The claim statement, for `EXPLAIN` in benchmarks: `$2` models, `$3` how
@@ -318,7 +325,8 @@ impl QueueStore for PostgresStore {
         let (mut models, mut wants) = (Vec::new(), Vec::new());
         for r in &rows {
             let model: String = r.try_get("model")?;
-            let held: i32 = r.try_get("held")?;
+            let held: i32 = r.try_get("usable")?;
+            claim.peers = u32::try_from(r.try_get::<i64, _>("peers")?).unwrap_or(u32::MAX);
             let want: i32 = r.try_get("claim")?;
             if r.try_get("pending")? && held > 0 && want > 0 {
                 models.push(model.clone());
