@@ -98,6 +98,22 @@ fn slots_of(claim: &Claim, model: &str) -> u32 {
         .map_or(0, |(_, n)| *n)
 }
 
+/// The requests claimed by [`demand`] for one model.
+async fn claim(
+    store: &PostgresStore,
+    daemon: DaemonId,
+    model: &str,
+    limit: u32,
+    want: u32,
+    max_total: u32,
+) -> Vec<ClaimedRequest> {
+    store
+        .claim(&demand(daemon, &[(model, limit, want)], max_total))
+        .await
+        .unwrap()
+        .requests
+}
+
 fn count(claimed: &[ClaimedRequest], model: &str) -> usize {
     claimed.iter().filter(|c| c.model == model).count()
 }
@@ -240,11 +256,7 @@ async fn claim_prefers_the_earlier_deadline(pool: PgPool) {
     let late = batch_of(&store, "m", 3, "24h").await;
     let soon = batch_of(&store, "m", 3, "1h").await;
     let d = daemon(&store).await;
-    let got = store
-        .claim(&demand(d, &[("m", 100, 3)], 100))
-        .await
-        .unwrap()
-        .requests;
+    let got = claim(&store, d, "m", 100, 3, 100).await;
     assert_eq!(got.len(), 3);
     assert!(
         got.iter().all(|c| c.batch_id == Some(soon)),
@@ -258,11 +270,7 @@ async fn finish_writes_results_once_and_rejects_stale_attempts(pool: PgPool) {
     let store = store(&pool).await;
     let batch = batch_of(&store, "m", 2, "24h").await;
     let d = daemon(&store).await;
-    let got = store
-        .claim(&demand(d, &[("m", 10, 10)], 10))
-        .await
-        .unwrap()
-        .requests;
+    let got = claim(&store, d, "m", 10, 10, 10).await;
     let (ok, bad) = (&got[0], &got[1]);
     let failed = Finished {
         id: bad.id,
@@ -304,11 +312,7 @@ async fn requeue_delays_retries_and_counts_them(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "m", 2, "24h").await;
     let d = daemon(&store).await;
-    let got = store
-        .claim(&demand(d, &[("m", 10, 10)], 10))
-        .await
-        .unwrap()
-        .requests;
+    let got = claim(&store, d, "m", 10, 10, 10).await;
     let accepted = store
         .requeue(&[
             Requeue {
@@ -336,11 +340,7 @@ async fn requeue_delays_retries_and_counts_them(pool: PgPool) {
     };
     assert!(store.requeue(&[again]).await.unwrap().is_empty());
 
-    let next = store
-        .claim(&demand(d, &[("m", 10, 10)], 10))
-        .await
-        .unwrap()
-        .requests;
+    let next = claim(&store, d, "m", 10, 10, 10).await;
     assert_eq!(next.len(), 1, "the delayed retry is not claimable yet");
     assert_eq!(next[0].id, got[1].id);
     assert_eq!(next[0].attempt, got[1].attempt + 1);
@@ -413,11 +413,7 @@ async fn rescue_returns_claims_of_dead_daemons_only(pool: PgPool) {
             .requests,
         2
     );
-    let again = store
-        .claim(&demand(alive, &[("m", 10, 10)], 10))
-        .await
-        .unwrap()
-        .requests;
+    let again = claim(&store, alive, "m", 10, 10, 10).await;
     let ids: HashSet<_> = again.iter().map(|c| c.id).collect();
     assert_eq!(ids.len(), 2);
 }
@@ -429,11 +425,7 @@ async fn finalize_completes_expires_and_cancels(pool: PgPool) {
 
     // Completed: every request ended.
     let b1 = batch_of(&store, "one", 2, "24h").await;
-    let got = store
-        .claim(&demand(d, &[("one", 10, 10)], 10))
-        .await
-        .unwrap()
-        .requests;
+    let got = claim(&store, d, "one", 10, 10, 10).await;
     assert!(store.finalize(10).await.unwrap().is_empty());
     let fin: Vec<Finished> = got.iter().map(done).collect();
     store.finish(&fin).await.unwrap();
@@ -445,11 +437,7 @@ async fn finalize_completes_expires_and_cancels(pool: PgPool) {
 
     // Expired: past the deadline, finished results kept, the rest batch_expired.
     let b2 = batch_of(&store, "two", 3, "24h").await;
-    let got = store
-        .claim(&demand(d, &[("two", 10, 2)], 10))
-        .await
-        .unwrap()
-        .requests;
+    let got = claim(&store, d, "two", 10, 2, 10).await;
     store.finish(&[done(&got[0])]).await.unwrap();
     sqlx::query("UPDATE batches SET expires_at = now() - interval '1 second' WHERE id = $1")
         .bind(b2)
@@ -469,11 +457,7 @@ async fn finalize_completes_expires_and_cancels(pool: PgPool) {
 
     // Cancelled: waits for the in-flight request, which the daemon ends.
     let b3 = batch_of(&store, "three", 3, "24h").await;
-    let got = store
-        .claim(&demand(d, &[("three", 10, 1)], 10))
-        .await
-        .unwrap()
-        .requests;
+    let got = claim(&store, d, "three", 10, 1, 10).await;
     let b = store.cancel_batch(Owner::Any, b3).await.unwrap();
     assert_eq!(b.status, BatchStatus::Cancelling);
     assert!(store.finalize(10).await.unwrap().cancelled.is_empty());
@@ -519,11 +503,7 @@ async fn the_queue_is_vacuumed_only_when_worth_it(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "m", 3, "24h").await;
     let d = daemon(&store).await;
-    let got = store
-        .claim(&demand(d, &[("m", 10, 10)], 10))
-        .await
-        .unwrap()
-        .requests;
+    let got = claim(&store, d, "m", 10, 10, 10).await;
     store
         .finish(&got.iter().map(done).collect::<Vec<_>>())
         .await
