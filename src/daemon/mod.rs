@@ -278,5 +278,18 @@ impl DbBackoff {
 
 /// A uniform random number in [0, 1) for jitter.
 fn jitter() -> f64 {
-    (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64
+    // xorshift64, seeded once per thread: every outcome draws one, and the
+    // system's random source costs a system call each time.
+    thread_local! {
+        static STATE: std::cell::Cell<u64> =
+            std::cell::Cell::new(uuid::Uuid::new_v4().as_u128() as u64 | 1);
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
 }

@@ -20,14 +20,21 @@ const POOL_PER_HOST: usize = 1024;
 #[derive(Debug, Clone)]
 pub(super) struct Clients {
     by_connect_timeout: HashMap<Duration, reqwest::Client>,
+    /// Each route's base URL, parsed once: parsing (host checks included)
+    /// on every call was a visible part of the daemon's CPU.
+    base_urls: HashMap<String, reqwest::Url>,
     error: Option<String>,
 }
 
 impl Clients {
     pub(super) fn build(config: &Config) -> Self {
         let mut by_connect_timeout = HashMap::new();
+        let mut base_urls = HashMap::new();
         let mut error = None;
         for route in std::iter::once(&config.upstream).chain(config.models.values()) {
+            if let Ok(url) = reqwest::Url::parse(&route.url) {
+                base_urls.insert(route.url.clone(), url);
+            }
             if by_connect_timeout.contains_key(&route.connect_timeout) {
                 continue;
             }
@@ -53,8 +60,22 @@ impl Clients {
         }
         Self {
             by_connect_timeout,
+            base_urls,
             error,
         }
+    }
+
+    /// `path` under the route's base URL, from the parsed base when there
+    /// is one and the path is a plain path.
+    fn url(&self, route: &Route, path: &str) -> Option<reqwest::Url> {
+        if path.contains(['?', '#']) {
+            return None;
+        }
+        let mut url = self.base_urls.get(&route.url)?.clone();
+        let slash = if path.starts_with('/') { "" } else { "/" };
+        let full = format!("{}{slash}{path}", url.path().trim_end_matches('/'));
+        url.set_path(&full);
+        Some(url)
     }
 
     fn get(&self, route: &Route) -> Result<&reqwest::Client, String> {
@@ -128,18 +149,29 @@ pub(super) async fn send(
     } else {
         req.body.to_owned()
     };
-    let base = if req.endpoint_override.is_empty() {
-        route.url.as_str()
+    let parsed = if req.endpoint_override.is_empty() {
+        clients.url(route, req.path)
     } else {
-        req.endpoint_override.trim_end_matches('/')
+        None
     };
-    let slash = if req.path.starts_with('/') { "" } else { "/" };
-    let url = format!("{base}{slash}{}", req.path);
     let headers = match headers(route, req) {
         Ok(h) => h,
         Err(message) => return CallOutcome::ConnectionFailed { message },
     };
-    let sending = client.post(url).headers(headers).body(body).send();
+    let builder = match parsed {
+        Some(url) => client.post(url),
+        None => {
+            let base = if req.endpoint_override.is_empty() {
+                route.url.as_str()
+            } else {
+                req.endpoint_override
+            };
+            let base = base.trim_end_matches('/');
+            let slash = if req.path.starts_with('/') { "" } else { "/" };
+            client.post(format!("{base}{slash}{}", req.path))
+        }
+    };
+    let sending = builder.headers(headers).body(body).send();
     let (at, phase) = limits.earliest(after(start, route.first_byte_timeout), "first_byte");
     let response = match tokio::time::timeout_at(at, sending).await {
         Err(_) => return CallOutcome::TimedOut { phase },
