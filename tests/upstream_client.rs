@@ -467,3 +467,30 @@ async fn many_concurrent_calls_reuse_the_pool() {
     assert!(s.max_in_flight >= 1);
     assert_eq!(s.in_flight, 0);
 }
+
+#[tokio::test]
+async fn the_path_goes_under_the_base_url_with_or_without_a_prefix() {
+    let (mock, calls) = recording(MockReply::ok_for).await;
+    for (base, expected) in [
+        (mock.url(), CHAT.to_owned()),
+        (format!("{}/", mock.url()), CHAT.to_owned()),
+        (format!("{}/proxy/", mock.url()), format!("/proxy{CHAT}")),
+        (format!("{}/proxy", mock.url()), format!("/proxy{CHAT}")),
+    ] {
+        let (status, ..) = answered(client(&base, "").send(&request(BODY)).await);
+        assert_eq!(status, 200, "{base}");
+        let path = calls.lock().unwrap().pop().unwrap().path;
+        assert_eq!(path, expected, "{base}");
+    }
+    // A per-line endpoint overrides the route's base.
+    let c = client(&dead_url().await, "");
+    let over = format!("{}/other/", mock.url());
+    let mut req = request(BODY);
+    req.endpoint_override = &over;
+    let (status, ..) = answered(c.send(&req).await);
+    assert_eq!(status, 200);
+    assert_eq!(
+        calls.lock().unwrap().pop().unwrap().path,
+        format!("/other{CHAT}")
+    );
+}
