@@ -96,6 +96,10 @@ enum Command {
         /// Port (0 picks a free one).
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// Also stop when standard input closes, and print what the mock saw
+        /// (`calls N span_us S`: first arrival to last answer) as it stops.
+        #[arg(long)]
+        report_on_eof: bool,
     },
     /// Uploads a ~SIZE MB file through `fusillade serve --api-only` over
     /// HTTP, then downloads a batch output of it; prints MB/s and the
@@ -172,7 +176,11 @@ fn main() -> Result<()> {
             explain,
             database_url: db.url,
         })),
-        Command::Mock { latency_ms, port } => runtime()?.block_on(mock(latency_ms, port)),
+        Command::Mock {
+            latency_ms,
+            port,
+            report_on_eof,
+        } => runtime()?.block_on(mock(latency_ms, port, report_on_eof)),
         Command::ApiUpload {
             size_mb,
             no_download,
@@ -191,13 +199,31 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn mock(latency_ms: u64, port: u16) -> Result<()> {
+async fn mock(latency_ms: u64, port: u16, report_on_eof: bool) -> Result<()> {
     use fusillade::mock::{MockBehavior, MockUpstream};
     let behavior = MockBehavior::with_latency(std::time::Duration::from_millis(latency_ms));
     let server = MockUpstream::start_on(port, behavior).await?;
     println!("listening on {}", server.url());
     std::io::stdout().flush()?;
-    tokio::signal::ctrl_c().await?;
+    if !report_on_eof {
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
+    let eof = tokio::task::spawn_blocking(|| {
+        // Any input is ignored; only its end matters.
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+    });
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = eof => {}
+    }
+    let stats = server.counters();
+    let span = match (stats.first_call_at, stats.last_answer_at) {
+        (Some(first), Some(last)) => last.saturating_duration_since(first).as_micros(),
+        _ => 0,
+    };
+    println!("calls {} span_us {span}", stats.total_calls);
+    std::io::stdout().flush()?;
     Ok(())
 }
 

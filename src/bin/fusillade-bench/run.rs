@@ -62,12 +62,19 @@ pub async fn run(b: RunBench) -> Result<()> {
 
     // The mock upstream, in its own process so its CPU is not the daemon's.
     let mut mock = Command::new(std::env::current_exe()?)
-        .args(["mock", "--latency-ms", &b.latency_ms.to_string()])
+        .args([
+            "mock",
+            "--report-on-eof",
+            "--latency-ms",
+            &b.latency_ms.to_string(),
+        ])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the mock upstream")?;
+    let mut mock_out = BufReader::new(mock.stdout.take().expect("piped"));
     let mut line = String::new();
-    BufReader::new(mock.stdout.as_mut().expect("piped")).read_line(&mut line)?;
+    mock_out.read_line(&mut line)?;
     let url = line
         .trim()
         .strip_prefix("listening on ")
@@ -96,10 +103,13 @@ pub async fn run(b: RunBench) -> Result<()> {
         .spawn()
         .context("starting fusillade run")?;
     let pid = child.id();
-    let (mut cpu, mut rss) = (0.0f64, 0u64);
+    let (mut cpu, mut rss, mut mock_cpu) = (0.0f64, 0u64, 0.0f64);
     let status = loop {
         if let Some(s) = cpu_seconds(pid) {
             cpu = s;
+        }
+        if let Some(s) = cpu_seconds(mock.id()) {
+            mock_cpu = s;
         }
         if let Some(r) = peak_rss_kib(pid) {
             rss = rss.max(r);
@@ -111,8 +121,12 @@ pub async fn run(b: RunBench) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     };
     let wall = started.elapsed().as_secs_f64();
-    let _ = mock.kill();
+    // Closing its input makes the mock print what it saw and stop.
+    drop(mock.stdin.take());
+    line.clear();
+    mock_out.read_line(&mut line)?;
     let _ = mock.wait();
+    let upstream_span = parse_mock_report(&line)?;
     if !status.success() {
         bail!("fusillade run failed: {status}");
     }
@@ -132,12 +146,22 @@ pub async fn run(b: RunBench) -> Result<()> {
     .fetch_one(&pool)
     .await?;
     let span = (last - first).as_seconds_f64().max(1e-9);
-    let rate = b.requests as f64 / span;
+    let (calls, upstream_secs) = upstream_span;
+    let upstream_secs = upstream_secs.max(1e-9);
+    // The definition: completed requests over the time from the
+    // first upstream call to the last, as the upstream saw them.
+    let rate = b.requests as f64 / upstream_secs;
     let per_1k = |secs: f64| secs * 1000.0 / (b.requests as f64 / 1000.0);
     println!("requests          {} (completed {ok})", b.requests);
     println!("concurrency       {}", b.concurrency);
     println!("upstream latency  {} ms", b.latency_ms);
-    println!("completed rate    {rate:.0} req/s (first claim to last result, {span:.2} s)");
+    println!(
+        "completed rate    {rate:.0} req/s (first upstream call to last answer, {upstream_secs:.3} s; {calls} calls)"
+    );
+    println!(
+        "claim-to-result   {:.0} req/s (first claim to last stored result, {span:.3} s)",
+        b.requests as f64 / span
+    );
     println!("whole run         {wall:.2} s wall (ingest, batch, run, output files)");
     println!(
         "daemon CPU        {:.1} ms per 1k requests ({cpu:.2} s in all)",
@@ -152,6 +176,10 @@ pub async fn run(b: RunBench) -> Result<()> {
     } else {
         println!("PostgreSQL CPU    n/a (no local postgres processes visible)");
     }
+    println!(
+        "mock CPU          {:.1} ms per 1k requests (the upstream stand-in, same machine)",
+        per_1k(mock_cpu)
+    );
     println!("daemon peak RSS   {} MiB", rss / 1024);
     if b.latency_ms > 0 {
         let capacity = f64::from(b.concurrency) / (b.latency_ms as f64 / 1000.0);
@@ -163,4 +191,15 @@ pub async fn run(b: RunBench) -> Result<()> {
         println!("upstream use      n/a at 0 ms latency");
     }
     Ok(())
+}
+
+/// Reads the mock's `calls N span_us S` line: calls and seconds.
+fn parse_mock_report(line: &str) -> Result<(u64, f64)> {
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("calls"), Some(calls), Some("span_us"), Some(us)) => {
+            Ok((calls.parse()?, us.parse::<f64>()? / 1e6))
+        }
+        _ => bail!("the mock's report is unreadable: {line:?}"),
+    }
 }

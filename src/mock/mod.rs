@@ -34,15 +34,18 @@
 //! # }
 //! ```
 
+mod alarm;
+mod sse;
+
+use alarm::Alarm;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::serve::ListenerExt;
-use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -235,6 +238,10 @@ pub struct MockStats {
     pub max_in_flight_per_model: BTreeMap<String, u64>,
     /// When each call of a custom_id arrived, in order.
     pub calls_by_custom_id: HashMap<String, Vec<Instant>>,
+    /// When the first call arrived.
+    pub first_call_at: Option<Instant>,
+    /// When the last answer was handed to the server to send.
+    pub last_answer_at: Option<Instant>,
 }
 
 impl MockStats {
@@ -276,6 +283,13 @@ struct Shared {
     created: u64,
     models: RwLock<HashMap<String, Arc<ModelCounters>>>,
     by_custom_id: Mutex<HashMap<String, Vec<Instant>>>,
+    alarm: Alarm,
+    /// The instant the two marks below count nanoseconds from.
+    epoch: Instant,
+    /// First arrival, in nanoseconds after `epoch` (`u64::MAX`: none yet).
+    first_call: AtomicU64,
+    /// Last answer, in nanoseconds after `epoch` (0: none yet).
+    last_answer: AtomicU64,
 }
 
 impl Shared {
@@ -308,11 +322,19 @@ impl Shared {
         s
     }
 
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
     fn counters(&self) -> MockStats {
+        let first = self.first_call.load(Relaxed);
+        let last = self.last_answer.load(Relaxed);
         let mut s = MockStats {
             total_calls: self.total.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             max_in_flight: self.max_in_flight.load(Relaxed),
+            first_call_at: (first != u64::MAX).then(|| self.epoch + Duration::from_nanos(first)),
+            last_answer_at: (last != 0).then(|| self.epoch + Duration::from_nanos(last)),
             ..MockStats::default()
         };
         for (name, c) in self.models.read().expect("not poisoned").iter() {
@@ -396,6 +418,10 @@ impl MockUpstream {
             created,
             models: RwLock::default(),
             by_custom_id: Mutex::default(),
+            alarm: Alarm::start()?,
+            epoch: Instant::now(),
+            first_call: AtomicU64::new(u64::MAX),
+            last_answer: AtomicU64::new(0),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let listener = listener.tap_io(|tcp| {
@@ -510,6 +536,7 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let arrived = Instant::now();
+    shared.first_call.fetch_min(shared.nanos(arrived), Relaxed);
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
         return plain(StatusCode::BAD_REQUEST, "unreadable body");
@@ -545,13 +572,16 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     }
     if !delay.is_zero() {
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+            () = shared.alarm.until(Instant::now() + delay) => {}
             () = shared.stop.cancelled() => {
                 return plain(StatusCode::SERVICE_UNAVAILABLE, "mock shutting down");
             }
         }
     }
     let seq = shared.seq.fetch_add(1, Relaxed);
+    shared
+        .last_answer
+        .fetch_max(shared.nanos(Instant::now()), Relaxed);
     let request_id = HeaderValue::try_from(format!("mock-{seq}")).expect("ascii");
     match reply {
         None => {
@@ -577,7 +607,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 fn scripted(reply: MockReply, request_id: HeaderValue) -> Response {
     let content_type = if reply.sse { "text/event-stream" } else { JSON };
     let body = if reply.sse {
-        let events = sse_events(&reply.body);
+        let events = sse::sse_events(&reply.body);
         Body::from_stream(futures_util::stream::iter(
             events.into_iter().map(Ok::<_, Infallible>),
         ))
@@ -609,7 +639,7 @@ fn completion_json(model: &str) -> String {
 }
 
 /// An OpenAI `chat.completion`, written without building a JSON tree.
-fn completion_json_at(model: &str, seq: u64, created: u64) -> String {
+pub(crate) fn completion_json_at(model: &str, seq: u64, created: u64) -> String {
     let model = if model.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
         serde_json::to_string(model).expect("a string serializes")
     } else {
@@ -633,95 +663,6 @@ fn completion_json_at(model: &str, seq: u64, created: u64) -> String {
     )
 }
 
-/// Pieces of about `n` bytes, cut at char boundaries.
-fn pieces(s: &str, n: usize) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while !rest.is_empty() {
-        let mut i = n.min(rest.len());
-        while !rest.is_char_boundary(i) {
-            i += 1;
-        }
-        out.push(&rest[..i]);
-        rest = &rest[i..];
-    }
-    out
-}
-
-/// The SSE events of an answer: a `chat.completion` is cut into
-/// `chat.completion.chunk` events (role, content in pieces, tool calls with
-/// their arguments in pieces, finish, usage) and `[DONE]`; any other body is
-/// sent as is.
-fn sse_events(body: &str) -> Vec<Bytes> {
-    let Ok(Value::Object(answer)) = serde_json::from_str::<Value>(body) else {
-        return vec![Bytes::copy_from_slice(body.as_bytes())];
-    };
-    if answer.get("object").and_then(Value::as_str) != Some("chat.completion") {
-        return vec![Bytes::copy_from_slice(body.as_bytes())];
-    }
-    let mut head = answer.clone();
-    head.remove("choices");
-    head.remove("usage");
-    head.insert("object".into(), "chat.completion.chunk".into());
-    let chunk = |choices: Value| {
-        let mut c = head.clone();
-        c.insert("choices".into(), choices);
-        Bytes::from(format!("data: {}\n\n", Value::Object(c)))
-    };
-    let mut events = vec![Bytes::from_static(b": mock keepalive\n\n")];
-    let choices = answer
-        .get("choices")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for (position, choice) in choices.iter().enumerate() {
-        let index = choice.get("index").cloned().unwrap_or(position.into());
-        let message = choice.get("message").cloned().unwrap_or(Value::Null);
-        let role = message.get("role").cloned().unwrap_or("assistant".into());
-        events.push(chunk(
-            json!([{"index": index, "delta": {"role": role, "content": ""},
-                                   "logprobs": null, "finish_reason": null}]),
-        ));
-        if let Some(content) = message.get("content").and_then(Value::as_str) {
-            for p in pieces(content, 8) {
-                events.push(chunk(json!([{"index": index, "delta": {"content": p},
-                                           "logprobs": null, "finish_reason": null}])));
-            }
-        }
-        let calls = message.get("tool_calls").and_then(Value::as_array);
-        for (ti, call) in calls.into_iter().flatten().enumerate() {
-            let function = call.get("function").cloned().unwrap_or(Value::Null);
-            events.push(chunk(json!([{"index": index, "delta": {"tool_calls": [{
-                "index": ti, "id": call.get("id"), "type": "function",
-                "function": {"name": function.get("name"), "arguments": ""}}]}}])));
-            let args = function
-                .get("arguments")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            for p in pieces(args, 5) {
-                events.push(chunk(json!([{"index": index, "delta": {"tool_calls": [{
-                    "index": ti, "function": {"arguments": p}}]}}])));
-            }
-        }
-        let finish = choice
-            .get("finish_reason")
-            .cloned()
-            .unwrap_or("stop".into());
-        events.push(chunk(
-            json!([{"index": index, "delta": {}, "logprobs": null,
-                                   "finish_reason": finish}]),
-        ));
-    }
-    if let Some(usage) = answer.get("usage") {
-        let mut c = head.clone();
-        c.insert("choices".into(), json!([]));
-        c.insert("usage".into(), usage.clone());
-        events.push(Bytes::from(format!("data: {}\n\n", Value::Object(c))));
-    }
-    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    events
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,27 +675,5 @@ mod tests {
         assert_eq!(v["id"], "chatcmpl-mock-3");
         assert_eq!(v["choices"][0]["message"]["content"], MOCK_CONTENT);
         assert_eq!(v["usage"]["total_tokens"], 17);
-    }
-
-    #[test]
-    fn sse_events_reassemble_to_the_answer() {
-        let mut answer: Value = serde_json::from_str(&completion_json_at("m", 1, 2)).unwrap();
-        answer["choices"][0]["message"]["tool_calls"] = json!([
-            {"id": "call_1", "type": "function",
-             "function": {"name": "f", "arguments": "{\"a\": \"héllo wörld\"}"}}
-        ]);
-        answer["choices"][0]["finish_reason"] = "tool_calls".into();
-        let events = sse_events(&answer.to_string());
-        assert!(events.len() > 8);
-        let back = crate::upstream::sse::reassemble(events.iter().map(|b| b.as_ref())).unwrap();
-        assert_eq!(serde_json::from_str::<Value>(&back).unwrap(), answer);
-        // Anything else is sent as is.
-        assert_eq!(sse_events("data: x\n\n"), vec![Bytes::from("data: x\n\n")]);
-    }
-
-    #[test]
-    fn pieces_keep_chars_whole() {
-        assert_eq!(pieces("ab✓cd", 3), vec!["ab✓", "cd"]);
-        assert_eq!(pieces("", 3), Vec::<&str>::new());
     }
 }
