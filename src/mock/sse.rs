@@ -95,7 +95,7 @@ pub(super) fn sse_events(body: &str) -> Vec<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::{MOCK_CONTENT, completion_json_at};
+    use crate::mock::completion_json_at;
 
     #[test]
     fn sse_events_reassemble_to_the_answer() {
