@@ -2,10 +2,9 @@
 
 mod cli;
 
-// glibc's allocator showed up as the largest item in the daemon's profile
-// (about a sixth of its CPU); mimalloc is faster under many threads.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The system allocator: mimalloc was tried (BENCHMARKS.md, issue 4) and
+// gave the same speed once the hot path stopped allocating per row, but it
+// held more than twice the memory (daemon peak 91-114 MiB against 36-46).
 
 use clap::Parser;
 use std::process::ExitCode;
