@@ -102,8 +102,8 @@ pub struct IngestLimits {
     /// The `url` values a line may have.
     pub endpoints: Vec<String>,
     /// How many custom_id fingerprints an upload keeps in memory to find
-    /// duplicates itself (8 bytes and change each); later lines are checked
-    /// by the database, which is slower, and stored twice.
+    /// duplicates itself (about 5 bytes each); later lines are checked by
+    /// the database, which is slower, and stored twice.
     pub max_fingerprints: usize,
 }
 
@@ -114,8 +114,9 @@ impl Default for IngestLimits {
             max_file_bytes: 4 << 30,
             max_kept_errors: 1000,
             endpoints: DEFAULT_ENDPOINTS.iter().map(|s| s.to_string()).collect(),
-            // Fills 2^20 hash buckets, about 9 MiB: a million lines.
-            max_fingerprints: (1 << 20) / 8 * 7,
+            // At most about 40 MiB: eight million lines, a 4 GB file of
+            // 500-byte lines.
+            max_fingerprints: 1 << 23,
         }
     }
 }

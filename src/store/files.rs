@@ -2,6 +2,7 @@
 //! stream in, and bulk-loaded with binary COPY.
 
 use super::copy::{BinaryCopy, HEADER, TRAILER};
+use super::fingerprints::{Fingerprints, Seen};
 use super::{
     ByteStream, FileStore, MAX_PAGE, Owner, Page, PostgresStore, RequestStore, Result, StoreError,
 };
@@ -15,7 +16,7 @@ use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::hash::{BuildHasher, RandomState};
 use tokio::sync::mpsc;
 
@@ -122,7 +123,7 @@ struct Ingest<'l> {
     urls: BTreeSet<String>,
     /// Fingerprints of the custom_ids seen, to find duplicates without the
     /// database; a repeated fingerprint is only a suspicion, confirmed there.
-    fingerprints: HashSet<u64>,
+    fingerprints: Fingerprints,
     hasher: RandomState,
     /// Whether the database must look for duplicates: a fingerprint repeated,
     /// or lines came after the last fingerprint kept.
@@ -144,7 +145,7 @@ impl<'l> Ingest<'l> {
             errors: Vec::new(),
             error_count: 0,
             urls: BTreeSet::new(),
-            fingerprints: HashSet::new(),
+            fingerprints: Fingerprints::new(limits.max_fingerprints),
             hasher: RandomState::new(),
             check_duplicates: false,
         }
@@ -161,15 +162,13 @@ impl<'l> Ingest<'l> {
     /// body is cut out of the stored bytes: the duplicate check deletes later
     /// uses of a custom_id, never the first, so the body stays downloadable.
     fn first_use(&mut self, custom_id: &str) -> bool {
-        let fp = self.hasher.hash_one(custom_id);
-        if self.fingerprints.contains(&fp)
-            || self.fingerprints.len() >= self.limits.max_fingerprints
-        {
-            self.check_duplicates = true;
-            return false;
+        match self.fingerprints.insert(self.hasher.hash_one(custom_id)) {
+            Seen::New => true,
+            Seen::Again | Seen::Full => {
+                self.check_duplicates = true;
+                false
+            }
         }
-        self.fingerprints.insert(fp);
-        true
     }
 
     /// Moves the original bytes before stream offset `to` into the part.

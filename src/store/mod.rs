@@ -14,6 +14,7 @@ mod copy;
 mod daemons;
 mod ending;
 mod files;
+mod fingerprints;
 mod maintenance;
 mod notify;
 mod pools;
