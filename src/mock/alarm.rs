@@ -111,8 +111,9 @@ mod tests {
                 order.lock().unwrap().push(ms);
             }
         };
-        tokio::join!(wait(30), wait(10), wait(20), wait(0));
-        assert_eq!(*order.lock().unwrap(), vec![0, 10, 20, 30]);
+        // Far enough apart that a stalled test thread cannot swap two.
+        tokio::join!(wait(300), wait(100), wait(200), wait(0));
+        assert_eq!(*order.lock().unwrap(), vec![0, 100, 200, 300]);
     }
 
     #[tokio::test]
