@@ -98,23 +98,20 @@ async fn seed(pool: &sqlx::PgPool, n: u64, state: &str) -> Result<()> {
 /// Runs it and prints the numbers.
 pub async fn run(b: QueueBench) -> Result<()> {
     let pool = crate::connect_bench_db(&b.database_url).await?;
-    if b.backlog > 0 {
-        let t = Instant::now();
-        seed(&pool, b.backlog, "backlog").await?;
-        println!(
-            "backlog         {} pending requests (later deadline) inserted in {:.1} s",
+    let extra = [
+        (
+            "backlog",
             b.backlog,
-            t.elapsed().as_secs_f64()
-        );
-    }
-    if b.history > 0 {
+            "backlog",
+            "pending requests (later deadline)",
+        ),
+        ("history", b.history, "completed", "terminal requests"),
+    ];
+    for (label, n, kind, what) in extra.into_iter().filter(|e| e.1 > 0) {
         let t = Instant::now();
-        seed(&pool, b.history, "completed").await?;
-        println!(
-            "history         {} terminal requests inserted in {:.1} s",
-            b.history,
-            t.elapsed().as_secs_f64()
-        );
+        seed(&pool, n, kind).await?;
+        let secs = t.elapsed().as_secs_f64();
+        println!("{label:<15} {n} {what} inserted in {secs:.1} s");
     }
     seed(&pool, b.requests, "pending").await?;
     // Flush the seeding's dirty pages first, so the checkpoint it triggers
