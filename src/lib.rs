@@ -14,7 +14,6 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod domain;
-/// Test and benchmark helper: a mock OpenAI-compatible upstream.
 pub mod mock;
 pub mod store;
 pub mod upstream;

@@ -1,14 +1,14 @@
 //! The runtime: claims requests, calls the upstream, records outcomes, and
 //! keeps batches moving. One file per role:
 //!
-//! - [`slots`]: this daemon's upstream slots per model, and the requests
+//! - `slots`: this daemon's upstream slots per model, and the requests
 //!   claimed ahead that wait for one.
-//! - [`producer`]: the claim loop (slots and requests -> calls).
-//! - [`executor`]: one request: call the upstream, decide what follows.
-//! - [`completer`]: outcomes written many rows per statement.
-//! - [`heartbeat`]: liveness, and stopping calls whose lease was lost.
-//! - [`rescuer`]: returns claims of dead daemons to the queue.
-//! - [`finalizer`]: completes, expires and cancels batches.
+//! - `producer`: the claim loop (slots and requests -> calls).
+//! - `executor`: one request: call the upstream, decide what follows.
+//! - `completer`: outcomes written many rows per statement.
+//! - `heartbeat`: liveness, and stopping calls whose lease was lost.
+//! - `rescuer`: returns claims of dead daemons to the queue.
+//! - `finalizer`: completes, expires and cancels batches.
 //!
 //! Shutdown is passed in as a [`CancellationToken`]; every spawned task is
 //! tracked and awaited.
