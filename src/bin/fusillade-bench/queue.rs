@@ -240,7 +240,6 @@ async fn queue_session(tx: &mut sqlx::PgConnection) -> Result<()> {
 
 /// Prints the plan of one claim, run inside a transaction that is rolled back.
 async fn explain(pool: &sqlx::PgPool, daemon: DaemonId, want: u32) -> Result<()> {
-    use sqlx::Row;
     let mut tx = pool.begin().await?;
     queue_session(&mut tx).await?;
     let rows = sqlx::query(&format!(
@@ -253,16 +252,11 @@ async fn explain(pool: &sqlx::PgPool, daemon: DaemonId, want: u32) -> Result<()>
     .bind(i64::from(want.max(1)))
     .fetch_all(&mut *tx)
     .await?;
-    for r in rows {
-        println!("  {}", r.try_get::<String, _>(0)?);
-    }
-    tx.rollback().await?;
-    Ok(())
+    print_plan(rows, tx).await
 }
 
 /// Prints the plan of one finish (the daemon's own statement), rolled back.
 async fn explain_finish(pool: &sqlx::PgPool, items: &[Finished]) -> Result<()> {
-    use sqlx::Row;
     let n = items.len();
     let ids: Vec<uuid::Uuid> = items.iter().map(|i| i.id.0).collect();
     let attempts: Vec<i32> = items.iter().map(|i| i.attempt).collect();
@@ -286,6 +280,15 @@ async fn explain_finish(pool: &sqlx::PgPool, items: &[Finished]) -> Result<()> {
     .bind(vec![0i64; n])
     .fetch_all(&mut *tx)
     .await?;
+    print_plan(rows, tx).await
+}
+
+/// Prints an EXPLAIN's lines and rolls back the statement it ran.
+async fn print_plan(
+    rows: Vec<sqlx::postgres::PgRow>,
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<()> {
+    use sqlx::Row;
     for r in rows {
         println!("  {}", r.try_get::<String, _>(0)?);
     }
