@@ -29,7 +29,7 @@ pub mod response_step {
     pub use crate::store::ResponseStepStore;
 }
 
-pub use domain::batch::{Batch, BatchId, BatchStatus, RequestCounts};
+pub use domain::batch::{Batch, BatchCounts, BatchId, BatchStatus, RequestCounts};
 pub use domain::file::{File, FileId, IngestLimits};
 pub use store::{
     BatchStore, DaemonStore, DbPools, FileStore, PostgresRequestManager,

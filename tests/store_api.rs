@@ -63,7 +63,7 @@ async fn retry_reopens_an_expired_batch_and_requeues_only_failed_requests(pool: 
     assert_eq!(reopened.completed_at, None);
     let new_deadline = reopened.expires_at.unwrap();
     assert!(new_deadline > chrono::Utc::now() + chrono::Duration::hours(23));
-    assert_eq!(reopened.request_counts.pending, 3);
+    assert_eq!(reopened.request_counts.unfinished(), 3);
     assert_eq!(reopened.request_counts.completed, 1);
     assert_eq!(reopened.request_counts.failed, 0);
     // A signal for idle daemons, sent with the commit.

@@ -6,7 +6,9 @@ mod common;
 
 use common::*;
 use fusillade::store::{BatchListQuery, NewDaemon, Owner};
-use fusillade::{BatchId, BatchStatus, BatchStore, DaemonStore, RequestCounts, StoreError};
+use fusillade::{
+    BatchCounts, BatchId, BatchStatus, BatchStore, DaemonStore, RequestCounts, StoreError,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -174,7 +176,7 @@ async fn cancel_ends_pending_requests_at_once(pool: PgPool) {
         canceled: 3,
         ..Default::default()
     };
-    assert_eq!(done.request_counts, counts);
+    assert_eq!(done.request_counts, BatchCounts::from(counts));
     assert_eq!(store.request_counts(batch.id).await.unwrap(), counts);
     for r in requests(&pool, batch.id).await {
         assert_eq!(r.state, "canceled");
@@ -211,7 +213,9 @@ async fn cancel_with_a_request_in_flight_waits_for_it(pool: PgPool) {
         canceled: 2,
         ..Default::default()
     };
-    assert_eq!(first.request_counts, counts);
+    assert_eq!(first.request_counts, BatchCounts::from(counts));
+    assert_eq!(first.request_counts.unfinished(), 2);
+    assert_eq!(store.request_counts(batch.id).await.unwrap(), counts);
     let states: Vec<String> = requests(&pool, batch.id)
         .await
         .into_iter()
@@ -325,7 +329,8 @@ async fn request_counts_by_state(pool: PgPool) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(got.request_counts, want);
+    assert_eq!(got.request_counts, BatchCounts::from(want));
+    assert_eq!(got.request_counts.unfinished(), 3);
     assert_eq!(
         store.request_counts(BatchId(Uuid::nil())).await.unwrap(),
         RequestCounts::default()

@@ -9,7 +9,8 @@ use fusillade::domain::batch::BatchError;
 use fusillade::domain::file::{FileKind, FilePurpose};
 use fusillade::store::{NewBatch, Owner};
 use fusillade::{
-    BatchStatus, BatchStore, FileId, FileStore, IngestLimits, RequestCounts, StoreError,
+    BatchCounts, BatchStatus, BatchStore, FileId, FileStore, IngestLimits, RequestCounts,
+    StoreError,
 };
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashSet};
@@ -24,10 +25,10 @@ fn codes(errors: &Option<Vec<BatchError>>) -> Vec<(String, Option<i64>)> {
         .collect()
 }
 
-fn pending(n: i64) -> RequestCounts {
-    RequestCounts {
+/// The counters of a new batch of `n` requests, none ended.
+fn unstarted(n: i64) -> BatchCounts {
+    BatchCounts {
         total: n,
-        pending: n,
         ..Default::default()
     }
 }
@@ -52,7 +53,8 @@ async fn a_valid_file_gives_a_running_batch_with_one_request_per_line(pool: PgPo
     assert_eq!(batch.metadata, Some(metadata));
     assert_eq!(batch.status, BatchStatus::InProgress);
     assert_eq!(batch.errors, None);
-    assert_eq!(batch.request_counts, pending(3));
+    assert_eq!(batch.request_counts, unstarted(3));
+    assert_eq!(batch.request_counts.unfinished(), 3);
     assert_eq!(batch.in_progress_at, Some(batch.created_at));
     assert_eq!(
         batch.expires_at,
@@ -157,7 +159,7 @@ async fn a_file_with_refused_lines_gives_a_failed_batch(pool: PgPool) {
         ]
     );
     assert!(batch.errors.unwrap().iter().all(|e| !e.message.is_empty()));
-    assert_eq!(batch.request_counts, RequestCounts::default());
+    assert_eq!(batch.request_counts, BatchCounts::default());
     assert_eq!((batch.output_file_id, batch.error_file_id), (None, None));
     assert_eq!(count(&pool, "requests").await, 0);
     assert_eq!(
@@ -261,7 +263,7 @@ async fn lines_for_another_endpoint_fail_the_batch(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(batch.status, BatchStatus::InProgress);
-    assert_eq!(batch.request_counts, pending(2));
+    assert_eq!(batch.request_counts, unstarted(2));
 }
 
 #[sqlx::test]

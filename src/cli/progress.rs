@@ -1,7 +1,7 @@
 //! A live progress line for `fusillade run`: redrawn in place on a terminal,
 //! plain periodic lines otherwise.
 
-use fusillade::domain::batch::RequestCounts;
+use fusillade::domain::batch::BatchCounts;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ impl Progress {
 
     /// Shows the counts now (on a terminal every call redraws; otherwise
     /// only every few seconds, unless `force`).
-    pub fn show(&mut self, c: &RequestCounts, force: bool) {
+    pub fn show(&mut self, c: &BatchCounts, force: bool) {
         if !self.tty && !force && self.last_line.elapsed() < PLAIN_EVERY {
             return;
         }
@@ -45,14 +45,14 @@ impl Progress {
     }
 
     /// Ends the in-place line.
-    pub fn finish(&mut self, c: &RequestCounts) {
+    pub fn finish(&mut self, c: &BatchCounts) {
         self.show(c, true);
         if self.tty {
             eprintln!();
         }
     }
 
-    fn render(&mut self, c: &RequestCounts) -> String {
+    fn render(&mut self, c: &BatchCounts) -> String {
         let finished = c.finished();
         let now = Instant::now();
         // The rate counts from the first finished request seen, so time spent
@@ -78,12 +78,12 @@ impl Progress {
         let width = 24usize;
         let filled = ((pct / 100.0) * width as f64).round() as usize;
         format!(
-            "[{}{}] {pct:5.1}%  done {}  failed {}  in flight {}  {rate:.0} req/s  ETA {eta}  elapsed {}",
+            "[{}{}] {pct:5.1}%  done {}  failed {}  left {}  {rate:.0} req/s  ETA {eta}  elapsed {}",
             "#".repeat(filled.min(width)),
             "-".repeat(width - filled.min(width)),
             c.completed,
             c.failed + c.canceled,
-            c.in_progress,
+            c.unfinished(),
             format_duration(self.started.elapsed()),
         )
     }

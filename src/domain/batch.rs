@@ -212,6 +212,47 @@ impl RequestCounts {
     }
 }
 
+/// A batch's counters, kept by the statements that end (or reopen) its
+/// requests, so reading them costs the same at any batch size and however
+/// many dead rows the queue holds. Which unfinished requests are waiting and
+/// which are in flight is not kept here (it would cost a write per claim):
+/// [`RequestCounts`] from the store's `request_counts` says so, at the cost of
+/// reading the batch's requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchCounts {
+    /// All requests of the batch.
+    pub total: i64,
+    /// Ended with a 2xx.
+    pub completed: i64,
+    /// Ended with an error.
+    pub failed: i64,
+    /// Ended because the batch was cancelled.
+    pub canceled: i64,
+}
+
+impl BatchCounts {
+    /// Requests that have reached a terminal state.
+    pub fn finished(&self) -> i64 {
+        self.completed + self.failed + self.canceled
+    }
+
+    /// Requests not ended yet: waiting, claimed or in flight.
+    pub fn unfinished(&self) -> i64 {
+        (self.total - self.finished()).max(0)
+    }
+}
+
+impl From<RequestCounts> for BatchCounts {
+    fn from(c: RequestCounts) -> Self {
+        Self {
+            total: c.total,
+            completed: c.completed,
+            failed: c.failed,
+            canceled: c.canceled,
+        }
+    }
+}
+
 /// A batch as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
@@ -253,8 +294,8 @@ pub struct Batch {
     pub cancelling_at: Option<DateTime<Utc>>,
     /// When it was cancelled.
     pub cancelled_at: Option<DateTime<Utc>>,
-    /// Its requests by state.
-    pub request_counts: RequestCounts,
+    /// Its requests' counters.
+    pub request_counts: BatchCounts,
     /// Tokens used by its successful requests so far.
     pub usage: super::usage::Usage,
 }

@@ -3,7 +3,8 @@
 use super::ending::{end_as, error_param};
 use super::{BatchStore, MAX_PAGE, Owner, Page, PostgresStore, Result, StoreError};
 use crate::domain::batch::{
-    Batch, BatchError, BatchId, BatchStatus, CompletionWindow, RequestCounts, check_metadata,
+    Batch, BatchCounts, BatchError, BatchId, BatchStatus, CompletionWindow, RequestCounts,
+    check_metadata,
 };
 use crate::domain::file::{FileId, FileKind, LineError};
 use crate::domain::output::codes;
@@ -49,22 +50,6 @@ const BATCH_COLUMNS: &str = "b.id, b.owner, b.input_file_id, b.endpoint, b.compl
      b.cancelling_at, b.cancelled_at, b.n_completed, b.n_failed, b.n_canceled, b.input_tokens, b.cached_tokens, b.output_tokens, \
      b.reasoning_tokens, b.total_tokens";
 
-/// A batch's requests in flight, read from the small partial index of
-/// claimed requests (at most the sum of all limits), never from its pending ones.
-const COUNTS_LATERAL: &str = "LEFT JOIN LATERAL ( \
-     SELECT count(*) AS n_in_progress FROM requests r \
-     WHERE r.batch_id = b.id AND r.state IN ('claimed', 'processing')) c ON true";
-
-/// Pending = all - ended - in flight: every request is in exactly one of them.
-fn pending_of(row: &PgRow) -> Result<i64, sqlx::Error> {
-    let total: i64 = row.try_get("total")?;
-    let ended: i64 = row.try_get::<i64, _>("n_completed")?
-        + row.try_get::<i64, _>("n_failed")?
-        + row.try_get::<i64, _>("n_canceled")?;
-    let in_progress: i64 = row.try_get("n_in_progress")?;
-    Ok((total - ended - in_progress).max(0))
-}
-
 fn batch_from_row(row: &PgRow) -> Result<Batch> {
     let metadata: Option<Json<BTreeMap<String, String>>> = row.try_get("metadata")?;
     let errors: Option<Json<Vec<BatchError>>> = row.try_get("errors")?;
@@ -88,10 +73,8 @@ fn batch_from_row(row: &PgRow) -> Result<Batch> {
         expired_at: row.try_get("expired_at")?,
         cancelling_at: row.try_get("cancelling_at")?,
         cancelled_at: row.try_get("cancelled_at")?,
-        request_counts: RequestCounts {
+        request_counts: BatchCounts {
             total: row.try_get("total")?,
-            pending: pending_of(row)?,
-            in_progress: row.try_get("n_in_progress")?,
             completed: row.try_get("n_completed")?,
             failed: row.try_get("n_failed")?,
             canceled: row.try_get("n_canceled")?,
@@ -106,24 +89,44 @@ fn batch_from_row(row: &PgRow) -> Result<Batch> {
     })
 }
 
-/// A new batch id whose range of request ids no other batch uses. Two ids
-/// made in the same millisecond share their first ten bytes with a chance of
-/// one in 2^26; the requests' primary key still catches a concurrent twin.
-async fn free_batch_id(tx: &mut sqlx::PgConnection) -> Result<BatchId> {
-    loop {
-        let id = BatchId::new();
-        let taken: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM batches \
-             WHERE id BETWEEN fusillade_batch_lo($1) AND fusillade_batch_hi($1))",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if !taken {
-            return Ok(id);
-        }
-    }
-}
+/// Creates a batch in one statement (one round trip, one commit) when its
+/// file can run as is: the caller's input file, no refused lines, every line
+/// for this endpoint. Returns no row otherwise (no such file, lines to
+/// report, a repeated idempotency key), and the caller takes the long way,
+/// which says why. `$9`/`$10` are the output and error files; their rows and
+/// the batch's references to them are checked at the end of the statement.
+const CREATE_RUNNABLE_SQL: &str = "
+WITH f AS (
+    SELECT id, template_count FROM files
+    WHERE id = $3 AND owner = $2 AND deleted_at IS NULL AND kind = 'input'
+      AND error_count = 0 AND urls <@ ARRAY[$4::text]
+    -- Keeps the file from being deleted while the batch is made.
+    FOR SHARE
+),
+b AS (
+    INSERT INTO batches (id, owner, input_file_id, endpoint, completion_window, metadata,
+                         status, total, idempotency_key, in_progress_at, expires_at,
+                         output_file_id, error_file_id)
+    SELECT $1, $2, f.id, $4, $5, $6, 'in_progress', f.template_count, $7, now(), now() + $8,
+           $9, $10
+    FROM f
+    ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING *
+),
+o AS (
+    INSERT INTO files (id, owner, filename, purpose, kind, batch_id)
+    SELECT x.id, b.owner, 'batch_' || replace(b.id::text, '-', '') || x.suffix, 'batch_output',
+           x.kind, b.id
+    FROM b, (VALUES ($9::uuid, '_output.jsonl', 'output'), ($10::uuid, '_error.jsonl', 'error'))
+        AS x(id, suffix, kind)
+),
+r AS (
+    INSERT INTO requests (id, batch_id, template_id, model, custom_id, deadline)
+    SELECT fusillade_request_id(b.id, t.line_number), b.id, t.id, t.model, t.custom_id,
+           b.expires_at
+    FROM b JOIN request_templates t ON t.file_id = b.input_file_id
+)
+SELECT * FROM b";
 
 async fn fetch_batch<'e>(
     db: impl PgExecutor<'e>,
@@ -131,7 +134,7 @@ async fn fetch_batch<'e>(
     id: BatchId,
 ) -> Result<Option<Batch>> {
     let row = sqlx::query(&format!(
-        "SELECT {BATCH_COLUMNS}, c.* FROM batches b {COUNTS_LATERAL} \
+        "SELECT {BATCH_COLUMNS} FROM batches b \
          WHERE b.id = $1 AND ($2::text IS NULL OR b.owner = $2)"
     ))
     .bind(id)
@@ -211,8 +214,8 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
-    /// One attempt at [`BatchStore::create_batch`].
-    async fn create_batch_once(&self, new: &NewBatch<'_>) -> Result<Batch> {
+    /// The checks of a new batch that need no database.
+    fn check_new_batch(&self, new: &NewBatch<'_>) -> Result<CompletionWindow> {
         let window = CompletionWindow::parse(new.completion_window)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         if let Some(m) = &new.metadata {
@@ -225,6 +228,40 @@ impl PostgresStore {
                 self.limits.endpoints.join(", ")
             )));
         }
+        Ok(window)
+    }
+
+    /// [`CREATE_RUNNABLE_SQL`]: the batch, or `None` to take the long way.
+    async fn create_runnable_batch(
+        &self,
+        new: &NewBatch<'_>,
+        id: BatchId,
+        window: &CompletionWindow,
+    ) -> Result<Option<Batch>> {
+        let row = sqlx::query(CREATE_RUNNABLE_SQL)
+            .bind(id)
+            .bind(new.owner)
+            .bind(new.input_file_id)
+            .bind(new.endpoint)
+            .bind(new.completion_window)
+            .bind(new.metadata.as_ref().map(Json))
+            .bind(new.idempotency_key)
+            .bind(window.duration())
+            .bind(FileId::new())
+            .bind(FileId::new())
+            .fetch_optional(&self.pools.primary)
+            .await?;
+        row.as_ref().map(batch_from_row).transpose()
+    }
+
+    /// The long way of [`BatchStore::create_batch`]: a repeated idempotency
+    /// key, a missing or refused file, or lines to report in a failed batch.
+    async fn create_batch_checked(
+        &self,
+        new: &NewBatch<'_>,
+        id: BatchId,
+        window: &CompletionWindow,
+    ) -> Result<Batch> {
         let owner = Owner::Only(new.owner);
         let mut tx = self.pools.primary.begin().await?;
         if let Some(key) = new.idempotency_key {
@@ -279,7 +316,6 @@ impl PostgresStore {
             )
             .await?;
 
-        let id = free_batch_id(&mut tx).await?;
         let metadata = new.metadata.as_ref().map(Json);
         if !errors.is_empty() {
             sqlx::query(
@@ -334,13 +370,12 @@ impl PostgresStore {
                 .bind(error_id)
                 .execute(&mut *tx)
                 .await?;
-            // Request ids are the batch id with its last six bytes replaced by
-            // the line number: unique, and in line order, so the primary key
-            // index grows at its right edge only.
+            // Request ids are the batch id with the line number in its low
+            // bits (domain::ids): in line order, so the primary key index
+            // grows at its right edge only.
             sqlx::query(
                 "INSERT INTO requests (id, batch_id, template_id, model, custom_id, deadline) \
-                 SELECT encode(overlay(uuid_send($1) PLACING substring(int8send(t.line_number) FROM 3) \
-                               FROM 11), 'hex')::uuid, \
+                 SELECT fusillade_request_id($1, t.line_number), \
                         $1, t.id, t.model, t.custom_id, b.expires_at \
                  FROM request_templates t, batches b \
                  WHERE t.file_id = $2 AND b.id = $1",
@@ -350,28 +385,38 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        if errors.is_empty() {
-            sqlx::query(super::notify::NOTIFY_WORK)
-                .execute(&mut *tx)
-                .await?;
-        }
         let batch = fetch_batch(&mut *tx, owner, id)
             .await?
             .expect("the batch was just inserted");
         tx.commit().await?;
+        if errors.is_empty() {
+            self.bell.ring(&self.pools.primary);
+        }
         Ok(batch)
     }
 }
 
 impl BatchStore for PostgresStore {
     async fn create_batch(&self, new: NewBatch<'_>) -> Result<Batch> {
-        // Request ids embed the batch id; two batches made in the same
-        // millisecond could (very rarely) collide. A fresh batch id fixes it.
+        let window = self.check_new_batch(&new)?;
         let mut tries = 0;
         loop {
-            match self.create_batch_once(&new).await {
+            let id = BatchId::new();
+            let made = match self.create_runnable_batch(&new, id, &window).await {
+                Ok(Some(batch)) => {
+                    self.bell.ring(&self.pools.primary);
+                    Ok(batch)
+                }
+                Ok(None) => self.create_batch_checked(&new, id, &window).await,
+                Err(e) => Err(e),
+            };
+            match made {
+                // Another process made the same batch id in the same
+                // millisecond (one chance in 2^26, see domain::ids); its
+                // request ids would have been ours. Fresh bits fix it.
                 Err(StoreError::Database(sqlx::Error::Database(e)))
-                    if e.constraint() == Some("requests_pkey") && tries < 3 =>
+                    if matches!(e.constraint(), Some("batches_pkey" | "requests_pkey"))
+                        && tries < 5 =>
                 {
                     tries += 1;
                 }
@@ -414,14 +459,14 @@ impl BatchStore for PostgresStore {
     async fn list_batches(&self, q: BatchListQuery<'_>) -> Result<Page<Batch>> {
         let limit = q.limit.clamp(1, MAX_PAGE);
         let rows = sqlx::query(&format!(
-            "SELECT {BATCH_COLUMNS}, c.* FROM ( \
+            "SELECT {BATCH_COLUMNS} FROM ( \
                  SELECT * FROM batches \
                  WHERE ($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR status = $2) \
                    AND ($3::uuid IS NULL OR (created_at, id) < \
                         (SELECT created_at, id FROM batches x WHERE x.id = $3 \
                            AND ($1::text IS NULL OR x.owner = $1))) \
                  ORDER BY created_at DESC, id DESC LIMIT $4) b \
-             {COUNTS_LATERAL} ORDER BY b.created_at DESC, b.id DESC"
+             ORDER BY b.created_at DESC, b.id DESC"
         ))
         .bind(q.owner.param())
         .bind(q.status)
@@ -570,14 +615,14 @@ impl BatchStore for PostgresStore {
             .bind(BatchStatus::reopenable())
             .execute(&mut *tx)
             .await?;
-            sqlx::query(super::notify::NOTIFY_WORK)
-                .execute(&mut *tx)
-                .await?;
         }
         let batch = fetch_batch(&mut *tx, owner, id)
             .await?
             .ok_or_else(not_found)?;
         tx.commit().await?;
+        if retried > 0 {
+            self.bell.ring(&self.pools.primary);
+        }
         Ok((batch, retried as u64))
     }
 

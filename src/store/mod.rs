@@ -255,7 +255,9 @@ pub trait BatchStore: Send + Sync {
         owner: Owner<'_>,
         id: BatchId,
     ) -> impl Future<Output = Result<Batch>> + Send;
-    /// How many of the batch's requests are in each state.
+    /// How many of the batch's requests are in each state, counted from its
+    /// rows: exact, and as costly as the batch is large. A batch's own
+    /// counters ([`Batch::request_counts`]) cost nothing to read.
     fn request_counts(&self, id: BatchId) -> impl Future<Output = Result<RequestCounts>> + Send;
     /// Runs a finished batch's failed requests again, the one user-requested
     /// exception to terminal states never changing (see
@@ -273,7 +275,7 @@ pub trait BatchStore: Send + Sync {
     ) -> impl Future<Output = Result<(Batch, u64)>> + Send;
 }
 
-/// Requests not yet finished, over all batches, by state.
+/// Requests not yet finished, over all live batches, by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LiveRequestCounts {
     /// Waiting to be claimed (retries in backoff included).
@@ -288,9 +290,9 @@ pub struct LiveRequestCounts {
 pub trait HealthStore: Send + Sync {
     /// Succeeds when the database answers.
     fn ping(&self) -> impl Future<Output = Result<()>> + Send;
-    /// Unfinished requests by state, read from the partial indexes that cover
-    /// exactly these states (terminal states are never counted here: that
-    /// would scan the whole table).
+    /// Unfinished requests of live batches by state: the unfinished ones
+    /// from the live batches' counters, the in-flight ones from the partial
+    /// index of claimed requests; neither reads the backlog or ended rows.
     fn live_request_counts(&self) -> impl Future<Output = Result<LiveRequestCounts>> + Send;
 }
 
@@ -343,6 +345,8 @@ pub struct PostgresStore {
     /// output files): the replica, [`ORDERED_SETTINGS`], read-only.
     ordered: sqlx::PgPool,
     limits: IngestLimits,
+    /// Announces batches made claimable by this process.
+    bell: std::sync::Arc<notify::WorkBell>,
 }
 
 /// The reference crate's name for the request store, kept so its users can move.
@@ -363,6 +367,7 @@ impl PostgresStore {
             ),
             pools,
             limits: IngestLimits::default(),
+            bell: Default::default(),
         }
     }
 

@@ -214,11 +214,15 @@ impl HealthStore for PostgresStore {
     }
 
     async fn live_request_counts(&self) -> Result<LiveRequestCounts> {
-        // Each predicate repeats a partial index's own (`requests_claim`,
-        // `requests_in_flight`), so these are index-only counts of the live
-        // rows, never a scan of finished ones.
-        let (pending, claimed, processing): (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM requests WHERE state = 'pending'), \
+        // Unfinished requests come from the counters of the live batches
+        // (the small `batches_live` index), not from a count of the queue,
+        // which holds a whole backlog. In-flight ones come from the partial
+        // index of claimed requests, at most the sum of all limits.
+        let (unfinished, claimed, processing): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COALESCE((SELECT sum(total - n_completed - n_failed - n_canceled) \
+                              FROM batches \
+                              WHERE status IN ('validating', 'in_progress', 'finalizing', \
+                                               'cancelling')), 0)::bigint, \
                     f.claimed, f.processing \
              FROM (SELECT count(*) FILTER (WHERE state = 'claimed') AS claimed, \
                           count(*) FILTER (WHERE state = 'processing') AS processing \
@@ -226,6 +230,7 @@ impl HealthStore for PostgresStore {
         )
         .fetch_one(&self.pools.replica)
         .await?;
+        let pending = (unfinished - claimed - processing).max(0);
         Ok(LiveRequestCounts {
             pending,
             claimed,

@@ -4,7 +4,7 @@ use super::*;
 use fusillade::BatchStore;
 use fusillade::config::Config;
 use fusillade::daemon::{Daemon, DaemonReport};
-use fusillade::domain::batch::Batch;
+use fusillade::domain::batch::{Batch, BatchCounts};
 use fusillade::store::Owner;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,7 +135,11 @@ pub async fn finished_batch(store: &PostgresStore, id: BatchId, timeout: Duratio
         if b.status.is_terminal() {
             // The batch's kept counters must agree with a full count.
             let exact = store.request_counts(id).await.unwrap();
-            assert_eq!(b.request_counts, exact, "kept counts drifted");
+            assert_eq!(
+                b.request_counts,
+                BatchCounts::from(exact),
+                "kept counts drifted"
+            );
             return b;
         }
         assert!(

@@ -29,8 +29,8 @@ async fn seed(pool: &sqlx::PgPool, n: u64, state: &str) -> Result<()> {
         "backlog" => ("pending", "now() + interval '30 days'"),
         s => (s, "now() + interval '1 day'"),
     };
-    let batch = uuid::Uuid::now_v7();
-    let file = uuid::Uuid::now_v7();
+    let batch = fusillade::BatchId::new();
+    let file = fusillade::domain::ids::FileId::new();
     sqlx::query(
         "INSERT INTO files (id, filename, purpose, kind) VALUES ($1, 'bench', 'batch', 'input')",
     )
@@ -56,16 +56,17 @@ async fn seed(pool: &sqlx::PgPool, n: u64, state: &str) -> Result<()> {
         let target = if state == "pending" {
             format!(
                 "INSERT INTO requests (id, batch_id, template_id, model, custom_id, state, deadline) \
-             SELECT encode(overlay(uuid_send($2) PLACING substring(int8send(t.line_number) FROM 3) FROM 11), 'hex')::uuid, \
+             SELECT fusillade_request_id($2, t.line_number), \
                     $2, t.id, 'bench-model', t.custom_id, $5, {deadline} \
              FROM t"
             )
         } else {
             "INSERT INTO request_results (request_id, batch_id, template_id, model, custom_id, \
                                           state, ok, status_code, body, not_before, created_at) \
-             SELECT encode(overlay(uuid_send($2) PLACING substring(int8send(t.line_number) FROM 3) FROM 11), 'hex')::uuid, \
+             SELECT fusillade_request_id($2, t.line_number), \
                     $2, t.id, 'bench-model', t.custom_id, $5, true, 200, '{}', now(), now() \
-             FROM t".to_owned()
+             FROM t"
+                .to_owned()
         };
         sqlx::query(&format!(
             "WITH t AS ( \
