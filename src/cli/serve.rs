@@ -2,7 +2,7 @@
 //! process; `--api-only` runs the API alone, for API replicas in front of
 //! separate `fusillade worker`s.
 
-use super::setup::{Common, database, load_config, reload_on_sighup, shutdown_on_signals};
+use super::setup::{Common, database_waiting, load_config, reload_on_sighup, shutdown_on_signals};
 use super::{CliError, runtime, usage};
 use anyhow::anyhow;
 use fusillade::api::{ApiState, health, router};
@@ -19,6 +19,11 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// How long open connections (a long download, say) may take to finish after
 /// a stop is asked for, before the server stops anyway.
 const HTTP_GRACE: Duration = Duration::from_secs(30);
+/// How long an API call waits for one of the API's connections before it
+/// answers 503: when the database is away or the pool is exhausted, callers
+/// and probes hear it in seconds, not after half a minute. The daemon's own
+/// pools (see `fusillade::store`) keep the long default and retry.
+const API_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Arguments of `fusillade serve`.
 #[derive(Debug, clap::Args)]
@@ -63,7 +68,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         (None, None) => DEFAULT_LISTEN.parse().expect("a valid address"),
     };
     check_exposure(listen, &config)?;
-    let pool = database(&args.common, &config).await?;
+    let pool = database_waiting(&args.common, &config, API_ACQUIRE_TIMEOUT).await?;
     let store = PostgresStore::new(pool).with_limits(limits(&config));
     // A reload that would expose the API without keys is refused, and the
     // running config kept.
