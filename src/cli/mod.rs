@@ -157,7 +157,7 @@ pub async fn connect_waiting(
         .await
         .map_err(fail)?;
     PgPoolOptions::new()
-        .max_connections(8)
+        .max_connections(fusillade::store::API_CONNECTIONS)
         .acquire_timeout(acquire_timeout)
         .connect_with(options)
         .await

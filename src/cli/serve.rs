@@ -9,7 +9,7 @@ use fusillade::api::{ApiState, health, router};
 use fusillade::config::Config;
 use fusillade::daemon::Daemon;
 use fusillade::domain::file::IngestLimits;
-use fusillade::store::PostgresStore;
+use fusillade::store::{API_ACQUIRE_TIMEOUT, PostgresStore};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,11 +19,6 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// How long open connections (a long download, say) may take to finish after
 /// a stop is asked for, before the server stops anyway.
 const HTTP_GRACE: Duration = Duration::from_secs(30);
-/// How long an API call waits for one of the API's connections before it
-/// answers 503: when the database is away or the pool is exhausted, callers
-/// and probes hear it in seconds, not after half a minute. The daemon's own
-/// pools (see `fusillade::store`) keep the long default and retry.
-const API_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Arguments of `fusillade serve`.
 #[derive(Debug, clap::Args)]

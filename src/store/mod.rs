@@ -47,7 +47,7 @@ pub use daemons::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
 pub use files::{FileListQuery, NewFile, Order};
 pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
-pub use pools::{DbPools, TestDbPools};
+pub use pools::{API_ACQUIRE_TIMEOUT, API_CONNECTIONS, DbPools, TestDbPools};
 pub use queue::{
     CLAIM_SQL, Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue,
     finish_sql,
