@@ -11,7 +11,7 @@ use common::store;
 use fusillade::api::{ApiState, router};
 use fusillade::config::Config;
 use fusillade::mock::{MockBehavior, MockUpstream};
-use fusillade::store::Owner;
+use fusillade::store::{API_ACQUIRE_TIMEOUT, API_CONNECTIONS, Owner};
 use fusillade::{BatchStore, IngestLimits, PostgresStore};
 use sqlx::PgPool;
 use std::path::PathBuf;
@@ -21,10 +21,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// Connections of the API's pool, as `fusillade serve` makes it.
-const API_CONNECTIONS: u32 = 8;
-/// How long an API call waits for one of them, as `fusillade serve` sets it.
-const API_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The boundary of the raw multipart bodies.
 const BOUNDARY: &str = "slow-upload-boundary-41c7";
 /// The oldest heartbeat accepted while uploads trickle.
@@ -35,6 +31,8 @@ const LONG: Duration = Duration::from_secs(60);
 /// The API and a daemon serving one database, as `fusillade serve` runs them.
 struct Server {
     base: String,
+    /// The API's pool.
+    primary: PgPool,
     state: ApiState<PostgresStore>,
     daemon: Option<Running>,
     spool: PathBuf,
@@ -57,7 +55,7 @@ impl Server {
             .connect_with(pool.connect_options().as_ref().clone())
             .await
             .unwrap();
-        let store = PostgresStore::new(primary).with_limits(IngestLimits {
+        let store = PostgresStore::new(primary.clone()).with_limits(IngestLimits {
             max_file_bytes: cfg.api.max_upload_bytes,
             endpoints: cfg.api.endpoints.clone(),
             ..IngestLimits::default()
@@ -70,6 +68,7 @@ impl Server {
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self {
             base,
+            primary,
             state,
             daemon: Some(daemon),
             spool,
@@ -353,6 +352,38 @@ async fn uploads_over_the_limit_answer_429_until_a_place_frees(pool: PgPool) {
     }
     let (status, _, body) = quick_upload(&server.base).await;
     assert_eq!(status, 200, "{body}");
+    server.stop().await;
+    mock.shutdown().await;
+}
+
+#[sqlx::test]
+async fn with_every_api_connection_taken_healthz_answers_503_within_seconds(pool: PgPool) {
+    let mock = MockUpstream::start(MockBehavior::default()).await;
+    let server = Server::start(&pool, &mock.url(), "").await;
+    let client = reqwest::Client::builder().timeout(LONG).build().unwrap();
+    let healthz = format!("{}/healthz", server.base);
+    // Every connection the pool can open, but for any the daemon's work
+    // listener holds for good.
+    let api = &server.primary;
+    let mut taken = Vec::new();
+    while api.size() < API_CONNECTIONS || api.num_idle() > 0 {
+        match api.acquire().await {
+            Ok(c) => taken.push(c),
+            Err(_) => break,
+        }
+    }
+    assert!(!taken.is_empty());
+    let asked = Instant::now();
+    let answer = client.get(&healthz).send().await.unwrap();
+    assert_eq!(answer.status(), 503);
+    assert!(
+        asked.elapsed() < API_ACQUIRE_TIMEOUT + Duration::from_secs(2),
+        "answered after {:?}",
+        asked.elapsed()
+    );
+    drop(taken);
+    let answer = client.get(&healthz).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
     server.stop().await;
     mock.shutdown().await;
 }
