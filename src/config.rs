@@ -67,6 +67,9 @@ struct RawConfig {
 struct RawApi {
     max_upload_bytes: Option<u64>,
     endpoints: Option<Vec<String>>,
+    max_concurrent_uploads: Option<u32>,
+    upload_idle_timeout_secs: Option<u64>,
+    upload_spool_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -170,6 +173,13 @@ pub struct ApiSettings {
     pub max_upload_bytes: u64,
     /// The endpoints a batch (and each input line) may target.
     pub endpoints: Vec<String>,
+    /// Uploads received at once; more answer 429 with `Retry-After`.
+    pub max_concurrent_uploads: u32,
+    /// An upload whose client sends nothing for this long is cut off (408).
+    pub upload_idle_timeout: Duration,
+    /// Where uploads are spooled before they are stored (default: the
+    /// system's temporary directory, `TMPDIR`).
+    pub upload_spool_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiSettings {
@@ -178,6 +188,9 @@ impl Default for ApiSettings {
         Self {
             max_upload_bytes: limits.max_file_bytes,
             endpoints: limits.endpoints,
+            max_concurrent_uploads: 8,
+            upload_idle_timeout: Duration::from_secs(30),
+            upload_spool_dir: None,
         }
     }
 }
@@ -316,9 +329,37 @@ impl Config {
                 .max_upload_bytes
                 .unwrap_or(api_defaults.max_upload_bytes),
             endpoints: raw.api.endpoints.unwrap_or(api_defaults.endpoints),
+            max_concurrent_uploads: raw
+                .api
+                .max_concurrent_uploads
+                .unwrap_or(api_defaults.max_concurrent_uploads),
+            upload_idle_timeout: raw
+                .api
+                .upload_idle_timeout_secs
+                .map_or(api_defaults.upload_idle_timeout, Duration::from_secs),
+            upload_spool_dir: raw.api.upload_spool_dir.map(Into::into),
         };
         if api.max_upload_bytes == 0 {
             return Err(invalid("api.max_upload_bytes", "must be at least 1"));
+        }
+        if api.max_concurrent_uploads == 0 {
+            return Err(invalid("api.max_concurrent_uploads", "must be at least 1"));
+        }
+        if api.upload_idle_timeout.is_zero() {
+            return Err(invalid(
+                "api.upload_idle_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if api
+            .upload_spool_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "api.upload_spool_dir",
+                "must name a directory; remove the key to use the system's temporary directory",
+            ));
         }
         if api.endpoints.is_empty() {
             return Err(invalid("api.endpoints", "must name at least one endpoint"));
@@ -507,6 +548,38 @@ keys = { "sk-alice" = "alice", "sk-bob" = "bob" }
         assert!(message("[api]\nendpoints = []").contains("api.endpoints"));
         assert!(message("[api]\nendpoints = [\"v1/x\"]").contains("api.endpoints"));
         assert!(message("[api]\nmax_upload = 1").contains("max_upload"));
+    }
+
+    #[test]
+    fn api_upload_bounds() {
+        let c = parse(
+            "[api]\nmax_concurrent_uploads = 3\nupload_idle_timeout_secs = 5\n\
+             upload_spool_dir = \"/var/spool/fusillade\"",
+        )
+        .unwrap();
+        assert_eq!(c.api.max_concurrent_uploads, 3);
+        assert_eq!(c.api.upload_idle_timeout, Duration::from_secs(5));
+        assert_eq!(
+            c.api.upload_spool_dir.as_deref(),
+            Some(Path::new("/var/spool/fusillade"))
+        );
+        let d = parse("").unwrap().api;
+        assert_eq!(d.max_concurrent_uploads, 8);
+        assert_eq!(d.upload_idle_timeout, Duration::from_secs(30));
+        assert_eq!(d.upload_spool_dir, None);
+        for (text, key) in [
+            ("max_concurrent_uploads = 0", "api.max_concurrent_uploads"),
+            (
+                "upload_idle_timeout_secs = 0",
+                "api.upload_idle_timeout_secs",
+            ),
+            ("upload_spool_dir = \"\"", "api.upload_spool_dir"),
+            ("max_concurrent_uploads = -1", "max_concurrent_uploads"),
+            ("upload_idle_timeout = 5", "upload_idle_timeout"),
+        ] {
+            let m = message(&format!("[api]\n{text}"));
+            assert!(m.contains(key), "{text}: {m}");
+        }
     }
 
     #[test]

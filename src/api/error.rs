@@ -4,16 +4,18 @@
 //! Statuses follow what the SDKs expect: 400 for a malformed or invalid
 //! request, 401 for a missing or unknown key, 404 for anything the caller
 //! cannot see (another owner's object included, and ids that cannot be
-//! ids), 409 for a state conflict, 413 for an upload over the limit, 422 for
-//! a well-formed request naming an object that cannot be used that way, 500
-//! for our own faults and 503 when the database is out of reach. Conflicts
+//! ids), 408 for an upload whose client stopped sending, 409 for a state
+//! conflict, 413 for an upload over the limit, 422 for a well-formed request
+//! naming an object that cannot be used that way, 429 (with `Retry-After`)
+//! when too many uploads run at once, 500 for our own faults and 503 when
+//! the database is out of reach. Conflicts
 //! carry `x-should-retry: false`, since the SDKs retry 409 otherwise and
 //! retrying cannot help. Internal details never reach the body: they are
 //! logged, and the body says only that the server failed.
 
 use crate::store::StoreError;
 use axum::Json;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -25,6 +27,8 @@ pub struct ApiError {
     message: String,
     param: Option<String>,
     code: Option<String>,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -49,6 +53,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -139,6 +144,32 @@ impl ApiError {
         .with_code("file_too_large")
     }
 
+    /// 408: the client stopped sending an upload for longer than `idle`.
+    pub fn upload_stalled(idle: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "The upload was cut off: nothing arrived for {} s",
+                idle.as_secs()
+            ),
+        )
+        .with_param("file")
+        .with_code("upload_timeout")
+    }
+
+    /// 429: `limit` uploads are already running; retry after `retry_after` seconds.
+    pub fn too_many_uploads(limit: u32, retry_after: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!("{limit} uploads are already running; retry later"),
+        )
+        .with_code("too_many_uploads");
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     /// 422: well-formed, but the object named cannot be used this way.
     pub fn unprocessable(param: &str, message: impl Into<String>) -> Self {
         Self::new(
@@ -207,6 +238,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

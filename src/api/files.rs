@@ -2,27 +2,35 @@
 //!
 //! An upload is `multipart/form-data` with a `file` field and `purpose=batch`
 //! (and optionally `expires_after[anchor]=created_at`,
-//! `expires_after[seconds]=N`). The `file` field is streamed into the store
-//! as it arrives, parsed and validated line by line: the body is never held
-//! in memory. The fields may come in any order: the Python SDK sends
-//! `purpose` first, the Node SDK sends `file` first. When `purpose` comes
-//! first and is wrong, the upload is refused before its bytes are read; when
-//! it comes after the file, the file is stored, then deleted again if the
-//! purpose turns out wrong or missing. The size limit is the store's
-//! (`[api] max_upload_bytes`): a declared `Content-Length` over it is refused
-//! at once, and a body that grows past it mid-stream is cut off; both answer
-//! 413.
+//! `expires_after[seconds]=N`). The fields may come in any order: the Python
+//! SDK sends `purpose` first, the Node SDK sends `file` first.
+//!
+//! The `file` field is spooled to a temporary file as it arrives (see
+//! [`spool`](super::spool)), and only once the whole body is in, and the
+//! purpose and expiry are known to be right, is it parsed and validated line
+//! by line into the store, at disk speed. So a slow client never holds a
+//! database connection, the body is never held in memory, and a refused
+//! upload never touches the database. When `purpose` comes first and is
+//! wrong, the upload is refused before the file's bytes are read.
+//!
+//! The size limit is `[api] max_upload_bytes`: a declared `Content-Length`
+//! over it is refused at once, and a file that grows past it is cut off;
+//! both answer 413. How many uploads run at once, and how long a client may
+//! send nothing, are bounded too (see [`uploads`](super::uploads)): 429 and
+//! 408.
 
 use super::error::{ApiError, ApiResult};
+use super::spool::{Spool, SpoolError};
+use super::uploads::{Stalled, cut_off_when_idle};
 use super::wire::{Deleted, FileObject, ListObject, parse_file_id};
 use super::{ApiBackend, ApiQuery, ApiState, page_limit};
 use crate::domain::file::{FileKind, FilePurpose};
 use crate::store::{FileListQuery, MAX_PAGE, NewFile, Order, Owner, StoreError};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::multipart::{Field, Multipart, MultipartRejection};
-use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::multipart::{Field, Multipart, MultipartError};
+use axum::extract::{Extension, FromRequest, Path, Request, State};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
 use futures_util::TryStreamExt;
@@ -48,11 +56,33 @@ fn multipart_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(format!("The multipart body is malformed: {e}"))
 }
 
+/// A spool that failed is our fault (a full disk, say), not the client's.
+fn spool_failed(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(&format!("spooling an upload failed: {e}"))
+}
+
+/// How a failed read of the body is answered: 408 when the client stalled
+/// (the multipart parser reports a cut-off like any broken body), else 400.
+#[derive(Clone)]
+struct ReadErrors {
+    stalled: Stalled,
+    idle: std::time::Duration,
+}
+
+impl ReadErrors {
+    fn map(&self, e: MultipartError) -> ApiError {
+        if self.stalled.happened() {
+            ApiError::upload_stalled(self.idle)
+        } else {
+            multipart_error(e)
+        }
+    }
+}
+
 /// Reads a small text field, refusing long ones.
-async fn text_field(field: Field<'_>, name: &str) -> ApiResult<String> {
-    let mut field = field;
+async fn text_field(mut field: Field<'_>, name: &str, errors: &ReadErrors) -> ApiResult<String> {
     let mut buf = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+    while let Some(chunk) = field.chunk().await.map_err(|e| errors.map(e))? {
         buf.extend_from_slice(&chunk);
         if buf.len() > MAX_TEXT_FIELD {
             return Err(ApiError::invalid_param(
@@ -127,150 +157,150 @@ impl Expiry {
     }
 }
 
+/// The `file` field, on disk.
+struct Spooled {
+    filename: String,
+    spool: Spool,
+}
+
+/// Every field of an upload, read to the end.
+#[derive(Default)]
+struct Form {
+    purpose: Option<String>,
+    expiry: Expiry,
+    file: Option<Spooled>,
+}
+
 /// `POST /v1/files`.
 pub async fn create<S: ApiBackend>(
     State(state): State<ApiState<S>>,
     Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    multipart: Result<Multipart, MultipartRejection>,
+    request: Request,
 ) -> ApiResult<Json<FileObject>> {
-    let limit = state.api_settings().max_upload_bytes;
-    let declared = headers
+    let settings = state.api_settings();
+    let limit = settings.max_upload_bytes;
+    let declared = request
+        .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit.saturating_add(MULTIPART_OVERHEAD)) {
         return Err(ApiError::too_large(limit));
     }
-    let mut multipart = multipart.map_err(|e| {
-        ApiError::bad_request(format!(
-            "Expected a multipart/form-data body with fields file and purpose: {}",
-            e.body_text()
-        ))
-    })?;
-    let store = state.store();
-    let mut purpose: Option<String> = None;
-    let mut expiry = Expiry::default();
-    let mut created = None;
-    let mut expiry_after_file = false;
-    let read = read_fields(
-        store,
-        &caller,
-        limit,
-        &mut multipart,
-        &mut purpose,
-        &mut expiry,
-        &mut created,
-        &mut expiry_after_file,
-    )
-    .await;
-    if let Err(e) = read {
-        // A refused or broken body after the file was stored: do not keep it.
-        if let Some(file) = &created {
-            discard(store, &caller, file).await;
-        }
-        return Err(e);
-    }
-    let Some(mut file) = created else {
-        check_purpose(purpose.as_deref())?;
+    // Held to the end, through the ingest: it bounds the spools on disk too.
+    let _place = state.uploads().enter()?;
+    let (parts, body) = request.into_parts();
+    let (body, stalled) = cut_off_when_idle(body, settings.upload_idle_timeout);
+    let errors = ReadErrors {
+        stalled,
+        idle: settings.upload_idle_timeout,
+    };
+    let mut multipart = Multipart::from_request(Request::from_parts(parts, body), &())
+        .await
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "Expected a multipart/form-data body with fields file and purpose: {}",
+                e.body_text()
+            ))
+        })?;
+    let dir = settings
+        .upload_spool_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
+    let form = read_form(&mut multipart, &errors, &dir, limit).await?;
+    let Some(spooled) = form.file else {
+        check_purpose(form.purpose.as_deref())?;
         return Err(ApiError::invalid_param(
             "file",
             "The multipart body has no file field",
         ));
     };
-    if let Err(e) = check_purpose(purpose.as_deref()) {
-        discard(store, &caller, &file).await;
-        return Err(e);
-    }
-    if expiry_after_file {
-        let expires_at = match expiry.resolve(file.created_at) {
-            Ok(t) => t,
-            Err(e) => {
-                discard(store, &caller, &file).await;
-                return Err(e);
-            }
-        };
+    check_purpose(form.purpose.as_deref())?;
+    let expires_at = form.expiry.resolve(Utc::now())?;
+    // The client has sent everything: only now is a connection taken.
+    let body = spooled.spool.into_stream().await.map_err(spool_failed)?;
+    let store = state.store();
+    let mut file = store
+        .create_file(
+            NewFile {
+                owner: caller.owner.clone(),
+                filename: spooled.filename,
+                expires_at,
+            },
+            body,
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::TooLarge { .. } => ApiError::too_large(limit),
+            other => ApiError::from(other),
+        })?;
+    // The expiry counts from the stored creation time, to the second.
+    let exact = form.expiry.resolve(file.created_at)?;
+    if exact.map(|t| t.timestamp()) != file.expires_at.map(|t| t.timestamp()) {
         store
-            .set_file_expiry(Owner::Only(&caller.owner), file.id, expires_at)
+            .set_file_expiry(Owner::Only(&caller.owner), file.id, exact)
             .await?;
-        file.expires_at = expires_at;
+        file.expires_at = exact;
     }
     Ok(Json(FileObject::from(&file)))
 }
 
-/// Reads the multipart fields in order, streaming `file` into the store.
-#[allow(clippy::too_many_arguments)]
-async fn read_fields<S: ApiBackend>(
-    store: &S,
-    caller: &Caller,
-    limit: u64,
+/// Reads the multipart fields in order, spooling `file` to disk.
+async fn read_form(
     multipart: &mut Multipart,
-    purpose: &mut Option<String>,
-    expiry: &mut Expiry,
-    created: &mut Option<crate::domain::file::File>,
-    expiry_after_file: &mut bool,
-) -> ApiResult<()> {
-    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+    errors: &ReadErrors,
+    dir: &std::path::Path,
+    limit: u64,
+) -> ApiResult<Form> {
+    let mut form = Form::default();
+    while let Some(mut field) = multipart.next_field().await.map_err(|e| errors.map(e))? {
         let name = field.name().unwrap_or("").to_owned();
         match name.as_str() {
-            "purpose" => *purpose = Some(text_field(field, "purpose").await?.trim().to_owned()),
+            "purpose" => {
+                form.purpose = Some(
+                    text_field(field, "purpose", errors)
+                        .await?
+                        .trim()
+                        .to_owned(),
+                );
+            }
             "expires_after[anchor]" => {
-                expiry.anchor = Some(text_field(field, &name).await?.trim().to_owned());
-                *expiry_after_file |= created.is_some();
+                form.expiry.anchor =
+                    Some(text_field(field, &name, errors).await?.trim().to_owned());
             }
             "expires_after[seconds]" => {
-                expiry.seconds = Some(text_field(field, &name).await?);
-                *expiry_after_file |= created.is_some();
+                form.expiry.seconds = Some(text_field(field, &name, errors).await?);
             }
             "file" => {
-                if created.is_some() {
+                if form.file.is_some() {
                     return Err(ApiError::invalid_param(
                         "file",
                         "The multipart body has more than one file field",
                     ));
                 }
                 // Refuse before reading the bytes when the answer is known.
-                if purpose.is_some() {
-                    check_purpose(purpose.as_deref())?;
+                if form.purpose.is_some() {
+                    check_purpose(form.purpose.as_deref())?;
                 }
-                let expires_at = expiry.resolve(Utc::now())?;
+                form.expiry.resolve(Utc::now())?;
                 let filename = field
                     .file_name()
                     .filter(|n| !n.is_empty())
                     .unwrap_or("upload.jsonl")
                     .to_owned();
-                let body = field.map_err(|e| std::io::Error::other(e.body_text()));
-                let file = store
-                    .create_file(
-                        NewFile {
-                            owner: caller.owner.clone(),
-                            filename,
-                            expires_at,
-                        },
-                        body,
-                    )
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::TooLarge { .. } => ApiError::too_large(limit),
-                        other => ApiError::from(other),
+                let mut spool = Spool::create(dir, limit).await.map_err(spool_failed)?;
+                while let Some(chunk) = field.chunk().await.map_err(|e| errors.map(e))? {
+                    spool.write(&chunk).await.map_err(|e| match e {
+                        SpoolError::TooLarge { limit } => ApiError::too_large(limit),
+                        SpoolError::Io(e) => spool_failed(e),
                     })?;
-                *created = Some(file);
+                }
+                form.file = Some(Spooled { filename, spool });
             }
             // Fields we do not know are skipped, as OpenAI does.
-            _ => {
-                let mut field = field;
-                while field.chunk().await.map_err(multipart_error)?.is_some() {}
-            }
+            _ => while field.chunk().await.map_err(|e| errors.map(e))?.is_some() {},
         }
     }
-    Ok(())
-}
-
-/// Deletes a file stored by a refused upload; a failure is only logged, the
-/// refusal is what the caller needs to hear.
-async fn discard<S: ApiBackend>(store: &S, caller: &Caller, file: &crate::domain::file::File) {
-    if let Err(e) = store.delete_file(Owner::Only(&caller.owner), file.id).await {
-        tracing::warn!(file = %file.id, error = %e, "could not delete a refused upload");
-    }
+    Ok(form)
 }
 
 /// Query of `GET /v1/files`.

@@ -2,8 +2,10 @@
 //! [`Router`] that the official SDKs use unchanged with `base_url` set to
 //! `http://HOST:PORT/v1`.
 //!
-//! - [`files`]: upload (multipart, streamed into the store), list, get,
-//!   content (streamed out), delete.
+//! - [`files`]: upload (multipart, spooled to disk, then parsed into the
+//!   store), list, get, content (streamed out), delete.
+//! - [`spool`]: an upload's bytes on disk until the client has sent them all.
+//! - [`uploads`]: how many uploads run at once; the cut-off for stalled ones.
 //! - [`batches`]: create, get, list, cancel, and the extensions
 //!   `GET /v1/batches/{id}/requests` and `POST /v1/batches/{id}/retry`.
 //! - [`auth`]: bearer keys mapped to owners.
@@ -19,6 +21,8 @@ pub mod batches;
 pub mod error;
 pub mod files;
 pub mod health;
+pub mod spool;
+pub mod uploads;
 pub mod wire;
 
 use crate::config::{ApiSettings, Config};
@@ -70,6 +74,8 @@ struct Inner<S> {
     /// it is built, so the API's own checks keep the same values until a
     /// restart (auth keys, by contrast, follow reloads).
     api: ApiSettings,
+    /// The bound on uploads at once (`[api] max_concurrent_uploads`).
+    uploads: uploads::UploadGate,
     metrics: Option<PrometheusHandle>,
 }
 
@@ -86,6 +92,7 @@ impl<S: ApiBackend> ApiState<S> {
                 store,
                 config,
                 api: initial.api.clone(),
+                uploads: uploads::UploadGate::new(initial.api.max_concurrent_uploads),
                 auth: RwLock::new((initial, table)),
                 metrics: health::install_recorder(),
             }),
@@ -115,6 +122,11 @@ impl<S: ApiBackend> ApiState<S> {
         &self.inner.api
     }
 
+    /// The bound on uploads running at once.
+    pub fn uploads(&self) -> &uploads::UploadGate {
+        &self.inner.uploads
+    }
+
     /// The auth keys of the configuration in force.
     pub fn auth_table(&self) -> Arc<AuthTable> {
         let latest = self.config();
@@ -139,8 +151,8 @@ pub fn router<S: ApiBackend>(state: ApiState<S>) -> Router {
     let v1 = Router::new()
         .route(
             "/v1/files",
-            // Uploads stream into the store, which enforces the size limit
-            // itself; axum's default 2 MB body limit would cut them short.
+            // Uploads are spooled under the size limit of `[api]`; axum's
+            // default 2 MB body limit would cut them short.
             post(files::create::<S>)
                 .layer(DefaultBodyLimit::disable())
                 .get(files::list::<S>),

@@ -117,8 +117,21 @@ pub fn database_url(flag: Option<String>) -> Result<String, CliError> {
     })
 }
 
+/// How long a statement waits for a pooled connection by default: long
+/// enough to ride out a database restart for commands that retry anyway.
+pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Connects to PostgreSQL; failing to is a configuration error (exit 2).
 pub async fn connect(url: &str) -> Result<sqlx::PgPool, CliError> {
+    connect_waiting(url, DEFAULT_ACQUIRE_TIMEOUT).await
+}
+
+/// Like [`connect`], with statements waiting at most `acquire_timeout` for
+/// one of the pool's connections.
+pub async fn connect_waiting(
+    url: &str,
+    acquire_timeout: std::time::Duration,
+) -> Result<sqlx::PgPool, CliError> {
     use sqlx::Connection;
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
     let fail = |e: sqlx::Error| {
@@ -144,8 +157,8 @@ pub async fn connect(url: &str) -> Result<sqlx::PgPool, CliError> {
         .await
         .map_err(fail)?;
     PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(std::time::Duration::from_secs(30))
+        .max_connections(fusillade::store::API_CONNECTIONS)
+        .acquire_timeout(acquire_timeout)
         .connect_with(options)
         .await
         .map_err(fail)

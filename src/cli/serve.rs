@@ -2,14 +2,14 @@
 //! process; `--api-only` runs the API alone, for API replicas in front of
 //! separate `fusillade worker`s.
 
-use super::setup::{Common, database, load_config, reload_on_sighup, shutdown_on_signals};
+use super::setup::{Common, database_waiting, load_config, reload_on_sighup, shutdown_on_signals};
 use super::{CliError, runtime, usage};
 use anyhow::anyhow;
 use fusillade::api::{ApiState, health, router};
 use fusillade::config::Config;
 use fusillade::daemon::Daemon;
 use fusillade::domain::file::IngestLimits;
-use fusillade::store::PostgresStore;
+use fusillade::store::{API_ACQUIRE_TIMEOUT, PostgresStore};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -63,7 +63,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         (None, None) => DEFAULT_LISTEN.parse().expect("a valid address"),
     };
     check_exposure(listen, &config)?;
-    let pool = database(&args.common, &config).await?;
+    let pool = database_waiting(&args.common, &config, API_ACQUIRE_TIMEOUT).await?;
     let store = PostgresStore::new(pool).with_limits(limits(&config));
     // A reload that would expose the API without keys is refused, and the
     // running config kept.

@@ -1,7 +1,7 @@
 //! What every long-running subcommand does first: read the config, pick the
 //! database, connect and migrate, and wire signals.
 
-use super::{CliError, connect, runtime, usage};
+use super::{CliError, DEFAULT_ACQUIRE_TIMEOUT, connect_waiting, runtime, usage};
 use fusillade::config::Config;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +30,16 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
 /// Connects to the database named by the flag, the environment or the
 /// config, and brings its schema up to date.
 pub async fn database(common: &Common, config: &Config) -> Result<sqlx::PgPool, CliError> {
+    database_waiting(common, config, DEFAULT_ACQUIRE_TIMEOUT).await
+}
+
+/// Like [`database`], with statements waiting at most `acquire_timeout` for
+/// a pooled connection.
+pub async fn database_waiting(
+    common: &Common,
+    config: &Config,
+    acquire_timeout: std::time::Duration,
+) -> Result<sqlx::PgPool, CliError> {
     let url = common
         .database_url
         .clone()
@@ -40,7 +50,7 @@ pub async fn database(common: &Common, config: &Config) -> Result<sqlx::PgPool, 
                 "no database: pass --database-url, set DATABASE_URL, or set database_url in the config"
             ))
         })?;
-    let pool = connect(&url).await?;
+    let pool = connect_waiting(&url, acquire_timeout).await?;
     fusillade::store::migrate(&pool).await.map_err(runtime)?;
     Ok(pool)
 }

@@ -35,7 +35,7 @@ impl PostgresStore {
         let status: Result<Option<DaemonStatus>, _> =
             sqlx::query_scalar("SELECT status FROM daemons WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.pools.primary)
+                .fetch_optional(&self.background)
                 .await;
         match status {
             Err(e) => e.into(),
@@ -63,7 +63,7 @@ impl DaemonStore for PostgresStore {
         .bind(new.pid)
         .bind(&new.version)
         .bind(&new.config)
-        .fetch_one(&self.pools.primary)
+        .fetch_one(&self.background)
         .await?;
         daemon_from_row(&row)
     }
@@ -77,7 +77,7 @@ impl DaemonStore for PostgresStore {
         .bind(stats.in_flight)
         .bind(stats.requests_done)
         .bind(stats.requests_failed)
-        .execute(&self.pools.primary)
+        .execute(&self.background)
         .await?;
         if done.rows_affected() == 1 {
             Ok(())
@@ -92,7 +92,7 @@ impl DaemonStore for PostgresStore {
              WHERE id = $1 AND status = 'running'",
         )
         .bind(id)
-        .execute(&self.pools.primary)
+        .execute(&self.background)
         .await?;
         if done.rows_affected() == 1 {
             Ok(())
@@ -108,7 +108,7 @@ impl DaemonStore for PostgresStore {
              AND last_heartbeat > now() - $1 * interval '1 millisecond'",
         )
         .bind(ms)
-        .fetch_one(&self.pools.primary)
+        .fetch_one(&self.background)
         .await?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }

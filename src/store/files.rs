@@ -472,7 +472,14 @@ impl FileStore for PostgresStore {
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
         let file_id = FileId::new();
-        let mut tx = self.pools.primary.begin().await?;
+        // One of a few turns at the ingest pool (see the module doc of
+        // `store`): the semaphore is never closed.
+        let _turn = self
+            .ingest_turns
+            .acquire()
+            .await
+            .expect("the ingest semaphore is never closed");
+        let mut tx = self.ingest.begin().await?;
         sqlx::query(
             "INSERT INTO files (id, owner, filename, purpose, kind, expires_at) \
              VALUES ($1, $2, $3, 'batch', 'input', $4)",

@@ -83,7 +83,7 @@ impl MaintenanceStore for PostgresStore {
                          THEN (SELECT 1 FROM pg_notify('fusillade_work', '')) END AS notified",
         )
         .bind(ms)
-        .fetch_one(&self.pools.primary)
+        .fetch_one(&self.background)
         .await?;
         Ok(RescueReport {
             dead_daemons: row.try_get::<i64, _>("dead")? as u64,
@@ -115,7 +115,7 @@ impl MaintenanceStore for PostgresStore {
         ))
         .bind(limit)
         .bind(&expired_error)
-        .fetch_all(&self.pools.primary)
+        .fetch_all(&self.background)
         .await?;
         let cancelled: Vec<BatchId> = sqlx::query_scalar(&format!(
             "WITH b AS (
@@ -148,7 +148,7 @@ impl MaintenanceStore for PostgresStore {
         ))
         .bind(limit)
         .bind(&cancelled_error)
-        .fetch_all(&self.pools.primary)
+        .fetch_all(&self.background)
         .await?;
         // The counters say when a batch may be done; the queue confirms it.
         let completed: Vec<BatchId> = sqlx::query_scalar(
@@ -167,7 +167,7 @@ impl MaintenanceStore for PostgresStore {
              FROM b WHERE x.id = b.id RETURNING x.id",
         )
         .bind(limit)
-        .fetch_all(&self.pools.primary)
+        .fetch_all(&self.background)
         .await?;
         Ok(FinalizeReport {
             completed,
@@ -182,12 +182,12 @@ impl MaintenanceStore for PostgresStore {
             "SELECT n_dead_tup FROM pg_stat_user_tables \
              WHERE relid = 'requests'::regclass",
         )
-        .fetch_optional(&self.pools.primary)
+        .fetch_optional(&self.background)
         .await?;
         if dead.unwrap_or(0) < min_dead {
             return Ok(false);
         }
-        let mut conn = self.pools.primary.acquire().await?;
+        let mut conn = self.background.acquire().await?;
         let conn = conn.acquire().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(VACUUM_LOCK)

@@ -8,6 +8,26 @@
 //!
 //! Reads that serve the API go to the replica pool; anything that decides a
 //! write reads from the primary.
+//!
+//! # Connections by role
+//!
+//! One pool per role, so that no role can wait behind another's traffic:
+//!
+//! - `primary` and `replica` (given to [`PostgresStore::new`]): the API's own
+//!   reads and writes. `fusillade serve` gives them a short acquire timeout,
+//!   so an exhausted pool or a missing database answers 503 quickly.
+//! - `queue`: the daemon's hot path (claims, results, lease checks).
+//! - `background`: the daemon's timed roles (registry and heartbeat,
+//!   rescuer, finalizer and vacuum), one connection per role, so a
+//!   heartbeat never waits behind API traffic, uploads or a long finalize.
+//! - `ordered`: reads that walk a batch in order (downloads, request lists).
+//! - `ingest`: uploads being parsed into the database, at most
+//!   [`INGEST_CONNECTIONS`] at a time; the rest wait their turn (without a
+//!   timeout: their bytes are already on disk, see `api::files`), so uploads
+//!   can never take the API's connections.
+//!
+//! The pools derived from `primary` are lazy (connections open on first
+//! use) and copy its connection settings.
 
 mod batches;
 mod copy;
@@ -27,7 +47,7 @@ pub use daemons::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
 pub use files::{FileListQuery, NewFile, Order};
 pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
-pub use pools::{DbPools, TestDbPools};
+pub use pools::{API_ACQUIRE_TIMEOUT, API_CONNECTIONS, DbPools, TestDbPools};
 pub use queue::{
     CLAIM_SQL, Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue,
     finish_sql,
@@ -120,9 +140,22 @@ const QUEUE_CONNECTIONS: u32 = 4;
 /// Most connections of the pool of ordered reads (downloads and lists).
 const ORDERED_CONNECTIONS: u32 = 8;
 
+/// Connections of the daemon's timed roles: one each for the heartbeat, the
+/// rescuer and the finalizer (which also vacuums), so none waits for another.
+pub const BACKGROUND_CONNECTIONS: u32 = 3;
+
+/// Uploads parsed into the database at once. Ingest runs at disk speed from
+/// a spooled file, so a few at a time keep the database busy enough.
+pub const INGEST_CONNECTIONS: u32 = 2;
+
 /// A pool on the same server as `primary` whose sessions use `settings` on
-/// top of [`ORDERED_SETTINGS`].
-fn pool_with(primary: &sqlx::PgPool, settings: &[(&str, &str)], max: u32) -> sqlx::PgPool {
+/// top of [`ORDERED_SETTINGS`], with this acquire timeout.
+fn pool_with(
+    primary: &sqlx::PgPool,
+    settings: &[(&str, &str)],
+    max: u32,
+    acquire: std::time::Duration,
+) -> sqlx::PgPool {
     let options = primary
         .connect_options()
         .as_ref()
@@ -130,7 +163,17 @@ fn pool_with(primary: &sqlx::PgPool, settings: &[(&str, &str)], max: u32) -> sql
         .options(ORDERED_SETTINGS.iter().chain(settings).copied());
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(max)
+        .acquire_timeout(acquire)
         .connect_lazy_with(options)
+}
+
+/// A pool on the same server as `primary`, with its session settings, at
+/// most `max` connections, and this acquire timeout.
+fn pool_like(primary: &sqlx::PgPool, max: u32, acquire: std::time::Duration) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(acquire)
+        .connect_lazy_with(primary.connect_options().as_ref().clone())
 }
 
 /// One page of a keyset-paginated list.
@@ -344,6 +387,14 @@ pub struct PostgresStore {
     /// Reads that walk a batch's requests or results in order (lists and
     /// output files): the replica, [`ORDERED_SETTINGS`], read-only.
     ordered: sqlx::PgPool,
+    /// The daemon's timed roles: registry, heartbeat, rescuer, finalizer.
+    background: sqlx::PgPool,
+    /// Uploads being parsed into the database.
+    ingest: sqlx::PgPool,
+    /// Turns at the ingest pool: waiting here has no timeout, while the
+    /// pool's own acquire timeout (the primary's) still catches a database
+    /// that is away.
+    ingest_turns: std::sync::Arc<tokio::sync::Semaphore>,
     limits: IngestLimits,
     /// Announces batches made claimable by this process.
     bell: std::sync::Arc<notify::WorkBell>,
@@ -358,13 +409,28 @@ impl PostgresStore {
     /// A store over these pools with default upload limits.
     pub fn new(pools: impl Into<DbPools>) -> Self {
         let pools = pools.into();
+        // The API's pools decide how long an API call may wait for a
+        // connection; the daemon's keep the default, and retry anyway.
+        let api_wait = pools.primary.options().get_acquire_timeout();
+        let default_wait = sqlx::postgres::PgPoolOptions::new().get_acquire_timeout();
         Self {
-            queue: pool_with(&pools.primary, QUEUE_SETTINGS, QUEUE_CONNECTIONS),
+            queue: pool_with(
+                &pools.primary,
+                QUEUE_SETTINGS,
+                QUEUE_CONNECTIONS,
+                default_wait,
+            ),
             ordered: pool_with(
                 &pools.replica,
                 &[("default_transaction_read_only", "on")],
                 ORDERED_CONNECTIONS,
+                api_wait,
             ),
+            background: pool_like(&pools.primary, BACKGROUND_CONNECTIONS, default_wait),
+            ingest: pool_like(&pools.primary, INGEST_CONNECTIONS, api_wait),
+            ingest_turns: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                INGEST_CONNECTIONS as usize,
+            )),
             pools,
             limits: IngestLimits::default(),
             bell: Default::default(),
