@@ -141,8 +141,9 @@ const QUEUE_CONNECTIONS: u32 = 4;
 const ORDERED_CONNECTIONS: u32 = 8;
 
 /// Connections of the daemon's timed roles: one each for the heartbeat, the
-/// rescuer and the finalizer (which also vacuums), so none waits for another.
-pub const BACKGROUND_CONNECTIONS: u32 = 3;
+/// rescuer, the finalizer (which also vacuums) and the new-work listener
+/// (which holds its connection), so none waits for another.
+pub const BACKGROUND_CONNECTIONS: u32 = 4;
 
 /// Uploads parsed into the database at once. Ingest runs at disk speed from
 /// a spooled file, so a few at a time keep the database busy enough.
@@ -387,7 +388,7 @@ pub struct PostgresStore {
     /// Reads that walk a batch's requests or results in order (lists and
     /// output files): the replica, [`ORDERED_SETTINGS`], read-only.
     ordered: sqlx::PgPool,
-    /// The daemon's timed roles: registry, heartbeat, rescuer, finalizer.
+    /// The daemon's timed roles: registry, heartbeat, rescuer, finalizer, new-work listener.
     background: sqlx::PgPool,
     /// Uploads being parsed into the database.
     ingest: sqlx::PgPool,

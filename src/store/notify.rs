@@ -33,7 +33,8 @@ pub trait WorkNotifier: Send + Sync {
 
 impl WorkNotifier for PostgresStore {
     async fn listen_for_work(&self) -> Result<WorkSignals> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pools.primary).await?;
+        // A daemon's role: never waits behind the API's connections.
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.background).await?;
         listener.listen(WORK_CHANNEL).await?;
         let stream = futures_util::stream::unfold(listener, |mut l| async move {
             loop {
