@@ -117,3 +117,23 @@ fn input(first: u64, n: u64) -> Bytes {
     crate::run::write_requests(&mut out, first, n).expect("writing to memory cannot fail");
     out.into()
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: super::Args,
+    }
+
+    #[test]
+    fn the_defaults_parse() {
+        Wrap::command().debug_assert();
+        let w = Wrap::try_parse_from(["api-load", "--upload-lines", "7"]).unwrap();
+        assert_eq!(w.args.poll.lines, 50_000);
+        assert_eq!(w.args.uploads.lines, 7);
+        assert_eq!(w.args.small.cases.len(), 3);
+    }
+}

@@ -19,7 +19,7 @@ pub struct UploadOptions {
     #[arg(long, default_value_t = 10)]
     pub uploads: usize,
     /// uploads: lines of each uploaded file.
-    #[arg(long = "upload-lines", default_value_t = 20_000)]
+    #[arg(id = "upload-lines", long = "upload-lines", default_value_t = 20_000)]
     pub lines: u64,
     /// uploads: each client's pace in KiB/s (0: as fast as it can).
     #[arg(long, default_value_t = 0)]
