@@ -138,19 +138,23 @@ pub async fn run(
     Ok(())
 }
 
-/// Reads `/healthz` every 100 ms (a slow answer delays the next read) until
-/// told to stop; every latency (the statuses go to the API's tally).
+/// Starts a `/healthz` read every 100 ms until told to stop, each in its
+/// own task so that one slow answer does not hold back the next reads: a
+/// stall shows as every read that arrived during it. Every latency (the
+/// statuses go to the API's tally).
 async fn sample_health(api: Api, stop: Arc<AtomicBool>) -> Vec<Duration> {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut samples = Vec::new();
+    let mut reads = tokio::task::JoinSet::new();
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
-        let t = Instant::now();
-        api.healthz(HEALTH_LIMIT).await;
-        samples.push(t.elapsed());
+        let api = api.clone();
+        reads.spawn(async move {
+            let t = Instant::now();
+            api.healthz(HEALTH_LIMIT).await;
+            t.elapsed()
+        });
     }
-    samples
+    reads.join_all().await
 }
 
 /// The oldest the running daemon's heartbeat got, in seconds, read every
