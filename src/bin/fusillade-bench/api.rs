@@ -14,12 +14,11 @@
 //!    downloads the output file, and prints MB/s and RSS again.
 
 use super::connect_bench_db;
+use super::procs::{ServeOptions, Server};
 use super::procstat::peak_rss_kib;
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,41 +31,6 @@ pub struct ApiBench {
     pub download: bool,
     /// A database for benchmarks only (dropped and created afresh).
     pub database_url: String,
-}
-
-/// The server process, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(database_url: &str) -> Result<Server> {
-    let exe = std::env::current_exe()?
-        .parent()
-        .context("the benchmark binary has no directory")?
-        .join("fusillade");
-    let mut child = Command::new(&exe)
-        .args(["serve", "--api-only", "--listen", "127.0.0.1:0"])
-        .args(["--database-url", database_url])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {} (build it first)", exe.display()))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line from serve: {line:?}"))?
-        .to_owned();
-    Ok(Server { child, url })
 }
 
 /// Samples a process's VmRSS every 50 ms while running; keeps the highest.
@@ -134,8 +98,13 @@ pub async fn run(b: ApiBench) -> Result<()> {
     let path = input_file(b.size_mb)?;
     let size = std::fs::metadata(&path)?.len();
     let pool = connect_bench_db(&b.database_url).await?;
-    let server = start_server(&b.database_url)?;
-    let pid = server.child.id();
+    let server = Server::start(ServeOptions {
+        database_url: &b.database_url,
+        config: None,
+        api_only: true,
+        log: None,
+    })?;
+    let pid = server.pid();
     let client = reqwest::Client::new();
     let idle_kib = rss_kib(pid).unwrap_or(0);
     println!(
@@ -232,20 +201,26 @@ async fn upload(
         reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), size)
             .file_name("input.jsonl")
             .mime_str("application/jsonl")?;
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "batch")
-        .part("file", part);
-    let response = client
-        .post(format!("{url}/v1/files"))
-        .multipart(form)
-        .send()
-        .await?;
-    let status = response.status();
-    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
+    let (status, body) = post_file(client.post(format!("{url}/v1/files")), part).await?;
     if !status.is_success() {
         bail!("upload answered {status}: {body}");
     }
     Ok(body)
+}
+
+/// Posts `part` as the file of a `purpose=batch` upload; returns the
+/// answer's status and JSON body (`null` when the body is not JSON).
+pub(crate) async fn post_file(
+    request: reqwest::RequestBuilder,
+    part: reqwest::multipart::Part,
+) -> Result<(reqwest::StatusCode, serde_json::Value)> {
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part("file", part);
+    let response = request.multipart(form).send().await?;
+    let status = response.status();
+    let body = serde_json::from_slice(&response.bytes().await?).unwrap_or_default();
+    Ok((status, body))
 }
 
 /// Every request of the batch completed with a small chat.completion body.

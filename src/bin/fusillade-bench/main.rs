@@ -5,12 +5,15 @@
 //! fusillade-bench ingest bench-data/200k.jsonl [--database-url URL]
 //! fusillade-bench run --requests 50000 --concurrency 256 --latency-ms 0
 //! fusillade-bench mock --latency-ms 50          # the mock upstream alone
+//! fusillade-bench api-load --scenario poll      # many API clients at once
 //! ```
 //! `ingest` uploads the file through the store exactly as the API does
 //! (streamed from disk in 256 KiB chunks), creates a batch from it, and
 //! prints the rates and the process's peak RSS.
 
 mod api;
+mod api_load;
+mod procs;
 mod procstat;
 mod queue;
 mod run;
@@ -114,6 +117,9 @@ enum Command {
         #[command(flatten)]
         db: BenchDb,
     },
+    /// Many API clients at once against `fusillade serve` and its daemon:
+    /// polling during a batch, concurrent uploads, small batches.
+    ApiLoad(api_load::Args),
     /// Uploads a JSONL file, then creates a batch from it.
     Ingest {
         /// The file to upload.
@@ -190,6 +196,7 @@ fn main() -> Result<()> {
             download: !no_download,
             database_url: db.url,
         })),
+        Command::ApiLoad(args) => runtime()?.block_on(api_load::run(args)),
     }
 }
 

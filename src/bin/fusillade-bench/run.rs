@@ -2,9 +2,10 @@
 //! runs as a separate process; the real `fusillade run` binary ingests the
 //! file, creates the batch, runs the daemon and writes the output files.
 
+use crate::procs::{MockProcess, sibling};
 use crate::procstat::{GroupCpu, cpu_seconds, peak_rss_kib};
 use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,27 +19,23 @@ pub struct RunBench {
     pub claim_batch: u32,
 }
 
-fn sibling(name: &str) -> Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let path = me.with_file_name(name);
-    if !path.exists() {
-        bail!(
-            "{} not found next to this benchmark; run `cargo build --release` first",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-fn write_input(path: &Path, n: u64) -> Result<()> {
-    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for i in 0..n {
+/// Writes lines `first..first + n` of the benchmark's input: short
+/// chat-completion requests for one model, `custom_id` `req-{i}`.
+pub(crate) fn write_requests(w: &mut impl Write, first: u64, n: u64) -> std::io::Result<()> {
+    for i in first..first + n {
         writeln!(
             w,
             "{{\"custom_id\":\"req-{i}\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\
              \"body\":{{\"model\":\"bench-model\",\"messages\":[{{\"role\":\"user\",\"content\":\"say hello {i}\"}}],\"max_tokens\":16}}}}"
         )?;
     }
+    Ok(())
+}
+
+/// The input file of `n` lines at `path`.
+fn write_input(path: &Path, n: u64) -> Result<()> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    write_requests(&mut w, 0, n)?;
     w.flush()?;
     Ok(())
 }
@@ -61,25 +58,8 @@ pub async fn run(b: RunBench) -> Result<()> {
     )?;
 
     // The mock upstream, in its own process so its CPU is not the daemon's.
-    let mut mock = Command::new(std::env::current_exe()?)
-        .args([
-            "mock",
-            "--report-on-eof",
-            "--latency-ms",
-            &b.latency_ms.to_string(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the mock upstream")?;
-    let mut mock_out = BufReader::new(mock.stdout.take().expect("piped"));
-    let mut line = String::new();
-    mock_out.read_line(&mut line)?;
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .context("the mock did not say where it listens")?
-        .to_owned();
+    let mut mock = MockProcess::start(b.latency_ms)?;
+    let url = mock.url.clone();
 
     let mut pg = GroupCpu::start("postgres");
     let started = Instant::now();
@@ -108,7 +88,7 @@ pub async fn run(b: RunBench) -> Result<()> {
         if let Some(s) = cpu_seconds(pid) {
             cpu = s;
         }
-        if let Some(s) = cpu_seconds(mock.id()) {
+        if let Some(s) = cpu_seconds(mock.pid()) {
             mock_cpu = s;
         }
         if let Some(r) = peak_rss_kib(pid) {
@@ -121,12 +101,7 @@ pub async fn run(b: RunBench) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     };
     let wall = started.elapsed().as_secs_f64();
-    // Closing its input makes the mock print what it saw and stop.
-    drop(mock.stdin.take());
-    line.clear();
-    mock_out.read_line(&mut line)?;
-    let _ = mock.wait();
-    let upstream_span = parse_mock_report(&line)?;
+    let upstream_span = mock.finish()?;
     if !status.success() {
         bail!("fusillade run failed: {status}");
     }
@@ -191,15 +166,4 @@ pub async fn run(b: RunBench) -> Result<()> {
         println!("upstream use      n/a at 0 ms latency");
     }
     Ok(())
-}
-
-/// Reads the mock's `calls N span_us S` line: calls and seconds.
-fn parse_mock_report(line: &str) -> Result<(u64, f64)> {
-    let mut words = line.split_whitespace();
-    match (words.next(), words.next(), words.next(), words.next()) {
-        (Some("calls"), Some(calls), Some("span_us"), Some(us)) => {
-            Ok((calls.parse()?, us.parse::<f64>()? / 1e6))
-        }
-        _ => bail!("the mock's report is unreadable: {line:?}"),
-    }
 }
