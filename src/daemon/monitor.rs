@@ -1,0 +1,164 @@
+//! What the owner of a daemon sees while it runs: the calls the upstream is
+//! answering right now, and whether the first calls all failed the same way.
+//!
+//! `fusillade run` uses the second to stop early on a misconfigured upstream
+//! (wrong host, wrong path, wrong key) instead of failing every line: while
+//! no call has been answered in a usable way, calls that fail like a
+//! misconfiguration are released back to the queue rather than recorded as
+//! failed, so the batch stays resumable once the configuration is fixed.
+
+use super::slots::Slots;
+use crate::upstream::CallOutcome;
+use std::sync::{Arc, Mutex};
+
+/// How the first calls failed, when they all failed the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamFailure {
+    /// The full URL called.
+    pub url: String,
+    /// What happened, e.g. `HTTP 401: ...` or the connection error.
+    pub cause: String,
+    /// How many calls failed so.
+    pub calls: u32,
+}
+
+#[derive(Debug, Default)]
+struct FirstCalls {
+    /// A call was answered in a way that shows the route works (any status
+    /// but 401, 403 and 404), or two calls failed differently: from then on
+    /// every outcome is recorded as usual.
+    settled: bool,
+    /// The failure every call so far has had.
+    failure: Option<UpstreamFailure>,
+}
+
+/// A live view of one daemon; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    slots: Arc<Slots>,
+    first: Arc<Mutex<FirstCalls>>,
+    /// Whether failing calls are held back while the first calls are judged.
+    holds: bool,
+}
+
+impl Monitor {
+    pub(super) fn new(slots: Arc<Slots>, holds: bool) -> Self {
+        Self {
+            slots,
+            first: Arc::default(),
+            holds,
+        }
+    }
+
+    /// Calls being made to the upstream now (not requests claimed ahead).
+    pub fn in_flight(&self) -> u32 {
+        self.slots.in_flight()
+    }
+
+    /// The failure shared by every call so far, once at least `calls` calls
+    /// failed so and none went otherwise.
+    pub fn broken_upstream(&self, calls: u32) -> Option<UpstreamFailure> {
+        let first = self.first.lock().expect("first calls lock");
+        match &first.failure {
+            Some(f) if !first.settled && f.calls >= calls.max(1) => Some(f.clone()),
+            _ => None,
+        }
+    }
+
+    /// Records a call's outcome; `true` if it must go back to the queue
+    /// instead of being recorded (it failed like a misconfiguration while
+    /// the first calls are still being judged).
+    pub(super) fn record(&self, url: impl FnOnce() -> String, outcome: &CallOutcome) -> bool {
+        let mut first = self.first.lock().expect("first calls lock");
+        if first.settled {
+            return false;
+        }
+        let Some(cause) = misconfiguration(outcome) else {
+            first.settled = true;
+            return false;
+        };
+        match &mut first.failure {
+            Some(f) if f.cause == cause => f.calls += 1,
+            Some(_) => {
+                first.settled = true;
+                return false;
+            }
+            None => {
+                first.failure = Some(UpstreamFailure {
+                    url: url(),
+                    cause,
+                    calls: 1,
+                })
+            }
+        }
+        self.holds
+    }
+}
+
+/// The cause, if `outcome` is how a misconfigured route fails: the host
+/// cannot be reached or resolved, or the server refuses the key or does not
+/// know the path.
+fn misconfiguration(outcome: &CallOutcome) -> Option<String> {
+    match outcome {
+        CallOutcome::ConnectionFailed { message } => Some(message.clone()),
+        CallOutcome::Answered { status, body, .. } if matches!(status, 401 | 403 | 404) => {
+            let mut snippet: String = body.chars().take(200).collect();
+            snippet = snippet.replace(['\n', '\r'], " ");
+            Some(format!("HTTP {status}: {}", snippet.trim()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: u16, body: &str) -> CallOutcome {
+        CallOutcome::Answered {
+            status,
+            body: body.into(),
+            upstream_request_id: None,
+            retry_after: None,
+        }
+    }
+
+    fn url() -> String {
+        "http://h/v1/x".into()
+    }
+
+    #[test]
+    fn the_same_failure_trips_after_enough_calls() {
+        let m = Monitor::new(Arc::new(Slots::new()), true);
+        assert!(m.record(url, &answered(401, "no key")));
+        assert_eq!(m.broken_upstream(2), None);
+        assert!(m.record(url, &answered(401, "no key")));
+        let f = m.broken_upstream(2).unwrap();
+        assert_eq!(f.url, "http://h/v1/x");
+        assert_eq!(f.cause, "HTTP 401: no key");
+    }
+
+    #[test]
+    fn an_answer_or_a_different_failure_settles_it() {
+        let m = Monitor::new(Arc::new(Slots::new()), true);
+        assert!(m.record(url, &answered(404, "")));
+        assert!(!m.record(url, &answered(200, "{}")));
+        assert!(!m.record(url, &answered(404, "")));
+        assert_eq!(m.broken_upstream(1), None);
+
+        let m = Monitor::new(Arc::new(Slots::new()), true);
+        let refused = CallOutcome::ConnectionFailed {
+            message: "refused".into(),
+        };
+        assert!(m.record(url, &refused));
+        assert!(!m.record(url, &answered(403, "")));
+        assert_eq!(m.broken_upstream(1), None);
+    }
+
+    #[test]
+    fn a_daemon_that_does_not_hold_records_everything() {
+        let m = Monitor::new(Arc::new(Slots::new()), false);
+        assert!(!m.record(url, &answered(401, "")));
+        assert!(m.broken_upstream(1).is_some());
+    }
+}
