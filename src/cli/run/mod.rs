@@ -1,282 +1,285 @@
-//! `fusillade run`: one input file to completion, with a progress line, and
-//! resumable: a rerun with the same input continues the same batch.
+//! `fusillade run`: one input file to completion, with a progress bar.
+//!
+//! - `output`: the result files, checked before any work.
+//! - `input`: the input file or standard input, and its digest.
+//! - `preflight`: an upstream is named and reachable.
+//! - `batch`: which batch runs (the resume rules).
+//! - `summary`: the final summary and exit status.
+//!
+//! The daemon started here claims only this run's batch, and holds back
+//! calls that fail like a misconfigured upstream until it is clear whether
+//! they all do; if so the run stops with the URL and the cause.
+
+mod batch;
+mod input;
+mod output;
+mod preflight;
+mod summary;
 
 use super::progress::Progress;
 use super::setup::{Common, database, load_config, shutdown_on_signals};
 use super::{CliError, Kind, runtime, usage};
 use anyhow::anyhow;
-use fusillade::daemon::Daemon;
+use batch::Mode;
+use fusillade::daemon::{Daemon, Monitor};
 use fusillade::domain::batch::{Batch, BatchStatus};
-use fusillade::store::{
-    BatchStore, ByteStream, FileStore, NewBatch, NewFile, Owner, PostgresStore, RequestStore,
-};
-use futures_util::TryStreamExt;
-use sha2::Digest;
-use std::path::{Path, PathBuf};
+use fusillade::store::{BatchStore, Owner, PostgresStore, RequestStore};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Arguments of `fusillade run`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Exit status: 0 every line succeeded; 3 the batch finished with failed lines; \
+1 a runtime failure (also an upstream that cannot be reached or refuses every call); \
+2 bad usage or configuration; 130 interrupted.
+
+Rerunning the same command resumes the unfinished batch of the same input. \
+A rerun of a finished batch writes its results again; --retry-failed sends \
+only its failed lines again, --fresh starts a new batch.")]
 pub struct Args {
-    /// The input JSONL file (OpenAI batch format).
-    input: PathBuf,
-    /// Where to write successful results.
-    #[arg(long, value_name = "OUT.jsonl")]
+    /// The input JSONL file (OpenAI batch format); `-` reads standard input.
+    #[arg(value_name = "INPUT.jsonl", required_unless_present = "input_flag")]
+    input: Option<PathBuf>,
+    /// The input file (as an option, like vLLM's run_batch).
+    #[arg(
+        short = 'i',
+        long = "input",
+        value_name = "INPUT.jsonl",
+        conflicts_with = "input"
+    )]
+    input_flag: Option<PathBuf>,
+    /// Where to write successful results; `-` writes them to standard output.
+    #[arg(short = 'o', long, value_name = "OUT.jsonl")]
     output: PathBuf,
-    /// Where to write failed requests (default: OUT with `.errors` before its extension).
+    /// Where to write failed lines (default: OUT with `.errors` before its
+    /// extension; required with `--output -`).
     #[arg(long, value_name = "ERR.jsonl")]
     errors: Option<PathBuf>,
-    /// Send every model to this base URL (overrides the config's routes).
+    /// The upstream's base URL, for every model (overrides the config's
+    /// routes); the input's path, e.g. /v1/chat/completions, is appended.
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
+    /// The environment variable holding the upstream's API key (sent to
+    /// every route; without it, routes keep the config's keys).
+    #[arg(long, value_name = "VAR")]
+    api_key_env: Option<String>,
     /// The batch's completion window (`24h`, `90m`, ...).
     #[arg(long, default_value = "24h")]
     completion_window: String,
     /// Start a new batch even if this input was run before.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "retry_failed")]
     fresh: bool,
+    /// Send again only the failed lines of this input's finished batch.
+    #[arg(long)]
+    retry_failed: bool,
+    /// Print one JSON summary object on standard output at the end.
+    #[arg(long)]
+    json: bool,
+    /// No progress display; only warnings and errors.
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More log output (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(flatten)]
     common: Common,
 }
 
 /// How often progress is read from the database.
-const POLL: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(250);
+
+/// The first calls that must all fail the same way before the run stops.
+const FIRST_CALLS: i64 = 3;
 
 /// Runs the file, writes both result files.
 pub async fn run(args: Args) -> Result<(), CliError> {
+    let started = Instant::now();
+    let input_arg = args
+        .input
+        .clone()
+        .or_else(|| args.input_flag.clone())
+        .ok_or_else(|| usage(anyhow!("no input file given")))?;
+    if args.json && args.output == std::path::Path::new("-") {
+        return Err(usage(anyhow!(
+            "--json and --output - both write to standard output; choose one"
+        )));
+    }
+    // Paths first: a typo fails now, not after the batch ran.
+    let stdin = input_arg == std::path::Path::new("-");
+    let targets = output::check(
+        (!stdin).then_some(input_arg.as_path()),
+        &args.output,
+        args.errors.as_deref(),
+    )?;
+    let config = configure(&args)?;
+    let input = tokio::task::block_in_place(|| input::Input::open(&input_arg))?;
+    let digest = input.digest().await?;
+    preflight::reachable(&config).await?;
+
+    let pool = database(&args.common, &config).await?;
+    let store = PostgresStore::new(pool);
+    let mode = match (args.fresh, args.retry_failed) {
+        (true, _) => Mode::Fresh,
+        (_, true) => Mode::RetryFailed,
+        _ => Mode::Resume,
+    };
+    let base = format!("run:{digest}:{}", args.completion_window);
+    let picked = batch::pick(&store, &base, mode, async |key| {
+        batch::start(
+            &store,
+            &input.path,
+            &input.name,
+            &args.completion_window,
+            key,
+        )
+        .await
+    })
+    .await?;
+    if picked.batch.status == BatchStatus::Failed {
+        return Err(batch::refused(&picked.batch));
+    }
+    let last = if picked.already_finished {
+        picked.batch
+    } else {
+        execute(&store, config, &picked.batch, args.quiet).await?
+    };
+
+    let output_bytes = output::write(store.output_stream(last.id), &targets.output).await?;
+    let error_bytes = output::write(store.error_stream(last.id), &targets.errors).await?;
+    let written = summary::Written {
+        targets,
+        output_bytes,
+        error_bytes,
+        elapsed: started.elapsed(),
+    };
+    if args.json {
+        println!("{}", summary::json(&last, &written));
+    } else if !args.quiet {
+        eprintln!("{}", summary::line(&last, &written));
+    }
+    let hint = if picked.already_finished {
+        "; rerun with --retry-failed to send only those lines again, or --fresh to run the whole file again"
+    } else {
+        "; rerun with --retry-failed to send only those lines again"
+    };
+    summary::outcome(&last, &written, hint)
+}
+
+/// The config with the flags applied, refusing to guess an upstream.
+fn configure(args: &Args) -> Result<fusillade::config::Config, CliError> {
     let mut config = load_config(args.common.config.as_deref())?;
     if let Some(url) = &args.upstream {
         config = config.with_upstream_url(url).map_err(usage)?;
     }
-    let errors_path = args
-        .errors
-        .clone()
-        .unwrap_or_else(|| errors_path_for(&args.output));
-    let digest = file_digest(&args.input).await?;
-    let pool = database(&args.common, &config).await?;
-    let store = PostgresStore::new(pool);
-    let key = format!("run:{digest}:{}", args.completion_window);
-
-    let existing = if args.fresh {
-        None
-    } else {
-        store.find_batch_by_key("", &key).await.map_err(runtime)?
-    };
-    let batch = match existing {
-        Some(b) => {
-            eprintln!(
-                "resuming batch {} ({} of {} requests already finished)",
-                b.id,
-                b.request_counts.finished(),
-                b.request_counts.total
-            );
-            b
-        }
-        None => start(&store, &args, (!args.fresh).then_some(key.as_str())).await?,
-    };
-    if batch.status == BatchStatus::Failed {
-        return Err(refused(&batch));
+    if let Some(var) = &args.api_key_env {
+        let key = std::env::var(var)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                usage(anyhow!(
+                    "--api-key-env names the environment variable {var}, which is not set"
+                ))
+            })?;
+        config = config.with_api_key(&key);
     }
+    preflight::upstream_named(&config)?;
+    Ok(config)
+}
 
+/// Runs `batch` with a daemon scoped to it until it ends, the upstream
+/// proves broken, or a signal stops it; returns the ended batch.
+async fn execute(
+    store: &PostgresStore,
+    config: fusillade::config::Config,
+    batch: &Batch,
+    quiet: bool,
+) -> Result<Batch, CliError> {
     let shutdown = shutdown_on_signals();
     let (_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config));
-    let daemon_stop = shutdown.child_token();
-    let daemon = tokio::spawn(Daemon::new(store.clone(), config_rx).run(daemon_stop.clone()));
+    let daemon = Daemon::new(store.clone(), config_rx)
+        .scoped_to(batch.id)
+        .holding_misconfigured_calls();
+    let monitor = daemon.monitor();
+    let daemon_stop = CancellationToken::new();
+    let running = tokio::spawn(daemon.run(daemon_stop.clone()));
 
-    let mut progress = Progress::new();
-    let last = loop {
-        let b = store
-            .get_batch(Owner::Any, batch.id)
-            .await
-            .map_err(runtime)?
-            .ok_or_else(|| runtime(anyhow!("batch {} disappeared", batch.id)))?;
-        if b.status.is_terminal() || shutdown.is_cancelled() {
-            progress.finish(&b.request_counts);
-            break b;
-        }
-        progress.show(&b.request_counts, false);
-        tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = shutdown.cancelled() => {}
-        }
-    };
+    let mut progress = Progress::new(batch.request_counts.total, quiet);
+    let (last, broken) = watch(store, batch, &monitor, &shutdown, &mut progress).await?;
     daemon_stop.cancel();
-    match daemon.await {
+    match running.await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "daemon stopped with an error"),
         Err(e) => tracing::warn!(error = %e, "daemon task failed"),
+    }
+    // Counts after the daemon released what it held, so they agree with
+    // what the store keeps for the rerun.
+    let last = if last.status.is_terminal() {
+        last
+    } else {
+        fetch(store, batch).await?
+    };
+    progress.finish(&last.request_counts);
+    drop(progress);
+    let c = &last.request_counts;
+    if let Some(f) = broken {
+        return Err(runtime(anyhow!(
+            "stopped: the first {} calls to {} all failed: {}. Nothing was recorded for them; \
+             fix the upstream (--upstream, --api-key-env or the config) and run the same command again to resume",
+            f.calls,
+            f.url,
+            f.cause
+        )));
     }
     if !last.status.is_terminal() {
         return Err(CliError {
             kind: Kind::Interrupted,
             error: anyhow!(
-                "interrupted with {} of {} requests finished; run the same command again to resume",
-                last.request_counts.finished(),
-                last.request_counts.total
+                "interrupted with {} of {} requests finished (batch {}); run the same command again to resume",
+                c.finished(),
+                c.total,
+                last.id
             ),
         });
     }
-
-    let written_ok = write_stream(store.output_stream(batch.id), &args.output).await?;
-    let written_err = write_stream(store.error_stream(batch.id), &errors_path).await?;
-    eprintln!(
-        "batch {} {}: {} results in {} ({written_ok} bytes), {} errors in {} ({written_err} bytes)",
-        last.id,
-        last.status,
-        last.request_counts.completed,
-        args.output.display(),
-        last.request_counts.failed + last.request_counts.canceled,
-        errors_path.display(),
-    );
-    match last.status {
-        BatchStatus::Completed => Ok(()),
-        other => Err(runtime(anyhow!(
-            "the batch ended {other}; finished results were written"
-        ))),
-    }
+    Ok(last)
 }
 
-/// Uploads the input and creates its batch.
-async fn start(store: &PostgresStore, args: &Args, key: Option<&str>) -> Result<Batch, CliError> {
-    let file = tokio::fs::File::open(&args.input)
-        .await
-        .map_err(|e| usage(anyhow!("cannot read {}: {e}", args.input.display())))?;
-    let body = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
-    eprintln!("uploading {}", args.input.display());
-    let uploaded = store
-        .create_file(
-            NewFile {
-                owner: String::new(),
-                filename: args
-                    .input
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                expires_at: None,
-            },
-            body,
-        )
-        .await
-        .map_err(runtime)?;
-    let endpoint = match uploaded.urls.as_slice() {
-        [one] => one.clone(),
-        [] => fusillade::domain::file::DEFAULT_ENDPOINTS[0].to_owned(),
-        many => {
-            return Err(usage(anyhow!(
-                "{} mixes endpoints ({}); a batch runs one endpoint, so split the file",
-                args.input.display(),
-                many.join(", ")
-            )));
+/// Polls the batch until it ends, a signal fires or the first calls show a
+/// broken upstream.
+async fn watch(
+    store: &PostgresStore,
+    batch: &Batch,
+    monitor: &Monitor,
+    shutdown: &CancellationToken,
+    progress: &mut Progress,
+) -> Result<(Batch, Option<fusillade::daemon::UpstreamFailure>), CliError> {
+    // As many calls as could fail before the run stops: the lines left, at
+    // most a few.
+    let left = batch.request_counts.total - batch.request_counts.finished();
+    let first_calls = left.clamp(1, FIRST_CALLS) as u32;
+    loop {
+        let b = fetch(store, batch).await?;
+        if b.status.is_terminal() || shutdown.is_cancelled() {
+            return Ok((b, None));
         }
-    };
-    let batch = store
-        .create_batch(NewBatch {
-            owner: "",
-            input_file_id: uploaded.id,
-            endpoint: &endpoint,
-            completion_window: &args.completion_window,
-            metadata: None,
-            idempotency_key: key,
-        })
-        .await
-        .map_err(|e| match e {
-            fusillade::StoreError::Invalid(_) => usage(e),
-            e => runtime(e),
-        })?;
-    eprintln!(
-        "batch {}: {} requests to {endpoint}",
-        batch.id, batch.request_counts.total
-    );
-    Ok(batch)
-}
-
-/// The error for an input that did not validate, listing the first problems.
-fn refused(batch: &Batch) -> CliError {
-    let errors = batch.errors.as_deref().unwrap_or_default();
-    let mut msg = format!("the input was refused ({} problems):", errors.len());
-    for e in errors.iter().take(20) {
-        match e.line {
-            Some(l) => msg.push_str(&format!("\n  line {l}: {} ({})", e.message, e.code)),
-            None => msg.push_str(&format!("\n  {} ({})", e.message, e.code)),
+        if let Some(f) = monitor.broken_upstream(first_calls) {
+            return Ok((b, Some(f)));
+        }
+        progress.show(&b.request_counts, monitor.in_flight(), false);
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = shutdown.cancelled() => {}
         }
     }
-    if errors.len() > 20 {
-        msg.push_str(&format!("\n  ... and {} more", errors.len() - 20));
-    }
-    usage(anyhow!(msg))
 }
 
-/// `out.jsonl` -> `out.errors.jsonl`.
-fn errors_path_for(output: &Path) -> PathBuf {
-    let stem = output
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".into());
-    let name = match output.extension() {
-        Some(ext) => format!("{stem}.errors.{}", ext.to_string_lossy()),
-        None => format!("{stem}.errors"),
-    };
-    output.with_file_name(name)
-}
-
-/// The input's SHA-256, which names the batch for resuming.
-async fn file_digest(path: &Path) -> Result<String, CliError> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut f = std::fs::File::open(&path)
-            .map_err(|e| usage(anyhow!("cannot read {}: {e}", path.display())))?;
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f
-                .read(&mut buf)
-                .map_err(|e| runtime(anyhow!("reading {}: {e}", path.display())))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-    })
-    .await
-    .map_err(runtime)?
-}
-
-/// Streams `stream` into `path` through a temporary file, so a crash never
-/// leaves a half-written file under the final name.
-async fn write_stream(mut stream: ByteStream, path: &Path) -> Result<u64, CliError> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let fail = |e: std::io::Error| runtime(anyhow!("writing {}: {e}", path.display()));
-    let mut f = tokio::io::BufWriter::new(tokio::fs::File::create(&tmp).await.map_err(fail)?);
-    let mut n = 0u64;
-    while let Some(chunk) = stream.try_next().await.map_err(runtime)? {
-        n += chunk.len() as u64;
-        f.write_all(&chunk).await.map_err(fail)?;
-    }
-    f.flush().await.map_err(fail)?;
-    f.get_ref().sync_all().await.map_err(fail)?;
-    tokio::fs::rename(&tmp, path).await.map_err(fail)?;
-    Ok(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn errors_path_sits_beside_the_output() {
-        assert_eq!(
-            errors_path_for(Path::new("out/r.jsonl")),
-            PathBuf::from("out/r.errors.jsonl")
-        );
-        assert_eq!(errors_path_for(Path::new("r")), PathBuf::from("r.errors"));
-    }
+async fn fetch(store: &PostgresStore, batch: &Batch) -> Result<Batch, CliError> {
+    store
+        .get_batch(Owner::Any, batch.id)
+        .await
+        .map_err(runtime)?
+        .ok_or_else(|| runtime(anyhow!("batch {} disappeared", batch.id)))
 }
