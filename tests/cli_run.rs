@@ -192,10 +192,14 @@ async fn failed_lines_exit_3_and_say_how_many_and_where(pool: PgPool) {
     std::fs::write(dir.join("in.jsonl"), jsonl(&lines_for("m", "r-", 5))).unwrap();
     let db = database_url(&pool).await;
     let mut cmd = run_cmd(&dir, &db);
-    cmd.arg("--upstream").arg(mock.url());
+    cmd.arg("--upstream")
+        .arg(mock.url())
+        .env("RUST_LOG", "info");
     let out = output(cmd).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("INFO"), "{err}");
+    assert!(!err.contains('\x1b'), "no colours off a terminal: {err:?}");
     assert!(err.contains("1 of 5 lines failed"), "{err}");
     assert!(err.contains("err.jsonl"), "{err}");
     assert!(err.contains("--retry-failed"), "{err}");
@@ -219,9 +223,10 @@ async fn an_interrupted_fresh_run_is_resumed(pool: PgPool) {
     let db = database_url(&pool).await;
     let mut cmd = run_cmd(&dir, &db);
     cmd.arg("--upstream").arg(mock.url()).arg("--fresh");
+    let err_path = dir.join("stderr.txt");
     let mut child = Guard(
         cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&err_path).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -241,6 +246,19 @@ async fn an_interrupted_fresh_run_is_resumed(pool: PgPool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(status.code(), Some(130));
+    // The count reported is the store's, after the daemon let go.
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    let reported: i64 = err
+        .split("interrupted with ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM request_results")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(reported, stored, "{err}");
     let calls_before = mock.stats().total_calls;
     assert!(calls_before < 200);
 
@@ -382,6 +400,23 @@ async fn an_upstream_refusing_every_call_stops_the_run_resumably(pool: PgPool) {
     assert_eq!(count_batches(&pool).await, 1);
 }
 
+#[sqlx::test]
+async fn an_unresolvable_host_fails_before_anything_is_sent(pool: PgPool) {
+    let dir = tempdir();
+    std::fs::write(dir.join("in.jsonl"), jsonl(&lines_for("m", "r-", 2))).unwrap();
+    let mut cmd = run_cmd(&dir, &database_url(&pool).await);
+    cmd.arg("--upstream")
+        .arg("http://no-such-host.invalid:8000");
+    let out = output(cmd).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("http://no-such-host.invalid:8000") && err.contains("resolv"),
+        "{err}"
+    );
+    assert_eq!(count_batches(&pool).await, 0);
+}
+
 // 5. Outputs checked before any work; stdin and stdout.
 
 #[sqlx::test]
@@ -480,9 +515,9 @@ async fn stdin_in_stdout_out_and_a_json_summary(pool: PgPool) {
 
 #[sqlx::test]
 async fn log_lines_are_not_glued_onto_the_progress_line(pool: PgPool) {
-    let mock = MockUpstream::start(MockBehavior::with_latency(Duration::from_millis(30))).await;
+    let mock = MockUpstream::start(MockBehavior::with_latency(Duration::from_millis(100))).await;
     let dir = tempdir();
-    std::fs::write(dir.join("in.jsonl"), jsonl(&lines_for("m", "r-", 60))).unwrap();
+    std::fs::write(dir.join("in.jsonl"), jsonl(&lines_for("m", "r-", 40))).unwrap();
     std::fs::write(
         dir.join("config.toml"),
         "[upstream]\nconcurrency = 2\n[daemon]\nheartbeat_ms = 100\nstale_after_ms = 600\n",
@@ -520,6 +555,15 @@ async fn log_lines_are_not_glued_onto_the_progress_line(pool: PgPool) {
         !text.contains("\x1b[3"),
         "no colours with NO_COLOR: {text:?}"
     );
+    // "in flight" is calls the upstream is answering (at most the
+    // concurrency of 2), not requests claimed ahead.
+    let shown: Vec<u32> = text
+        .split("in flight ")
+        .skip(1)
+        .filter_map(|t| t.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(shown.iter().any(|&n| n > 0), "{shown:?}");
+    assert!(shown.iter().all(|&n| n <= 2), "{shown:?}");
 }
 
 // 8. The rest of the command line.
