@@ -381,11 +381,16 @@ impl Config {
         Ok(self)
     }
 
-    /// The same configuration with `key` sent on every route (the
-    /// `--api-key-env` flag, given with the URL it belongs to).
+    /// The same configuration with `key` sent to the default route's
+    /// origin (the `--api-key-env` flag): on the default route and on every
+    /// route to the same origin, never to another one.
     pub fn with_api_key(mut self, key: &str) -> Self {
-        for r in std::iter::once(&mut self.upstream).chain(self.models.values_mut()) {
-            r.api_key = Some(key.to_owned());
+        let origin = self.upstream.url.clone();
+        self.upstream.api_key = Some(key.to_owned());
+        for r in self.models.values_mut() {
+            if same_origin(Some(&r.url), Some(&origin)) {
+                r.api_key = Some(key.to_owned());
+            }
         }
         self
     }
@@ -557,6 +562,12 @@ api_key_env = "KEY"
             other.with_api_key("sk-new").route("m").api_key.as_deref(),
             Some("sk-new")
         );
+        // The flag's key goes to the default route's origin only.
+        let c = parse("[upstream]\nurl = \"http://up:1\"\n[models.far]\nurl = \"http://far:1\"\n[models.near]\nconcurrency = 1")
+            .unwrap()
+            .with_api_key("sk-flag");
+        assert_eq!(c.route("near").api_key.as_deref(), Some("sk-flag"));
+        assert_eq!(c.route("far").api_key, None);
     }
 
     #[test]

@@ -176,6 +176,48 @@ async fn run_never_sends_another_owners_pending_request(pool: PgPool) {
     assert_eq!(pending, 3, "alice's requests stay pending");
 }
 
+// Keys go only to their own origin.
+
+#[sqlx::test]
+async fn keys_are_sent_only_to_their_own_origin(pool: PgPool) {
+    let mock = MockUpstream::start(MockBehavior::default().respond(|c| {
+        let mut reply = MockReply::ok_for(c);
+        reply.body = serde_json::json!({"auth": c.authorization}).to_string();
+        reply
+    }))
+    .await;
+    let dir = tempdir();
+    std::fs::write(dir.join("in.jsonl"), jsonl(&lines_for("m", "r-", 1))).unwrap();
+    // The config's key belongs to another server than --upstream.
+    std::fs::write(
+        dir.join("config.toml"),
+        "[upstream]\nurl = \"http://elsewhere.invalid:9\"\napi_key_env = \"CONFIG_KEY\"\n",
+    )
+    .unwrap();
+    let db = database_url(&pool).await;
+    let auth_sent = |extra: &'static [&'static str]| {
+        let mut cmd = run_cmd(&dir, &db);
+        cmd.arg("--upstream")
+            .arg(mock.url())
+            .arg("--fresh")
+            .args(extra)
+            .env("CONFIG_KEY", "sk-config")
+            .env("FLAG_KEY", "sk-flag");
+        let dir = dir.clone();
+        async move {
+            let out = output(cmd).await;
+            assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+            let line = &read_lines(&dir.join("out.jsonl"))[0];
+            line["response"]["body"]["auth"].clone()
+        }
+    };
+    assert_eq!(auth_sent(&[]).await, Value::Null);
+    assert_eq!(
+        auth_sent(&["--api-key-env", "FLAG_KEY"]).await,
+        "Bearer sk-flag"
+    );
+}
+
 // 2. Exit codes.
 
 #[sqlx::test]

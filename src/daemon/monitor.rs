@@ -9,6 +9,7 @@
 
 use super::slots::Slots;
 use crate::upstream::CallOutcome;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// How the first calls failed, when they all failed the same way.
@@ -37,6 +38,9 @@ struct FirstCalls {
 pub struct Monitor {
     slots: Arc<Slots>,
     first: Arc<Mutex<FirstCalls>>,
+    /// Set with `FirstCalls::settled`, read without the lock: once the
+    /// first calls are judged, recording costs every call one load.
+    settled: Arc<AtomicBool>,
     /// Whether failing calls are held back while the first calls are judged.
     holds: bool,
 }
@@ -46,6 +50,7 @@ impl Monitor {
         Self {
             slots,
             first: Arc::default(),
+            settled: Arc::default(),
             holds,
         }
     }
@@ -69,18 +74,23 @@ impl Monitor {
     /// instead of being recorded (it failed like a misconfiguration while
     /// the first calls are still being judged).
     pub(super) fn record(&self, url: impl FnOnce() -> String, outcome: &CallOutcome) -> bool {
+        if self.settled.load(Ordering::Relaxed) {
+            return false;
+        }
         let mut first = self.first.lock().expect("first calls lock");
         if first.settled {
             return false;
         }
         let Some(cause) = misconfiguration(outcome) else {
             first.settled = true;
+            self.settled.store(true, Ordering::Relaxed);
             return false;
         };
         match &mut first.failure {
             Some(f) if f.cause == cause => f.calls += 1,
             Some(_) => {
                 first.settled = true;
+                self.settled.store(true, Ordering::Relaxed);
                 return false;
             }
             None => {

@@ -60,8 +60,8 @@ pub struct Args {
     /// routes); the input's path, e.g. /v1/chat/completions, is appended.
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
-    /// The environment variable holding the upstream's API key (sent to
-    /// every route; without it, routes keep the config's keys).
+    /// The environment variable holding the upstream's API key, sent only
+    /// to the upstream's origin (without it, routes keep the config's keys).
     #[arg(long, value_name = "VAR")]
     api_key_env: Option<String>,
     /// The batch's completion window (`24h`, `90m`, ...).
