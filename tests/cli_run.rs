@@ -526,12 +526,22 @@ async fn stdin_in_stdout_out_and_a_json_summary(pool: PgPool) {
             .unwrap()
             .read_to_string(&mut stdout)
             .unwrap();
+        let mut stderr = String::new();
+        child
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
         let status = child.0.wait().unwrap();
-        (status, stdout)
+        (status, stdout, stderr)
     })
     .await
     .unwrap();
-    assert_eq!(out.0.code(), Some(0));
+    assert_eq!(out.0.code(), Some(0), "{}", out.2);
+    // -q: nothing on stderr when all goes well.
+    assert_eq!(out.2, "");
     let lines: Vec<Value> = out
         .1
         .lines()

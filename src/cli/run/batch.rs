@@ -12,6 +12,15 @@ use fusillade::domain::batch::{Batch, BatchStatus};
 use fusillade::store::{BatchStore, FileStore, NewBatch, NewFile, Owner, PostgresStore};
 use std::path::Path;
 
+/// A line for the user on stderr, unless `--quiet`.
+macro_rules! note {
+    ($quiet:expr, $($arg:tt)*) => {
+        if !$quiet {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
 /// How far the generations are searched; a user will not `--fresh` more often.
 const MAX_GENERATIONS: u32 = 10_000;
 
@@ -65,6 +74,7 @@ pub async fn pick(
     store: &PostgresStore,
     base: &str,
     mode: Mode,
+    quiet: bool,
     upload: impl AsyncFnOnce(Option<&str>) -> Result<Batch, CliError>,
 ) -> Result<Picked, CliError> {
     let (generation, last) = latest(store, base).await?;
@@ -81,7 +91,8 @@ pub async fn pick(
     };
     let c = &last.request_counts;
     if !last.status.is_terminal() {
-        eprintln!(
+        note!(
+            quiet,
             "resuming batch {} ({} of {} requests already finished)",
             last.id,
             c.finished(),
@@ -94,7 +105,7 @@ pub async fn pick(
     }
     if mode == Mode::RetryFailed && last.status != BatchStatus::Failed {
         if c.failed == 0 {
-            eprintln!("batch {} has no failed lines to retry", last.id);
+            note!(quiet, "batch {} has no failed lines to retry", last.id);
         } else {
             let (batch, n) =
                 store
@@ -108,14 +119,15 @@ pub async fn pick(
                         )),
                         e => runtime(e),
                     })?;
-            eprintln!("re-queued {n} failed lines of batch {}", batch.id);
+            note!(quiet, "re-queued {n} failed lines of batch {}", batch.id);
             return Ok(Picked {
                 batch,
                 already_finished: false,
             });
         }
     } else if last.status != BatchStatus::Failed {
-        eprintln!(
+        note!(
+            quiet,
             "batch {} of this input already ended {} ({} succeeded, {} failed); writing its results again",
             last.id,
             last.status,
@@ -136,6 +148,7 @@ pub async fn start(
     name: &str,
     completion_window: &str,
     key: Option<&str>,
+    quiet: bool,
 ) -> Result<Batch, CliError> {
     let file = tokio::fs::File::open(input)
         .await
@@ -177,9 +190,11 @@ pub async fn start(
             fusillade::StoreError::Invalid(_) => usage(e),
             e => runtime(e),
         })?;
-    eprintln!(
+    note!(
+        quiet,
         "batch {}: {} requests to {endpoint}",
-        batch.id, batch.request_counts.total
+        batch.id,
+        batch.request_counts.total
     );
     Ok(batch)
 }

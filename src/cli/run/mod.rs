@@ -119,13 +119,14 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         _ => Mode::Resume,
     };
     let base = format!("run:{digest}:{}", args.completion_window);
-    let picked = batch::pick(&store, &base, mode, async |key| {
+    let picked = batch::pick(&store, &base, mode, args.quiet, async |key| {
         batch::start(
             &store,
             &input.path,
             &input.name,
             &args.completion_window,
             key,
+            args.quiet,
         )
         .await
     })
