@@ -425,7 +425,12 @@ async fn an_upstream_refusing_every_call_stops_the_run_resumably(pool: PgPool) {
     let called = format!("{}/v1/v1/chat/completions", mock.url());
     assert!(err.contains(&called), "{err}");
     assert!(err.contains("401") && err.contains("bad key"), "{err}");
-    assert!(mock.stats().total_calls < 50, "not every line was sent");
+    // Three calls judge it; at most one more was on its way (concurrency 2).
+    assert!(
+        mock.stats().total_calls <= 4,
+        "{}",
+        mock.stats().total_calls
+    );
     let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM request_results")
         .fetch_one(&pool)
         .await

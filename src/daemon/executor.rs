@@ -48,6 +48,16 @@ async fn run_one<S: DaemonBackend>(
     abort: CancellationToken,
     outcomes: &UnboundedSender<Outcome>,
 ) {
+    if shared.monitor.tripped() {
+        // The upstream was judged broken: the line waits for the next run.
+        let _ = outcomes.send(Outcome::Requeue(Requeue {
+            id: req.id,
+            attempt: req.attempt,
+            delay: HOLD,
+            is_retry: false,
+        }));
+        return;
+    }
     let (config, client) = shared.current();
     let call = UpstreamRequest {
         request_id: req.id,

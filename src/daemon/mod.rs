@@ -136,7 +136,7 @@ impl<S: DaemonBackend> Daemon<S> {
             store,
             config,
             scope: None,
-            monitor: Monitor::new(slots.clone(), false),
+            monitor: Monitor::new(slots.clone(), 0),
             slots,
         }
     }
@@ -148,12 +148,13 @@ impl<S: DaemonBackend> Daemon<S> {
         self
     }
 
-    /// While the first calls are judged (see [`Monitor::broken_upstream`]),
-    /// calls that fail like a misconfigured upstream go back to the queue
-    /// instead of failing their lines; the owner is expected to stop the
-    /// daemon once the monitor reports a broken upstream.
-    pub fn holding_misconfigured_calls(mut self) -> Self {
-        self.monitor = Monitor::new(self.slots.clone(), true);
+    /// Until a call is answered usably, calls that fail like a
+    /// misconfigured upstream go back to the queue instead of failing their
+    /// lines; once `calls` of them failed the same way, the upstream is
+    /// judged broken ([`Monitor::broken_upstream`]) and nothing more is
+    /// sent: the owner is expected to stop the daemon then.
+    pub fn holding_misconfigured_calls(mut self, calls: u32) -> Self {
+        self.monitor = Monitor::new(self.slots.clone(), calls.max(1));
         self
     }
 

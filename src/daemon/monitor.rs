@@ -41,17 +41,18 @@ pub struct Monitor {
     /// Set with `FirstCalls::settled`, read without the lock: once the
     /// first calls are judged, recording costs every call one load.
     settled: Arc<AtomicBool>,
-    /// Whether failing calls are held back while the first calls are judged.
-    holds: bool,
+    /// How many calls must fail the same way to judge the upstream broken;
+    /// until then (and after) such calls are held back. 0: nothing is held.
+    stop_after: u32,
 }
 
 impl Monitor {
-    pub(super) fn new(slots: Arc<Slots>, holds: bool) -> Self {
+    pub(super) fn new(slots: Arc<Slots>, stop_after: u32) -> Self {
         Self {
             slots,
             first: Arc::default(),
             settled: Arc::default(),
-            holds,
+            stop_after,
         }
     }
 
@@ -60,14 +61,23 @@ impl Monitor {
         self.slots.in_flight()
     }
 
-    /// The failure shared by every call so far, once at least `calls` calls
-    /// failed so and none went otherwise.
-    pub fn broken_upstream(&self, calls: u32) -> Option<UpstreamFailure> {
+    /// The failure shared by every call so far, once enough calls failed
+    /// so and none went otherwise.
+    pub fn broken_upstream(&self) -> Option<UpstreamFailure> {
+        if self.settled.load(Ordering::Relaxed) {
+            return None;
+        }
         let first = self.first.lock().expect("first calls lock");
         match &first.failure {
-            Some(f) if !first.settled && f.calls >= calls.max(1) => Some(f.clone()),
+            Some(f) if !first.settled && f.calls >= self.stop_after.max(1) => Some(f.clone()),
             _ => None,
         }
+    }
+
+    /// Whether calls must not be sent at all: the upstream was judged
+    /// broken, and the owner is about to stop the daemon.
+    pub(super) fn tripped(&self) -> bool {
+        self.stop_after > 0 && self.broken_upstream().is_some()
     }
 
     /// Records a call's outcome; `true` if it must go back to the queue
@@ -101,7 +111,7 @@ impl Monitor {
                 })
             }
         }
-        self.holds
+        self.stop_after > 0
     }
 }
 
@@ -139,36 +149,39 @@ mod tests {
 
     #[test]
     fn the_same_failure_trips_after_enough_calls() {
-        let m = Monitor::new(Arc::new(Slots::new()), true);
+        let m = Monitor::new(Arc::new(Slots::new()), 2);
         assert!(m.record(url, &answered(401, "no key")));
-        assert_eq!(m.broken_upstream(2), None);
+        assert_eq!(m.broken_upstream(), None);
+        assert!(!m.tripped());
         assert!(m.record(url, &answered(401, "no key")));
-        let f = m.broken_upstream(2).unwrap();
+        assert!(m.tripped());
+        let f = m.broken_upstream().unwrap();
         assert_eq!(f.url, "http://h/v1/x");
         assert_eq!(f.cause, "HTTP 401: no key");
     }
 
     #[test]
     fn an_answer_or_a_different_failure_settles_it() {
-        let m = Monitor::new(Arc::new(Slots::new()), true);
+        let m = Monitor::new(Arc::new(Slots::new()), 2);
         assert!(m.record(url, &answered(404, "")));
         assert!(!m.record(url, &answered(200, "{}")));
         assert!(!m.record(url, &answered(404, "")));
-        assert_eq!(m.broken_upstream(1), None);
+        assert_eq!(m.broken_upstream(), None);
 
-        let m = Monitor::new(Arc::new(Slots::new()), true);
+        let m = Monitor::new(Arc::new(Slots::new()), 1);
         let refused = CallOutcome::ConnectionFailed {
             message: "refused".into(),
         };
         assert!(m.record(url, &refused));
         assert!(!m.record(url, &answered(403, "")));
-        assert_eq!(m.broken_upstream(1), None);
+        assert_eq!(m.broken_upstream(), None);
     }
 
     #[test]
     fn a_daemon_that_does_not_hold_records_everything() {
-        let m = Monitor::new(Arc::new(Slots::new()), false);
+        let m = Monitor::new(Arc::new(Slots::new()), 0);
         assert!(!m.record(url, &answered(401, "")));
-        assert!(m.broken_upstream(1).is_some());
+        assert!(m.broken_upstream().is_some());
+        assert!(!m.tripped());
     }
 }

@@ -28,9 +28,13 @@ pub async fn execute(
 ) -> Result<Batch, CliError> {
     let shutdown = shutdown_on_signals();
     let (_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config));
+    // As many calls as must fail the same way before the run stops: the
+    // lines left, at most a few.
+    let left = batch.request_counts.total - batch.request_counts.finished();
+    let first_calls = left.clamp(1, FIRST_CALLS) as u32;
     let daemon = Daemon::new(store.clone(), config_rx)
         .scoped_to(batch.id)
-        .holding_misconfigured_calls();
+        .holding_misconfigured_calls(first_calls);
     let monitor = daemon.monitor();
     let daemon_stop = CancellationToken::new();
     let running = tokio::spawn(daemon.run(daemon_stop.clone()));
@@ -85,16 +89,12 @@ async fn watch(
     shutdown: &CancellationToken,
     progress: &mut Progress,
 ) -> Result<(Batch, Option<UpstreamFailure>), CliError> {
-    // As many calls as could fail before the run stops: the lines left, at
-    // most a few.
-    let left = batch.request_counts.total - batch.request_counts.finished();
-    let first_calls = left.clamp(1, FIRST_CALLS) as u32;
     loop {
         let b = fetch(store, batch).await?;
         if b.status.is_terminal() || shutdown.is_cancelled() {
             return Ok((b, None));
         }
-        if let Some(f) = monitor.broken_upstream(first_calls) {
+        if let Some(f) = monitor.broken_upstream() {
             return Ok((b, Some(f)));
         }
         progress.show(&b.request_counts, monitor.in_flight(), false);
