@@ -571,6 +571,13 @@ api_key_env = "KEY"
     }
 
     #[test]
+    fn listen_resolves_a_host_name() {
+        let c = parse("listen = \"localhost:0\"").unwrap();
+        assert!(c.listen.unwrap().ip().is_loopback());
+        assert_eq!(c.listen.unwrap().port(), 0);
+    }
+
+    #[test]
     fn an_empty_file_gives_defaults() {
         let c = parse("").unwrap();
         assert_eq!(c.upstream.url, DEFAULT_UPSTREAM);

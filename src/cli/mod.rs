@@ -38,14 +38,16 @@ enum Command {
 }
 
 impl Cli {
-    /// How much to log: `-q` warnings only, `-v` debug, `-vv` trace (for
-    /// `run`; the other subcommands log at info).
-    pub fn log_level(&self) -> &'static str {
+    /// The log filter when `RUST_LOG` is unset: `-q` warnings only, `-v`
+    /// fusillade's debug lines, `-vv` every crate's (for `run`; the other
+    /// subcommands log at info). sqlx's slow-statement warnings are expected
+    /// on bulk loads and are hidden unless asked for.
+    pub fn log_filter(&self) -> &'static str {
         match &self.command {
-            Command::Run(a) if a.quiet => "warn",
-            Command::Run(a) if a.verbose == 1 => "debug",
-            Command::Run(a) if a.verbose > 1 => "trace",
-            _ => "info",
+            Command::Run(a) if a.quiet => "warn,sqlx=error",
+            Command::Run(a) if a.verbose == 1 => "info,fusillade=debug,sqlx=error",
+            Command::Run(a) if a.verbose > 1 => "debug,fusillade=trace",
+            _ => "info,sqlx=error",
         }
     }
 }
@@ -100,13 +102,12 @@ pub fn runtime(error: impl Into<anyhow::Error>) -> CliError {
     }
 }
 
-/// Logs to stderr at `level`, unless `RUST_LOG` says otherwise (sqlx's
-/// slow-statement warnings are expected on bulk loads and are hidden unless
-/// asked for). Colours only on a terminal, and not with `NO_COLOR`; lines
-/// are written above `run`'s progress bar, never into it.
-pub fn init_tracing(level: &str) {
+/// Logs to stderr through `filter`, unless `RUST_LOG` says otherwise.
+/// Colours only on a terminal, and not with `NO_COLOR`; lines are written
+/// above `run`'s progress bar, never into it.
+pub fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=error")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(progress::colours_on_stderr())
