@@ -106,8 +106,8 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         &args.output,
         args.errors.as_deref(),
     )?;
-    let config = configure(&args)?;
     let input = tokio::task::block_in_place(|| input::Input::open(&input_arg))?;
+    let config = configure(&args)?;
     let digest = input.digest().await?;
     preflight::reachable(&config).await?;
 
