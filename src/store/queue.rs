@@ -225,16 +225,20 @@ const SLOTS_SQL: &str = slots_sql!(
 );
 
 /// [`SLOTS_SQL`] for a daemon scoped to the batch `$9`: only that batch's
-/// pending models count as work (found through the `(batch_id, state)`
-/// index, as one batch has few models).
+/// pending models count as work. They are read from the batch's own range
+/// of ids (see `fusillade_batch_lo`), so other batches' backlogs cost
+/// nothing; the cost grows with what is left of this batch.
 const SLOTS_SCOPED_SQL: &str = slots_sql!(
     "
-    SELECT DISTINCT model FROM requests WHERE batch_id = $9 AND state = 'pending'"
+    SELECT DISTINCT model FROM requests
+    WHERE id BETWEEN fusillade_batch_lo($9) AND fusillade_batch_hi($9)
+      AND batch_id = $9 AND state = 'pending'"
 );
 
-/// The claim statement with an extra filter on the pending rows.
+/// The claim statement with an extra filter on the pending rows and the
+/// order they are taken in.
 macro_rules! claim_sql {
-    ($filter:literal) => {
+    ($filter:literal, $order:literal) => {
         concat!(
             "
 WITH picked AS (
@@ -244,7 +248,9 @@ WITH picked AS (
             $filter,
             "
           AND r.not_before <= now() AND r.deadline > now()
-        ORDER BY r.deadline, r.id
+        ORDER BY ",
+            $order,
+            "
         LIMIT d.k
         FOR UPDATE SKIP LOCKED) x
     WHERE d.k > 0
@@ -263,11 +269,19 @@ RETURNING q.id, q.batch_id, q.template_id, q.attempt, q.retries, q.model, q.cust
 /// The claim statement, for `EXPLAIN` in benchmarks: `$2` models, `$3` how
 /// many of each.
 #[doc(hidden)]
-pub const CLAIM_SQL: &str = claim_sql!("");
+pub const CLAIM_SQL: &str = claim_sql!("", "r.deadline, r.id");
 
-/// [`CLAIM_SQL`] for a daemon scoped to the batch `$5`.
+/// [`CLAIM_SQL`] for a daemon scoped to the batch `$5`: the batch's own
+/// range of ids, walked in id (line) order, so that other batches' backlogs
+/// are never scanned. (A batch's lines share one deadline, except failed
+/// lines re-queued by a user's retry, whose later deadline does not need to
+/// put them last.)
 #[doc(hidden)]
-pub const CLAIM_SCOPED_SQL: &str = claim_sql!(" AND r.batch_id = $5");
+pub const CLAIM_SCOPED_SQL: &str = claim_sql!(
+    "
+          AND r.id BETWEEN fusillade_batch_lo($5) AND fusillade_batch_hi($5) AND r.batch_id = $5",
+    "r.id"
+);
 
 /// Records results: deletes the queue rows whose lease holds, adds to their
 /// batches' counters and token totals, and appends their results.
