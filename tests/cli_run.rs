@@ -564,6 +564,18 @@ async fn stdin_in_stdout_out_and_a_json_summary(pool: PgPool) {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["request_counts"]["completed"], 2);
+    assert!(!stderr(&out).contains("DEBUG"), "{}", stderr(&out));
+
+    // `-v`: fusillade's debug lines too (without RUST_LOG, which would win).
+    let mut cmd = run_cmd(&dir, &db);
+    cmd.arg("--upstream")
+        .arg(mock.url())
+        .args(["-v", "--fresh"])
+        .env_remove("RUST_LOG");
+    let out = output(cmd).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("DEBUG") && err.contains("fusillade"), "{err}");
     assert_eq!(summary["status"], "completed");
     assert!(summary["batch_id"].as_str().is_some());
 }

@@ -35,6 +35,7 @@ pub async fn execute(
     let daemon = Daemon::new(store.clone(), config_rx)
         .scoped_to(batch.id)
         .holding_misconfigured_calls(first_calls);
+    tracing::debug!(batch = %batch.id, first_calls, "starting a daemon scoped to the batch");
     let monitor = daemon.monitor();
     let daemon_stop = CancellationToken::new();
     let running = tokio::spawn(daemon.run(daemon_stop.clone()));
