@@ -204,6 +204,10 @@ pub struct Config {
     pub database_url: Option<String>,
     /// The default route.
     pub upstream: Route,
+    /// Whether the file named the default route's URL (else it is the
+    /// built-in `http://127.0.0.1:8000`, which `fusillade run` refuses to
+    /// assume).
+    pub upstream_url_given: bool,
     /// Per-model routes (the default with the model's overrides applied).
     pub models: BTreeMap<String, Route>,
     /// Daemon settings.
@@ -265,10 +269,17 @@ impl Config {
         let listen = raw
             .listen
             .map(|l| {
-                l.parse::<SocketAddr>()
-                    .map_err(|e| invalid("listen", format!("{l:?} is not host:port ({e})")))
+                // A host name (`localhost:8080`) is resolved once, here.
+                l.parse::<SocketAddr>().or_else(|e| {
+                    use std::net::ToSocketAddrs;
+                    l.to_socket_addrs()
+                        .ok()
+                        .and_then(|mut a| a.next())
+                        .ok_or_else(|| invalid("listen", format!("{l:?} is not host:port ({e})")))
+                })
             })
             .transpose()?;
+        let upstream_url_given = raw.upstream.url.is_some();
         let base = RawRoute {
             url: Some(DEFAULT_UPSTREAM.into()),
             ..RawRoute::default()
@@ -280,7 +291,15 @@ impl Config {
             .iter()
             .map(|(name, o)| {
                 let key = format!("models.{name:?}");
-                Ok((name.clone(), route(&merge(&defaults, o), &key, env)?))
+                let mut merged = merge(&defaults, o);
+                // The default key belongs to the default route's server: a
+                // route to another origin gets a key only if it names one.
+                if o.api_key_env.is_none()
+                    && !same_origin(merged.url.as_deref(), defaults.url.as_deref())
+                {
+                    merged.api_key_env = None;
+                }
+                Ok((name.clone(), route(&merged, &key, env)?))
             })
             .collect::<Result<_, ConfigError>>()?;
         let d = raw.daemon;
@@ -373,6 +392,7 @@ impl Config {
         Ok(Self {
             listen,
             database_url: raw.database_url,
+            upstream_url_given,
             upstream,
             models,
             daemon,
@@ -386,14 +406,34 @@ impl Config {
         self.models.get(model).unwrap_or(&self.upstream)
     }
 
-    /// The same configuration with every model sent to `url` (the `--upstream` flag).
+    /// The same configuration with every model sent to `url` (the `--upstream`
+    /// flag). A route whose origin changes loses its key, which belonged to
+    /// its old server.
     pub fn with_upstream_url(mut self, url: &str) -> Result<Self, ConfigError> {
         check_url(url, "--upstream")?;
-        self.upstream.url = url.trim_end_matches('/').to_owned();
-        for r in self.models.values_mut() {
-            r.url = self.upstream.url.clone();
+        self.upstream_url_given = true;
+        let url = url.trim_end_matches('/').to_owned();
+        for r in std::iter::once(&mut self.upstream).chain(self.models.values_mut()) {
+            if !same_origin(Some(&r.url), Some(&url)) {
+                r.api_key = None;
+            }
+            r.url = url.clone();
         }
         Ok(self)
+    }
+
+    /// The same configuration with `key` sent to the default route's
+    /// origin (the `--api-key-env` flag): on the default route and on every
+    /// route to the same origin, never to another one.
+    pub fn with_api_key(mut self, key: &str) -> Self {
+        let origin = self.upstream.url.clone();
+        self.upstream.api_key = Some(key.to_owned());
+        for r in self.models.values_mut() {
+            if same_origin(Some(&r.url), Some(&origin)) {
+                r.api_key = Some(key.to_owned());
+            }
+        }
+        self
     }
 }
 
@@ -408,6 +448,16 @@ fn merge(base: &RawRoute, o: &RawRoute) -> RawRoute {
         total_timeout_ms: o.total_timeout_ms.or(base.total_timeout_ms),
         max_response_bytes: o.max_response_bytes.or(base.max_response_bytes),
         stream_paths: o.stream_paths.clone().or_else(|| base.stream_paths.clone()),
+    }
+}
+
+/// Whether two URLs have the same scheme, host and port (an unparsable URL
+/// matches nothing).
+fn same_origin(a: Option<&str>, b: Option<&str>) -> bool {
+    let origin = |u: Option<&str>| u.and_then(|u| url::Url::parse(u).ok()).map(|u| u.origin());
+    match (origin(a), origin(b)) {
+        (Some(a), Some(b)) => a.is_tuple() && a == b,
+        _ => false,
     }
 }
 
@@ -499,14 +549,73 @@ keys = { "sk-alice" = "alice", "sk-bob" = "bob" }
         let g = c.route("gpt-4o");
         assert_eq!(g.url, "https://api.example.com");
         assert_eq!(g.concurrency, 8);
-        // Overrides inherit the rest of [upstream], the key included.
-        assert_eq!(g.api_key.as_deref(), Some("sk-up"));
+        // Another origin: the default route's key is not sent there.
+        assert_eq!(g.api_key, None);
+        assert_eq!(c.route("other").api_key.as_deref(), Some("sk-up"));
         assert_eq!(c.daemon.retry.max_retries, 5);
         assert!(
             !format!("{g:?}").contains("sk-up"),
             "keys stay out of Debug"
         );
         assert_eq!(c.auth.unwrap()["sk-bob"], "bob");
+    }
+
+    #[test]
+    fn a_route_inherits_the_key_only_on_the_same_origin() {
+        let c = parse(
+            r#"
+[upstream]
+url = "http://up:8000"
+api_key_env = "KEY"
+[models.same]
+url = "http://up:8000/"
+concurrency = 2
+[models.inherits]
+concurrency = 3
+[models.port]
+url = "http://up:8001"
+[models.scheme]
+url = "https://up:8000"
+[models.host]
+url = "http://other:8000"
+[models.named]
+url = "http://other:8000"
+api_key_env = "KEY"
+"#,
+        )
+        .unwrap();
+        for m in ["same", "inherits", "named"] {
+            assert_eq!(c.route(m).api_key.as_deref(), Some("sk-up"), "{m}");
+        }
+        for m in ["port", "scheme", "host"] {
+            assert_eq!(c.route(m).api_key, None, "{m}");
+        }
+    }
+
+    #[test]
+    fn the_upstream_flag_drops_keys_of_other_origins() {
+        let c = parse("[upstream]\nurl = \"http://up:8000\"\napi_key_env = \"KEY\"").unwrap();
+        let same = c.clone().with_upstream_url("http://up:8000/").unwrap();
+        assert_eq!(same.upstream.api_key.as_deref(), Some("sk-up"));
+        let other = c.with_upstream_url("http://elsewhere:8000").unwrap();
+        assert_eq!(other.upstream.api_key, None);
+        assert_eq!(
+            other.with_api_key("sk-new").route("m").api_key.as_deref(),
+            Some("sk-new")
+        );
+        // The flag's key goes to the default route's origin only.
+        let c = parse("[upstream]\nurl = \"http://up:1\"\n[models.far]\nurl = \"http://far:1\"\n[models.near]\nconcurrency = 1")
+            .unwrap()
+            .with_api_key("sk-flag");
+        assert_eq!(c.route("near").api_key.as_deref(), Some("sk-flag"));
+        assert_eq!(c.route("far").api_key, None);
+    }
+
+    #[test]
+    fn listen_resolves_a_host_name() {
+        let c = parse("listen = \"localhost:0\"").unwrap();
+        assert!(c.listen.unwrap().ip().is_loopback());
+        assert_eq!(c.listen.unwrap().port(), 0);
     }
 
     #[test]

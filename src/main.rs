@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing();
+    cli::init_tracing(args.log_filter());
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

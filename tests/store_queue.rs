@@ -63,6 +63,7 @@ fn demand(daemon: DaemonId, models: &[(&str, u32, u32)], max_total: u32) -> Clai
         default_limit: 0,
         default_share: 0,
         max_total,
+        scope: None,
     }
 }
 
@@ -87,6 +88,7 @@ fn slots_demand(
         default_limit: 0,
         default_share: 0,
         max_total: 1000,
+        scope: None,
     }
 }
 
@@ -248,6 +250,39 @@ async fn claim_honours_the_total_cap_and_defaults(pool: PgPool) {
     let got = store.claim(&req).await.unwrap();
     assert_eq!(got.requests.len(), 3, "max_total caps the statement");
     assert_eq!(slots_of(&got, "other"), 100);
+}
+
+#[sqlx::test]
+async fn a_scoped_claim_takes_only_its_batch(pool: PgPool) {
+    let store = store(&pool).await;
+    let other = batch_of(&store, "m", 4, "1h").await;
+    let mine = batch_of(&store, "m", 3, "24h").await;
+    // A model only the other batch has pending is not work for this daemon.
+    let only_other = batch_of(&store, "x", 2, "1h").await;
+    let d = daemon(&store).await;
+    let scoped = ClaimRequest {
+        scope: Some(mine),
+        default_limit: 10,
+        default_share: 10,
+        ..demand(d, &[], 100)
+    };
+    let got = store.claim(&scoped).await.unwrap();
+    assert_eq!(got.requests.len(), 3);
+    assert!(got.requests.iter().all(|r| r.batch_id == Some(mine)));
+    assert_eq!(slots_of(&got, "x"), 0, "{:?}", got.slots);
+    // Nothing of it is left: a second claim takes nothing of the others.
+    assert!(store.claim(&scoped).await.unwrap().requests.is_empty());
+    // Unscoped, the others' work is all there.
+    let all = store
+        .claim(&demand(d, &[("m", 10, 10), ("x", 10, 10)], 100))
+        .await
+        .unwrap();
+    assert_eq!(all.requests.len(), 6);
+    assert!(
+        all.requests
+            .iter()
+            .all(|r| r.batch_id == Some(other) || r.batch_id == Some(only_other))
+    );
 }
 
 #[sqlx::test]

@@ -1,6 +1,7 @@
 //! The subcommands, one module each. Raw arguments become a checked setting
 //! here; the work itself is done by the library.
 
+mod completions;
 mod migrate;
 mod progress;
 mod run;
@@ -32,6 +33,23 @@ enum Command {
     Worker(worker::Args),
     /// Runs one input file to completion and writes its output and error files.
     Run(run::Args),
+    /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Args),
+}
+
+impl Cli {
+    /// The log filter when `RUST_LOG` is unset: `-q` warnings only, `-v`
+    /// fusillade's debug lines, `-vv` every crate's (for `run`; the other
+    /// subcommands log at info). sqlx's slow-statement warnings are expected
+    /// on bulk loads and are hidden unless asked for.
+    pub fn log_filter(&self) -> &'static str {
+        match &self.command {
+            Command::Run(a) if a.quiet => "warn,sqlx=error",
+            Command::Run(a) if a.verbose == 1 => "info,fusillade=debug,sqlx=error",
+            Command::Run(a) if a.verbose > 1 => "debug,fusillade=trace",
+            _ => "info,sqlx=error",
+        }
+    }
 }
 
 /// Whether a failure is the user's input (exit 2) or happened at run time (exit 1).
@@ -43,6 +61,8 @@ pub enum Kind {
     Runtime,
     /// Stopped by a signal before the work was done (exit 130).
     Interrupted,
+    /// The work finished, but some of its lines failed (exit 3).
+    ErrorLines,
 }
 
 /// A failure with the exit code it maps to.
@@ -55,11 +75,12 @@ pub struct CliError {
 }
 
 impl CliError {
-    /// The process exit code: 2 for usage, 1 for runtime.
+    /// The process exit code: 2 usage, 1 runtime, 3 failed lines, 130 interrupted.
     pub fn exit_code(&self) -> u8 {
         match self.kind {
             Kind::Usage => 2,
             Kind::Runtime => 1,
+            Kind::ErrorLines => 3,
             Kind::Interrupted => 130,
         }
     }
@@ -81,14 +102,16 @@ pub fn runtime(error: impl Into<anyhow::Error>) -> CliError {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: info; sqlx's slow-statement
-/// warnings are expected on bulk loads and are hidden unless asked for).
-pub fn init_tracing() {
+/// Logs to stderr through `filter`, unless `RUST_LOG` says otherwise.
+/// Colours only on a terminal, and not with `NO_COLOR`; lines are written
+/// above `run`'s progress bar, never into it.
+pub fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_ansi(progress::colours_on_stderr())
+        .with_writer(progress::LogWriter::default)
         .init();
 }
 
@@ -104,16 +127,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::Migrate(args) => migrate::run(args).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Run(args) => run::run(args).await,
+            Command::Completions(args) => completions::run(args),
         }
-    })
-}
-
-/// Picks the database URL: the flag wins over `DATABASE_URL` (clap reads it).
-pub fn database_url(flag: Option<String>) -> Result<String, CliError> {
-    flag.filter(|u| !u.is_empty()).ok_or_else(|| {
-        usage(anyhow::anyhow!(
-            "no database: pass --database-url or set DATABASE_URL"
-        ))
     })
 }
 
@@ -121,19 +136,22 @@ pub fn database_url(flag: Option<String>) -> Result<String, CliError> {
 /// enough to ride out a database restart for commands that retry anyway.
 pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Connects to PostgreSQL; failing to is a configuration error (exit 2).
-pub async fn connect(url: &str) -> Result<sqlx::PgPool, CliError> {
-    connect_waiting(url, DEFAULT_ACQUIRE_TIMEOUT).await
-}
-
-/// Like [`connect`], with statements waiting at most `acquire_timeout` for
-/// one of the pool's connections.
+/// Connects to PostgreSQL, with statements waiting at most
+/// `acquire_timeout` for one of the pool's connections; failing to connect
+/// is a configuration error (exit 2).
 pub async fn connect_waiting(
     url: &str,
     acquire_timeout: std::time::Duration,
 ) -> Result<sqlx::PgPool, CliError> {
     use sqlx::Connection;
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    if !matches!(scheme, "postgres" | "postgresql") {
+        return Err(usage(anyhow::anyhow!(
+            "unsupported database URL {}: the supported schemes are postgres:// and postgresql://",
+            redact(url)
+        )));
+    }
     let fail = |e: sqlx::Error| {
         usage(anyhow::anyhow!(
             "cannot connect to the database at {}: {e}",

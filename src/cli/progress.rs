@@ -1,58 +1,148 @@
-//! A live progress line for `fusillade run`: redrawn in place on a terminal,
-//! plain periodic lines otherwise.
+//! The progress display of `fusillade run`, and the log writer that keeps
+//! log lines off it.
+//!
+//! On a terminal the bar is drawn by indicatif on stderr; every log line is
+//! written through [`LogWriter`], which hides the bar while it writes, so a
+//! line is never glued onto the bar. Elsewhere (a file, a pipe) plain lines
+//! are printed every few seconds, without colours.
 
 use fusillade::domain::batch::BatchCounts;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Draws progress of one batch.
-pub struct Progress {
-    tty: bool,
-    started: Instant,
-    first_done: Option<(Instant, i64)>,
-    last_line: Instant,
+/// The bar being drawn, if any, so that log lines can be written above it.
+static ACTIVE: OnceLock<Mutex<Option<ProgressBar>>> = OnceLock::new();
+
+fn active() -> &'static Mutex<Option<ProgressBar>> {
+    ACTIVE.get_or_init(|| Mutex::new(None))
+}
+
+/// Whether stderr is a terminal that may get colours (`NO_COLOR` unset).
+pub fn colours_on_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// A tracing writer for stderr that hides the progress bar while it writes.
+#[derive(Debug, Default)]
+pub struct LogWriter {
+    buf: Vec<u8>,
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let write = || {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(&buf);
+            let _ = err.flush();
+        };
+        // Cloned out of the lock: suspend redraws, and must not hold it.
+        let bar = active().lock().ok().and_then(|b| b.clone());
+        match bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LogWriter {
+    // One event is formatted into one writer: it goes out whole, at once.
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
 }
 
 /// Plain lines are printed this often when stderr is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
+/// Draws progress of one batch.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    first_done: Option<(Instant, i64)>,
+    last_line: Instant,
+    quiet: bool,
+}
+
 impl Progress {
-    /// Starts the clock.
-    pub fn new() -> Self {
+    /// Starts the clock; `quiet` shows nothing.
+    pub fn new(total: i64, quiet: bool) -> Self {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::with_draw_target(
+                Some(total.max(0) as u64),
+                ProgressDrawTarget::stderr(),
+            );
+            let template = if colours_on_stderr() {
+                "{bar:24.cyan/blue} {percent:>3}%  {msg}"
+            } else {
+                "{bar:24} {percent:>3}%  {msg}"
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .expect("a valid template")
+                    .progress_chars("#>-"),
+            );
+            *active().lock().expect("progress lock") = Some(bar.clone());
+            bar
+        });
         Self {
-            tty: std::io::stderr().is_terminal(),
+            bar,
             started: Instant::now(),
             first_done: None,
             last_line: Instant::now() - PLAIN_EVERY,
+            quiet,
         }
     }
 
-    /// Shows the counts now (on a terminal every call redraws; otherwise
-    /// only every few seconds, unless `force`).
-    pub fn show(&mut self, c: &BatchCounts, force: bool) {
-        if !self.tty && !force && self.last_line.elapsed() < PLAIN_EVERY {
+    /// Shows the counts; `in_flight` is the calls the upstream is answering.
+    /// Off a terminal only every few seconds, unless `force`.
+    pub fn show(&mut self, c: &BatchCounts, in_flight: u32, force: bool) {
+        if self.quiet {
             return;
         }
-        self.last_line = Instant::now();
-        let line = self.render(c);
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            let _ = write!(err, "\r\x1b[2K{line}");
-        } else {
-            let _ = writeln!(err, "{line}");
+        let line = self.render(c, in_flight);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(c.total.max(0) as u64);
+                bar.set_position(c.finished().max(0) as u64);
+                bar.set_message(line);
+            }
+            None => {
+                if force || self.last_line.elapsed() >= PLAIN_EVERY {
+                    self.last_line = Instant::now();
+                    eprintln!("{}", plain(c, &line));
+                }
+            }
         }
-        let _ = err.flush();
     }
 
-    /// Ends the in-place line.
+    /// Ends the bar and prints the final counts as a line of their own.
     pub fn finish(&mut self, c: &BatchCounts) {
-        self.show(c, true);
-        if self.tty {
-            eprintln!();
+        if self.quiet {
+            return;
         }
+        let line = plain(c, &self.render(c, 0));
+        if let Some(bar) = self.bar.take() {
+            *active().lock().expect("progress lock") = None;
+            // Cleared, then printed as a whole line: a bar left on screen
+            // keeps the cursor at its end, where the next log line would go.
+            bar.finish_and_clear();
+        }
+        eprintln!("{line}");
     }
 
-    fn render(&mut self, c: &BatchCounts) -> String {
+    fn render(&mut self, c: &BatchCounts, in_flight: u32) -> String {
         let finished = c.finished();
         let now = Instant::now();
         // The rate counts from the first finished request seen, so time spent
@@ -70,23 +160,32 @@ impl Progress {
         } else {
             "--:--".into()
         };
-        let pct = if c.total > 0 {
-            100.0 * finished as f64 / c.total as f64
-        } else {
-            100.0
-        };
-        let width = 24usize;
-        let filled = ((pct / 100.0) * width as f64).round() as usize;
         format!(
-            "[{}{}] {pct:5.1}%  done {}  failed {}  left {}  {rate:.0} req/s  ETA {eta}  elapsed {}",
-            "#".repeat(filled.min(width)),
-            "-".repeat(width - filled.min(width)),
+            "done {}  failed {}  in flight {in_flight}  {rate:.0} req/s  ETA {eta}  elapsed {}",
             c.completed,
             c.failed + c.canceled,
-            c.unfinished(),
             format_duration(self.started.elapsed()),
         )
     }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            *active().lock().expect("progress lock") = None;
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The line printed off a terminal: the fraction first, as a bar would show.
+fn plain(c: &BatchCounts, line: &str) -> String {
+    let pct = if c.total > 0 {
+        100.0 * c.finished() as f64 / c.total as f64
+    } else {
+        100.0
+    };
+    format!("{}/{} ({pct:.1}%)  {line}", c.finished(), c.total)
 }
 
 fn format_duration(d: Duration) -> String {

@@ -25,7 +25,7 @@ const HTTP_GRACE: Duration = Duration::from_secs(30);
 pub struct Args {
     /// Address to listen on (default: `listen` in the config, else 127.0.0.1:8080).
     /// Port 0 picks a free port; the address is printed as `listening on URL`.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = super::setup::parse_listen)]
     listen: Option<SocketAddr>,
     /// Run the API without the daemon (requests are run by `fusillade worker`s).
     #[arg(long)]

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Flags shared by `worker`, `serve` and `run`.
+/// Flags shared by `worker`, `serve`, `migrate` and `run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
-    /// TOML configuration file (SPEC §3).
+    /// TOML configuration file (its keys are described in the README).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// PostgreSQL URL (default: $DATABASE_URL, then `database_url` in the config).
@@ -22,6 +22,10 @@ pub struct Common {
 /// Reads the config file, or the defaults without one.
 pub fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
     match path {
+        Some(p) if !p.exists() => Err(usage(anyhow::anyhow!(
+            "config file {} does not exist",
+            p.display()
+        ))),
         Some(p) => Config::load(p).map_err(usage),
         None => Ok(Config::default()),
     }
@@ -53,6 +57,19 @@ pub async fn database_waiting(
     let pool = connect_waiting(&url, acquire_timeout).await?;
     fusillade::store::migrate(&pool).await.map_err(runtime)?;
     Ok(pool)
+}
+
+/// Parses a `--listen` address; a host name (`localhost:0`) is resolved,
+/// and the first address it resolves to is used.
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not host:port ({e})"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
 /// A token that fires on SIGTERM or Ctrl-C. A second Ctrl-C exits at once.

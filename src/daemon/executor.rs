@@ -48,6 +48,16 @@ async fn run_one<S: DaemonBackend>(
     abort: CancellationToken,
     outcomes: &UnboundedSender<Outcome>,
 ) {
+    if shared.monitor.tripped() {
+        // The upstream was judged broken: the line waits for the next run.
+        let _ = outcomes.send(Outcome::Requeue(Requeue {
+            id: req.id,
+            attempt: req.attempt,
+            delay: HOLD,
+            is_retry: false,
+        }));
+        return;
+    }
     let (config, client) = shared.current();
     let call = UpstreamRequest {
         request_id: req.id,
@@ -89,6 +99,14 @@ async fn run_one<S: DaemonBackend>(
             )),
             usage: None,
         }),
+        Some(o) if shared.monitor.record(|| called_url(&config, &req), &o) => {
+            Outcome::Requeue(Requeue {
+                id: req.id,
+                attempt: req.attempt,
+                delay: HOLD,
+                is_retry: false,
+            })
+        }
         Some(o) => {
             let deadline = req
                 .deadline
@@ -116,6 +134,21 @@ async fn run_one<S: DaemonBackend>(
     }
     // The completer outlives every executor; a send error means it crashed.
     let _ = outcomes.send(write);
+}
+
+/// How long a call held back by the monitor waits before it may be claimed
+/// again (the owner normally stops the daemon well before).
+const HOLD: Duration = Duration::from_secs(1);
+
+/// The full URL a request is sent to, for messages.
+fn called_url(config: &crate::config::Config, req: &ClaimedRequest) -> String {
+    let base = if req.endpoint.is_empty() {
+        config.route(&req.model).url.as_str()
+    } else {
+        req.endpoint.as_str()
+    };
+    let slash = if req.path.starts_with('/') { "" } else { "/" };
+    format!("{}{slash}{}", base.trim_end_matches('/'), req.path)
 }
 
 fn decide_write(req: &ClaimedRequest, o: CallOutcome, decision: Decision) -> Outcome {

@@ -9,6 +9,8 @@
 //! - `heartbeat`: liveness, and stopping calls whose lease was lost.
 //! - `rescuer`: returns claims of dead daemons to the queue.
 //! - `finalizer`: completes, expires and cancels batches.
+//! - `monitor`: what the daemon's owner sees while it runs (calls in
+//!   flight, a broken upstream).
 //!
 //! Shutdown is passed in as a [`CancellationToken`]; every spawned task is
 //! tracked and awaited.
@@ -17,17 +19,20 @@ mod completer;
 mod executor;
 mod finalizer;
 mod heartbeat;
+mod monitor;
 mod producer;
 mod rescuer;
 mod slots;
 
 use crate::config::Config;
 pub use crate::config::DaemonSettings as DaemonConfig;
+use crate::domain::batch::BatchId;
 use crate::domain::daemon::{DaemonStats, NewDaemon};
 use crate::domain::ids::DaemonId;
 use crate::domain::request::RequestId;
 use crate::store::{DaemonStore, MaintenanceStore, QueueStore, StoreError, WorkNotifier};
 use crate::upstream::UpstreamClient;
+pub use monitor::{Monitor, UpstreamFailure};
 use slots::Slots;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -57,7 +62,11 @@ struct Held {
 /// State shared by the daemon's tasks.
 struct Shared<S> {
     store: S,
-    slots: Slots,
+    slots: Arc<Slots>,
+    /// The owner's view: calls in flight, and the first calls' failures.
+    monitor: Monitor,
+    /// The one batch this daemon works on, if it is scoped.
+    scope: Option<BatchId>,
     held: Mutex<HashMap<RequestId, Held>>,
     id: RwLock<DaemonId>,
     config: watch::Receiver<Arc<Config>>,
@@ -113,13 +122,45 @@ pub struct DaemonReport {
 pub struct Daemon<S> {
     store: S,
     config: watch::Receiver<Arc<Config>>,
+    scope: Option<BatchId>,
+    slots: Arc<Slots>,
+    monitor: Monitor,
 }
 
 impl<S: DaemonBackend> Daemon<S> {
     /// A daemon over `store`, following configuration updates sent on `config`
     /// (send a new value to apply a reloaded file).
     pub fn new(store: S, config: watch::Receiver<Arc<Config>>) -> Self {
-        Self { store, config }
+        let slots = Arc::new(Slots::new());
+        Self {
+            store,
+            config,
+            scope: None,
+            monitor: Monitor::new(slots.clone(), 0),
+            slots,
+        }
+    }
+
+    /// Claims only requests of `batch` (the daemon inside `fusillade run`),
+    /// leaving every other batch to other daemons.
+    pub fn scoped_to(mut self, batch: BatchId) -> Self {
+        self.scope = Some(batch);
+        self
+    }
+
+    /// Until a call is answered usably, calls that fail like a
+    /// misconfigured upstream go back to the queue instead of failing their
+    /// lines; once `calls` of them failed the same way, the upstream is
+    /// judged broken ([`Monitor::broken_upstream`]) and nothing more is
+    /// sent: the owner is expected to stop the daemon then.
+    pub fn holding_misconfigured_calls(mut self, calls: u32) -> Self {
+        self.monitor = Monitor::new(self.slots.clone(), calls.max(1));
+        self
+    }
+
+    /// A live view of this daemon, to read while it runs.
+    pub fn monitor(&self) -> Monitor {
+        self.monitor.clone()
     }
 
     /// Runs until `shutdown` fires, then stops claiming, lets calls in flight
@@ -130,7 +171,9 @@ impl<S: DaemonBackend> Daemon<S> {
         let id = register(&self.store, &initial, &shutdown).await?;
         let shared = Arc::new(Shared {
             store: self.store,
-            slots: Slots::new(),
+            slots: self.slots,
+            monitor: self.monitor,
+            scope: self.scope,
             held: Mutex::new(HashMap::new()),
             id: RwLock::new(id),
             client: RwLock::new((

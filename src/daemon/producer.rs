@@ -54,6 +54,7 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
         default_limit: config.upstream.concurrency,
         default_share: share(config.upstream.concurrency),
         max_total,
+        scope: shared.scope,
     }
 }
 

@@ -49,6 +49,9 @@ pub struct ClaimRequest {
     pub default_share: u32,
     /// Most requests claimed by this one statement.
     pub max_total: u32,
+    /// Claim only requests of this batch (`fusillade run`); `None` claims
+    /// every batch's work.
+    pub scope: Option<BatchId>,
 }
 
 /// What a claim returns.
@@ -158,17 +161,15 @@ pub trait QueueStore: Send + Sync {
 /// Key of the advisory lock that serializes claims across daemons.
 const CLAIM_LOCK: i64 = 0x66_75_73_69_6c_6c; // "fusill"
 
-/// Sets this daemon's slots (see [`QueueStore::claim`]); returns, per model,
-/// whether it has pending work, the slots the daemon may use (its share of
-/// those it holds: it holds more only while calls beyond its share run), and
-/// how many to claim; and the number of running daemons.
-const SLOTS_SQL: &str = "
-WITH RECURSIVE pending_models AS (
-    (SELECT model FROM requests WHERE state = 'pending' ORDER BY model LIMIT 1)
-    UNION ALL
-    SELECT (SELECT r.model FROM requests r
-            WHERE r.state = 'pending' AND r.model > p.model ORDER BY r.model LIMIT 1)
-    FROM pending_models p WHERE p.model IS NOT NULL
+/// The slots statement around a `pending_models` query: one text, so that
+/// the scoped and unscoped statements cannot drift apart.
+macro_rules! slots_sql {
+    ($pending_models:literal) => {
+        concat!(
+            "
+WITH RECURSIVE pending_models AS (",
+            $pending_models,
+            "
 ),
 asked AS (
     SELECT * FROM unnest($2::text[], $3::int[], $4::int[], $5::int[], $6::int[])
@@ -206,18 +207,50 @@ kept AS (
 SELECT model, pending, LEAST(held, share) AS usable,
        GREATEST(0, 2 * LEAST(held, share) - in_flight - waiting) AS claim,
        (SELECT count(*) FROM daemons WHERE status = 'running') AS peers
-FROM granted";
+FROM granted"
+        )
+    };
+}
+/// Sets this daemon's slots (see [`QueueStore::claim`]); returns, per model,
+/// whether it has pending work, the slots the daemon may use (its share of
+/// those it holds: it holds more only while calls beyond its share run), and
+/// how many to claim; and the number of running daemons.
+const SLOTS_SQL: &str = slots_sql!(
+    "
+    (SELECT model FROM requests WHERE state = 'pending' ORDER BY model LIMIT 1)
+    UNION ALL
+    SELECT (SELECT r.model FROM requests r
+            WHERE r.state = 'pending' AND r.model > p.model ORDER BY r.model LIMIT 1)
+    FROM pending_models p WHERE p.model IS NOT NULL"
+);
 
-/// The claim statement, for `EXPLAIN` in benchmarks: `$2` models, `$3` how
-/// many of each.
-#[doc(hidden)]
-pub const CLAIM_SQL: &str = "
+/// [`SLOTS_SQL`] for a daemon scoped to the batch `$9`: only that batch's
+/// pending models count as work. They are read from the batch's own range
+/// of ids (see `fusillade_batch_lo`), so other batches' backlogs cost
+/// nothing; the cost grows with what is left of this batch.
+const SLOTS_SCOPED_SQL: &str = slots_sql!(
+    "
+    SELECT DISTINCT model FROM requests
+    WHERE id BETWEEN fusillade_batch_lo($9) AND fusillade_batch_hi($9)
+      AND batch_id = $9 AND state = 'pending'"
+);
+
+/// The claim statement with an extra filter on the pending rows and the
+/// order they are taken in.
+macro_rules! claim_sql {
+    ($filter:literal, $order:literal) => {
+        concat!(
+            "
 WITH picked AS (
     SELECT x.id FROM unnest($2::text[], $3::int[]) AS d(model, k) CROSS JOIN LATERAL (
         SELECT r.id FROM requests r
-        WHERE r.state = 'pending' AND r.model = d.model
+        WHERE r.state = 'pending' AND r.model = d.model",
+            $filter,
+            "
           AND r.not_before <= now() AND r.deadline > now()
-        ORDER BY r.deadline, r.id
+        ORDER BY ",
+            $order,
+            "
         LIMIT d.k
         FOR UPDATE SKIP LOCKED) x
     WHERE d.k > 0
@@ -229,7 +262,26 @@ FROM picked p, request_templates t
 WHERE q.id = p.id AND q.state = 'pending' AND t.id = q.template_id
 RETURNING q.id, q.batch_id, q.template_id, q.attempt, q.retries, q.model, q.custom_id,
           CASE WHEN q.deadline = 'infinity' THEN NULL ELSE q.deadline END AS deadline,
-          t.path, t.body, t.endpoint";
+          t.path, t.body, t.endpoint"
+        )
+    };
+}
+/// The claim statement, for `EXPLAIN` in benchmarks: `$2` models, `$3` how
+/// many of each.
+#[doc(hidden)]
+pub const CLAIM_SQL: &str = claim_sql!("", "r.deadline, r.id");
+
+/// [`CLAIM_SQL`] for a daemon scoped to the batch `$5`: the batch's own
+/// range of ids, walked in id (line) order, so that other batches' backlogs
+/// are never scanned. (A batch's lines share one deadline, except failed
+/// lines re-queued by a user's retry, whose later deadline does not need to
+/// put them last.)
+#[doc(hidden)]
+pub const CLAIM_SCOPED_SQL: &str = claim_sql!(
+    "
+          AND r.id BETWEEN fusillade_batch_lo($5) AND fusillade_batch_hi($5) AND r.batch_id = $5",
+    "r.id"
+);
 
 /// Records results: deletes the queue rows whose lease holds, adds to their
 /// batches' counters and token totals, and appends their results.
@@ -310,7 +362,11 @@ impl QueueStore for PostgresStore {
             .bind(CLAIM_LOCK)
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query(SLOTS_SQL)
+        let slots_sql = match req.scope {
+            None => SLOTS_SQL,
+            Some(_) => SLOTS_SCOPED_SQL,
+        };
+        let mut slots = sqlx::query(slots_sql)
             .bind(req.daemon)
             .bind(&names)
             .bind(field(|m| m.limit))
@@ -318,9 +374,11 @@ impl QueueStore for PostgresStore {
             .bind(field(|m| m.in_flight))
             .bind(field(|m| m.waiting))
             .bind(clamp_i32(req.default_limit))
-            .bind(clamp_i32(req.default_share))
-            .fetch_all(&mut *tx)
-            .await?;
+            .bind(clamp_i32(req.default_share));
+        if let Some(batch) = req.scope {
+            slots = slots.bind(batch);
+        }
+        let rows = slots.fetch_all(&mut *tx).await?;
         let mut claim = Claim::default();
         let (mut models, mut wants) = (Vec::new(), Vec::new());
         for r in &rows {
@@ -337,13 +395,19 @@ impl QueueStore for PostgresStore {
         }
         claim.asked = claim.asked.min(req.max_total);
         if !models.is_empty() {
-            let rows = sqlx::query(CLAIM_SQL)
+            let claim_sql = match req.scope {
+                None => CLAIM_SQL,
+                Some(_) => CLAIM_SCOPED_SQL,
+            };
+            let mut claiming = sqlx::query(claim_sql)
                 .bind(req.daemon)
                 .bind(&models)
                 .bind(&wants)
-                .bind(i64::from(req.max_total))
-                .fetch_all(&mut *tx)
-                .await?;
+                .bind(i64::from(req.max_total));
+            if let Some(batch) = req.scope {
+                claiming = claiming.bind(batch);
+            }
+            let rows = claiming.fetch_all(&mut *tx).await?;
             claim.requests = rows
                 .iter()
                 .map(|r| {

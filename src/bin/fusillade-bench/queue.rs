@@ -146,6 +146,7 @@ pub async fn run(b: QueueBench) -> Result<()> {
         default_limit: 0,
         default_share: 0,
         max_total: capacity,
+        scope: None,
     };
     let mut pg = GroupCpu::start("postgres");
     let mut claim_times: Vec<Duration> = Vec::new();
