@@ -8,6 +8,7 @@ use fusillade::domain::daemon::{DaemonStats, NewDaemon};
 use fusillade::domain::ids::DaemonId;
 use fusillade::domain::output::ResultError;
 use fusillade::domain::request::{RequestId, RequestState};
+use fusillade::store::NewBatch;
 use fusillade::store::{
     BatchStore, Claim, ClaimRequest, ClaimedRequest, DaemonStore, Finished, MaintenanceStore,
     ModelDemand, Owner, PostgresStore, QueueStore, RequestStore, Requeue,
@@ -250,6 +251,47 @@ async fn claim_honours_the_total_cap_and_defaults(pool: PgPool) {
     let got = store.claim(&req).await.unwrap();
     assert_eq!(got.requests.len(), 3, "max_total caps the statement");
     assert_eq!(slots_of(&got, "other"), 100);
+}
+
+#[sqlx::test]
+async fn a_private_batch_is_claimed_only_by_its_scoped_daemon(pool: PgPool) {
+    let store = store(&pool).await;
+    let shared = batch_of(&store, "m", 2, "24h").await;
+    // A `fusillade run`'s batch, due first, on the same database.
+    let lines: Vec<String> = (0..3)
+        .map(|i| line_with(&format!("p-{i}"), CHAT, &chat_body("x", "m")))
+        .collect();
+    let file = upload(&store, "", &jsonl(&lines)).await;
+    let private = store
+        .create_batch(NewBatch {
+            private: true,
+            completion_window: "1h",
+            ..new_batch("", file.id, CHAT)
+        })
+        .await
+        .unwrap()
+        .id;
+    let d = daemon(&store).await;
+    // A worker or `serve` takes the shared work, never the private batch's.
+    let all = store
+        .claim(&demand(d, &[("m", 10, 10)], 100))
+        .await
+        .unwrap();
+    assert_eq!(all.requests.len(), 2, "{:?}", all.requests);
+    assert!(all.requests.iter().all(|r| r.batch_id == Some(shared)));
+    let none = store
+        .claim(&demand(d, &[("m", 10, 10)], 100))
+        .await
+        .unwrap();
+    assert!(none.requests.is_empty());
+    // Its own daemon takes all of it.
+    let scoped = ClaimRequest {
+        scope: Some(private),
+        ..demand(d, &[("m", 10, 10)], 100)
+    };
+    let mine = store.claim(&scoped).await.unwrap();
+    assert_eq!(mine.requests.len(), 3);
+    assert!(mine.requests.iter().all(|r| r.batch_id == Some(private)));
 }
 
 #[sqlx::test]

@@ -139,6 +139,7 @@ pub async fn create<S: ApiBackend>(
         completion_window: &req.completion_window,
         metadata: req.metadata.clone(),
         idempotency_key: key,
+        private: false,
     };
     let batch = match store.create_batch(new).await {
         Ok(b) => b,

@@ -29,6 +29,9 @@ pub struct NewBatch<'a> {
     pub metadata: Option<BTreeMap<String, String>>,
     /// A repeat with the same key returns the first batch instead of a new one.
     pub idempotency_key: Option<&'a str>,
+    /// Run only by a daemon scoped to this batch (`fusillade run`, with its
+    /// own routes): other daemons never claim its requests.
+    pub private: bool,
 }
 
 /// Which batches to list.
@@ -106,9 +109,9 @@ WITH f AS (
 b AS (
     INSERT INTO batches (id, owner, input_file_id, endpoint, completion_window, metadata,
                          status, total, idempotency_key, in_progress_at, expires_at,
-                         output_file_id, error_file_id)
+                         output_file_id, error_file_id, private)
     SELECT $1, $2, f.id, $4, $5, $6, 'in_progress', f.template_count, $7, now(), now() + $8,
-           $9, $10
+           $9, $10, $11
     FROM f
     ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
@@ -121,9 +124,9 @@ o AS (
         AS x(id, suffix, kind)
 ),
 r AS (
-    INSERT INTO requests (id, batch_id, template_id, model, custom_id, deadline)
+    INSERT INTO requests (id, batch_id, template_id, model, custom_id, deadline, private)
     SELECT fusillade_request_id(b.id, t.line_number), b.id, t.id, t.model, t.custom_id,
-           b.expires_at
+           b.expires_at, b.private
     FROM b JOIN request_templates t ON t.file_id = b.input_file_id
 )
 SELECT * FROM b";
@@ -257,6 +260,7 @@ impl PostgresStore {
             .bind(window.duration())
             .bind(FileId::new())
             .bind(FileId::new())
+            .bind(new.private)
             .fetch_optional(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -329,8 +333,8 @@ impl PostgresStore {
         if !errors.is_empty() {
             sqlx::query(
                 "INSERT INTO batches (id, owner, input_file_id, endpoint, completion_window, \
-                 metadata, status, errors, total, idempotency_key, expires_at, failed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, 0, $8, now() + $9, now())",
+                 metadata, status, errors, total, idempotency_key, expires_at, failed_at, private) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, 0, $8, now() + $9, now(), $10)",
             )
             .bind(id)
             .bind(new.owner)
@@ -341,6 +345,7 @@ impl PostgresStore {
             .bind(Json(&errors))
             .bind(new.idempotency_key)
             .bind(window.duration())
+            .bind(new.private)
             .execute(&mut *tx)
             .await?;
         } else {
@@ -348,8 +353,8 @@ impl PostgresStore {
             let error_id = FileId::new();
             sqlx::query(
                 "INSERT INTO batches (id, owner, input_file_id, endpoint, completion_window, \
-                 metadata, status, total, idempotency_key, in_progress_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'in_progress', $7, $8, now(), now() + $9)",
+                 metadata, status, total, idempotency_key, in_progress_at, expires_at, private) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'in_progress', $7, $8, now(), now() + $9, $10)",
             )
             .bind(id)
             .bind(new.owner)
@@ -360,6 +365,7 @@ impl PostgresStore {
             .bind(total)
             .bind(new.idempotency_key)
             .bind(window.duration())
+            .bind(new.private)
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -383,9 +389,10 @@ impl PostgresStore {
             // bits (domain::ids): in line order, so the primary key index
             // grows at its right edge only.
             sqlx::query(
-                "INSERT INTO requests (id, batch_id, template_id, model, custom_id, deadline) \
+                "INSERT INTO requests (id, batch_id, template_id, model, custom_id, deadline, \
+                                       private) \
                  SELECT fusillade_request_id($1, t.line_number), \
-                        $1, t.id, t.model, t.custom_id, b.expires_at \
+                        $1, t.id, t.model, t.custom_id, b.expires_at, b.private \
                  FROM request_templates t, batches b \
                  WHERE t.file_id = $2 AND b.id = $1",
             )
@@ -602,9 +609,11 @@ impl BatchStore for PostgresStore {
                            x.created_at), \
              q AS ( \
                  INSERT INTO requests (id, batch_id, template_id, model, custom_id, state, \
-                                       attempt, retries, not_before, deadline, created_at) \
+                                       attempt, retries, not_before, deadline, created_at, \
+                                       private) \
                  SELECT request_id, $1, template_id, model, custom_id, 'pending', attempt, 0, \
-                        now(), now() + $2, created_at FROM r), \
+                        now(), now() + $2, created_at, \
+                        (SELECT private FROM batches WHERE id = $1) FROM r), \
              n AS (SELECT count(*) AS n FROM r), \
              t AS (UPDATE batches SET n_failed = n_failed - (SELECT n FROM n) WHERE id = $1) \
              SELECT n FROM n",

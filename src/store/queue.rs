@@ -212,15 +212,18 @@ FROM granted"
     };
 }
 /// Sets this daemon's slots (see [`QueueStore::claim`]); returns, per model,
-/// whether it has pending work, the slots the daemon may use (its share of
+/// whether it has pending work (never a private batch's: those are run only
+/// by a daemon scoped to them, see [`NewBatch::private`](super::NewBatch)), the slots the daemon may use (its share of
 /// those it holds: it holds more only while calls beyond its share run), and
 /// how many to claim; and the number of running daemons.
 const SLOTS_SQL: &str = slots_sql!(
     "
-    (SELECT model FROM requests WHERE state = 'pending' ORDER BY model LIMIT 1)
+    (SELECT model FROM requests WHERE state = 'pending' AND NOT private
+     ORDER BY model LIMIT 1)
     UNION ALL
     SELECT (SELECT r.model FROM requests r
-            WHERE r.state = 'pending' AND r.model > p.model ORDER BY r.model LIMIT 1)
+            WHERE r.state = 'pending' AND NOT r.private AND r.model > p.model
+            ORDER BY r.model LIMIT 1)
     FROM pending_models p WHERE p.model IS NOT NULL"
 );
 
@@ -267,9 +270,13 @@ RETURNING q.id, q.batch_id, q.template_id, q.attempt, q.retries, q.model, q.cust
     };
 }
 /// The claim statement, for `EXPLAIN` in benchmarks: `$2` models, `$3` how
-/// many of each.
+/// many of each. Private batches' requests are left to their own daemon.
 #[doc(hidden)]
-pub const CLAIM_SQL: &str = claim_sql!("", "r.deadline, r.id");
+pub const CLAIM_SQL: &str = claim_sql!(
+    "
+          AND NOT r.private",
+    "r.deadline, r.id"
+);
 
 /// [`CLAIM_SQL`] for a daemon scoped to the batch `$5`: the batch's own
 /// range of ids, walked in id (line) order, so that other batches' backlogs

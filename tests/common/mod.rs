@@ -119,6 +119,7 @@ pub fn new_batch<'a>(owner: &'a str, file: FileId, endpoint: &'a str) -> NewBatc
         completion_window: "24h",
         metadata: None,
         idempotency_key: None,
+        private: false,
     }
 }
 

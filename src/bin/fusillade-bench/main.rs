@@ -341,6 +341,7 @@ async fn ingest(path: &PathBuf, url: &str) -> Result<()> {
             completion_window: "24h",
             metadata: None,
             idempotency_key: None,
+            private: false,
         })
         .await?;
     let batch_secs = started.elapsed().as_secs_f64();

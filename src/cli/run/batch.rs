@@ -184,6 +184,9 @@ pub async fn start(
             completion_window,
             metadata: None,
             idempotency_key: key,
+            // Sent with this run's routes and keys only: other daemons on
+            // the database never take its work.
+            private: true,
         })
         .await
         .map_err(|e| match e {
