@@ -100,7 +100,14 @@ async fn ten_thousand_one_line_batches_from_32_store_clients(pool: PgPool) {
 
 #[sqlx::test]
 async fn ten_thousand_one_line_batches_from_32_api_clients(pool: PgPool) {
-    let api = Api::with(&pool, config_with_auth(""), Default::default()).await;
+    // One upload place per client: the bound on uploads is not what this
+    // test is about (a 429 is still tried again, as the SDKs do).
+    let api = Api::with(
+        &pool,
+        config_with_auth("[api]\nmax_concurrent_uploads = 32"),
+        Default::default(),
+    )
+    .await;
     let mock = MockUpstream::start(MockBehavior::with_latency(Duration::ZERO)).await;
     let daemon = start(
         &api.store,
@@ -117,16 +124,29 @@ async fn ten_thousand_one_line_batches_from_32_api_clients(pool: PgPool) {
                 let mut mine = Vec::new();
                 for i in 0..share_of(c) {
                     let content = format!("{}\n", line(&format!("c{c}-{i}")));
-                    let file = api
-                        .post_multipart(
-                            Some(key),
-                            &[
-                                api_support::Part::text("purpose", "batch"),
-                                api_support::Part::file("file", "in.jsonl", content.as_bytes()),
-                            ],
-                        )
-                        .await;
-                    calls.fetch_add(1, Ordering::Relaxed);
+                    // As the SDKs do, a 429 (too many uploads at once) is
+                    // tried again after the delay its Retry-After gives.
+                    let file = loop {
+                        let answer = api
+                            .post_multipart(
+                                Some(key),
+                                &[
+                                    api_support::Part::text("purpose", "batch"),
+                                    api_support::Part::file("file", "in.jsonl", content.as_bytes()),
+                                ],
+                            )
+                            .await;
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        if answer.status != 429 {
+                            break answer;
+                        }
+                        let wait: u64 = answer.headers["retry-after"]
+                            .to_str()
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        tokio::time::sleep(Duration::from_secs(wait)).await;
+                    };
                     if !file.status.is_success() {
                         failures
                             .lock()
