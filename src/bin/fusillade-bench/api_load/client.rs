@@ -24,6 +24,11 @@ pub fn auth_toml(owners: usize) -> String {
     format!("[auth]\nkeys = {{ {} }}\n", keys.join(", "))
 }
 
+/// Times an upload refused with 429 is sent again.
+const UPLOAD_TRIES: usize = 10;
+/// The delay the server's 429 asks for (`Retry-After`).
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
 /// Answers counted by (route, status); status 0 is a transport error (no answer).
 #[derive(Debug, Default)]
 pub struct Tally(Mutex<BTreeMap<(&'static str, u16), u64>>);
@@ -130,35 +135,47 @@ impl Api {
     /// Uploads `body` as owner `k`'s batch input file; at `trickle_kbps` > 0
     /// the body is sent at that many KiB per second. Returns the file id.
     pub async fn upload(&self, k: usize, body: Bytes, trickle_kbps: u64) -> Option<String> {
-        let len = body.len() as u64;
-        let part = if trickle_kbps == 0 {
-            reqwest::multipart::Part::bytes(body.to_vec())
-        } else {
-            reqwest::multipart::Part::stream_with_length(trickle(body, trickle_kbps), len)
-        };
-        let part = part
-            .file_name("input.jsonl")
-            .mime_str("application/jsonl")
-            .expect("a valid mime type");
-        let request = self
-            .http
-            .post(format!("{}/v1/files", self.base))
-            .bearer_auth(key(k));
         let route = "POST /v1/files";
-        match post_file(request, part).await {
-            Ok((status, body)) => {
-                self.tally.record(route, status.as_u16());
-                let id = body["id"].as_str().map(str::to_owned);
-                if status.is_success() && id.is_none() {
-                    self.tally.record(route, 0);
+        for _ in 0..UPLOAD_TRIES {
+            let len = body.len() as u64;
+            let part = if trickle_kbps == 0 {
+                reqwest::multipart::Part::bytes(body.to_vec())
+            } else {
+                reqwest::multipart::Part::stream_with_length(
+                    trickle(body.clone(), trickle_kbps),
+                    len,
+                )
+            };
+            let part = part
+                .file_name("input.jsonl")
+                .mime_str("application/jsonl")
+                .expect("a valid mime type");
+            let request = self
+                .http
+                .post(format!("{}/v1/files", self.base))
+                .bearer_auth(key(k));
+            match post_file(request, part).await {
+                Ok((status, body)) => {
+                    self.tally.record(route, status.as_u16());
+                    // Too many uploads at once: again after the delay, as
+                    // the SDKs do.
+                    if status.as_u16() == 429 {
+                        tokio::time::sleep(RETRY_AFTER).await;
+                        continue;
+                    }
+                    let id = body["id"].as_str().map(str::to_owned);
+                    if status.is_success() && id.is_none() {
+                        self.tally.record(route, 0);
+                    }
+                    return id.filter(|_| status.is_success());
                 }
-                id.filter(|_| status.is_success())
-            }
-            Err(_) => {
-                self.tally.record(route, 0);
-                None
+                Err(_) => {
+                    self.tally.record(route, 0);
+                    return None;
+                }
             }
         }
+        None
     }
 
     /// Creates a batch of `file_id` as owner `k`; returns the batch object.

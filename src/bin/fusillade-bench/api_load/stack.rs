@@ -42,7 +42,9 @@ pub struct StackReport {
 
 impl Stack {
     /// Starts a system named `name` (used for its config and log files)
-    /// with keys for owners `0..owners`.
+    /// with keys for owners `0..owners`, and an upload place for each (the
+    /// server's default is 8 at once; more answer 429, which the clients
+    /// retry after its delay).
     pub async fn start(o: &StackOptions, name: &str, owners: usize) -> Result<Self> {
         let pool = connect_bench_db(&o.database_url).await?;
         let mock = MockProcess::start(o.latency_ms)?;
@@ -52,9 +54,10 @@ impl Stack {
         std::fs::write(
             &config,
             format!(
-                "[upstream]\nurl = \"{}\"\nconcurrency = {}\n{}",
+                "[upstream]\nurl = \"{}\"\nconcurrency = {}\n[api]\nmax_concurrent_uploads = {}\n{}",
                 mock.url,
                 o.concurrency,
+                owners.max(8),
                 auth_toml(owners.max(1))
             ),
         )?;
