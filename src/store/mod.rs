@@ -21,6 +21,8 @@
 //!   rescuer, finalizer and vacuum), one connection per role, so a
 //!   heartbeat never waits behind API traffic, uploads or a long finalize.
 //! - `ordered`: reads that walk a batch in order (downloads, request lists).
+//! - `creates`: batch creation's one statement, with its plan kept per
+//!   connection (see `store::batches`), so creates never replan it.
 //! - `ingest`: uploads being parsed into the database, at most
 //!   [`INGEST_CONNECTIONS`] at a time; the rest wait their turn (without a
 //!   timeout: their bytes are already on disk, see `api::files`), so uploads
@@ -148,6 +150,14 @@ pub const BACKGROUND_CONNECTIONS: u32 = 4;
 /// Uploads parsed into the database at once. Ingest runs at disk speed from
 /// a spooled file, so a few at a time keep the database busy enough.
 pub const INGEST_CONNECTIONS: u32 = 2;
+
+/// Connections that create batches: each create is one short statement.
+const CREATE_CONNECTIONS: u32 = 4;
+
+/// Planner settings of the `creates` pool: batch creation's statement
+/// (index lookups and inserts only) keeps one plan per connection, since
+/// planning it cost twice its execution.
+const CREATE_SETTINGS: &[(&str, &str)] = &[("plan_cache_mode", "force_generic_plan")];
 
 /// A pool on the same server as `primary` whose sessions use `settings` on
 /// top of [`ORDERED_SETTINGS`], with this acquire timeout.
@@ -396,6 +406,8 @@ pub struct PostgresStore {
     /// pool's own acquire timeout (the primary's) still catches a database
     /// that is away.
     ingest_turns: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Batch creation (API calls): [`CREATE_SETTINGS`].
+    creates: sqlx::PgPool,
     limits: IngestLimits,
     /// Announces batches made claimable by this process.
     bell: std::sync::Arc<notify::WorkBell>,
@@ -429,6 +441,12 @@ impl PostgresStore {
             ),
             background: pool_like(&pools.primary, BACKGROUND_CONNECTIONS, default_wait),
             ingest: pool_like(&pools.primary, INGEST_CONNECTIONS, api_wait),
+            creates: pool_with(
+                &pools.primary,
+                CREATE_SETTINGS,
+                CREATE_CONNECTIONS,
+                api_wait,
+            ),
             ingest_turns: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 INGEST_CONNECTIONS as usize,
             )),
