@@ -629,3 +629,41 @@ async fn retry_is_refused_while_running_and_after_cancel(pool: PgPool) {
         .ok();
     api.post(&path, ALICE, json!({})).await.error(409, None);
 }
+
+#[sqlx::test]
+async fn nul_characters_are_refused_at_the_edge_never_a_5xx(pool: PgPool) {
+    let api = Api::new(&pool).await;
+    // In a line's custom_id or model: that line is refused, by number.
+    let good = line("ok");
+    let bad_id = good.replacen("\"ok\"", "\"a\\u0000b\"", 1);
+    let bad_model = line("m").replacen("\"model\":\"", "\"model\":\"x\\u0000", 1);
+    assert_ne!(bad_id, good);
+    let content = format!("{good}\n{bad_id}\n{bad_model}\n");
+    let file = api.upload(ALICE, &content).await;
+    let batch = api.create_batch(ALICE, file["id"].as_str().unwrap()).await;
+    assert_eq!(batch["status"], "failed", "{batch}");
+    let errors = batch["errors"]["data"].as_array().unwrap();
+    let got: Vec<(i64, &str)> = errors
+        .iter()
+        .map(|e| (e["line"].as_i64().unwrap(), e["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, [(2, "invalid_custom_id"), (3, "invalid_model")]);
+    // In metadata: a 400 naming the parameter.
+    let file = api.upload(ALICE, &valid_file("n", 1)).await;
+    for metadata in [json!({"a\u{0}b": "v"}), json!({"k": "v\u{0}"})] {
+        let answer = api
+            .post(
+                "/v1/batches",
+                ALICE,
+                json!({
+                    "input_file_id": file["id"],
+                    "endpoint": CHAT,
+                    "completion_window": "24h",
+                    "metadata": metadata,
+                }),
+            )
+            .await;
+        let e = answer.error(400, None);
+        assert_eq!(e["param"], "metadata", "{e}");
+    }
+}

@@ -159,6 +159,13 @@ pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), BadMeta
         )));
     }
     for (k, v) in metadata {
+        // Text columns refuse NUL; refused here as a bad parameter.
+        if k.contains('\0') || v.contains('\0') {
+            return Err(BadMetadata(format!(
+                "metadata {} {k:?} contains a NUL character (\\u0000)",
+                if k.contains('\0') { "key" } else { "value of" }
+            )));
+        }
         if k.chars().count() > MAX_METADATA_KEY {
             return Err(BadMetadata(format!(
                 "metadata key {k:?} is longer than {MAX_METADATA_KEY} characters"
@@ -373,5 +380,9 @@ mod tests {
         assert!(check_metadata(&long_key).is_err());
         let long_value = BTreeMap::from([("k".into(), "v".repeat(513))]);
         assert!(check_metadata(&long_value).is_err());
+        let nul_key = BTreeMap::from([("a\0b".into(), "v".into())]);
+        assert!(check_metadata(&nul_key).unwrap_err().0.contains("NUL"));
+        let nul_value = BTreeMap::from([("k".into(), "v\0".into())]);
+        assert!(check_metadata(&nul_value).unwrap_err().0.contains("NUL"));
     }
 }

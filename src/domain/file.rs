@@ -45,6 +45,8 @@ text_enum!(
         MissingCustomId => "missing_custom_id",
         /// An earlier line has the same `custom_id`.
         DuplicateCustomId => "duplicate_custom_id",
+        /// `custom_id` holds a character no store can keep (NUL, `\u0000`).
+        InvalidCustomId => "invalid_custom_id",
         /// `method` is not `POST`.
         InvalidMethod => "invalid_method",
         /// `url` is not one of the allowed endpoints.
@@ -53,6 +55,8 @@ text_enum!(
         InvalidBody => "invalid_body",
         /// `body.model` is absent, empty or not a string.
         MissingModel => "missing_model",
+        /// `body.model` holds a character no store can keep (NUL, `\u0000`).
+        InvalidModel => "invalid_model",
         /// The line is longer than the limit.
         LineTooLong => "line_too_long",
         /// The file holds no request lines at all.
@@ -391,6 +395,14 @@ pub fn parse_line<'a>(
         )
     })?;
     let custom_id = match as_str(fields.custom_id) {
+        // Text columns refuse NUL: refused here, by line, not by the database.
+        Some(id) if id.contains('\0') => {
+            return Err(LineError::at(
+                number,
+                InvalidCustomId,
+                "custom_id contains a NUL character (\\u0000)",
+            ));
+        }
         Some(id) if !id.is_empty() => id,
         Some(_) => return Err(LineError::at(number, MissingCustomId, "custom_id is empty")),
         None if fields.custom_id.is_some_and(|r| r.get() != "null") => {
@@ -461,6 +473,13 @@ pub fn parse_line<'a>(
         .ok()
         .and_then(|b| b.model);
     let model = match as_str(model_raw) {
+        Some(m) if m.contains('\0') => {
+            return Err(LineError::at(
+                number,
+                InvalidModel,
+                "body.model contains a NUL character (\\u0000)",
+            ));
+        }
         Some(m) if !m.is_empty() => m,
         Some(_) => return Err(LineError::at(number, MissingModel, "body.model is empty")),
         None if model_raw.is_some_and(|r| r.get() != "null") => {
@@ -593,6 +612,14 @@ mod tests {
             (&line("null", GOOD_REST), MissingCustomId),
             (&line("12", GOOD_REST), MissingCustomId),
             (&line(r#""""#, GOOD_REST), MissingCustomId),
+            (&line(r#""a\u0000b""#, GOOD_REST), InvalidCustomId),
+            (
+                &line(
+                    r#""a""#,
+                    r#""method":"POST","url":"/v1/chat/completions","body":{"model":"m\u0000"}"#,
+                ),
+                InvalidModel,
+            ),
             (
                 &line(
                     r#""a""#,
