@@ -22,6 +22,10 @@ const GATHER: Duration = Duration::from_millis(10);
 /// Outcomes that end the gathering early.
 const GATHER_ENOUGH: usize = 512;
 
+/// Body bytes that end the gathering: a statement stays far below the
+/// 1 GiB a PostgreSQL message may carry, whatever the answers' sizes.
+const MAX_BODY_BYTES: usize = 64 << 20;
+
 /// After shutdown, how long a failing database is retried before the
 /// remaining outcomes are given up (their leases then expire and other
 /// daemons redo the requests: nothing is lost, some work is repeated).
@@ -35,21 +39,35 @@ pub(super) async fn run<S: DaemonBackend>(
 ) {
     let mut batch: Vec<Outcome> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
+        let mut bytes = body_len(&first);
         batch.push(first);
         let until = tokio::time::Instant::now() + GATHER;
-        while batch.len() < GATHER_ENOUGH {
+        while batch.len() < GATHER_ENOUGH && bytes < MAX_BODY_BYTES {
             match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(o)) => batch.push(o),
+                Ok(Some(o)) => {
+                    bytes += body_len(&o);
+                    batch.push(o);
+                }
                 Ok(None) | Err(_) => break,
             }
         }
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BODY_BYTES {
             match rx.try_recv() {
-                Ok(o) => batch.push(o),
+                Ok(o) => {
+                    bytes += body_len(&o);
+                    batch.push(o);
+                }
                 Err(_) => break,
             }
         }
         write(&shared, &mut batch, &shutdown).await;
+    }
+}
+
+fn body_len(o: &Outcome) -> usize {
+    match o {
+        Outcome::Finish(f) => f.body.as_ref().map_or(0, Vec::len),
+        Outcome::Requeue(_) => 0,
     }
 }
 
