@@ -1,9 +1,12 @@
 //! Outcomes are written many per statement: one `finish` and one `requeue`
-//! for everything that arrived while the previous write ran.
+//! for everything that arrived while the previous write ran. A row the
+//! database refuses is split off and failed alone ([`Settlement`]); other
+//! database errors are retried with backoff.
 
 use super::executor::Outcome;
 use super::{DaemonBackend, DbBackoff, Shared};
 use crate::domain::request::RequestState;
+use crate::store::{RefusedEnd, Settled, Settlement};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -92,38 +95,20 @@ async fn write<S: DaemonBackend>(
             }
         }
     }
+    let mut settlement = Settlement::new(finishes, requeues);
     let mut backoff = DbBackoff::default();
     let never = CancellationToken::new();
     let mut gave_up_at = None;
     loop {
-        let result = async {
-            let f = shared.store.finish(&finishes).await?;
-            let r = shared.store.requeue(&requeues).await?;
-            Ok::<_, crate::store::StoreError>((f, r))
-        }
-        .await;
-        match result {
-            Ok((accepted, _)) => {
-                let accepted: std::collections::HashSet<_> = accepted.into_iter().collect();
-                for f in &finishes {
-                    if accepted.contains(&f.id) {
-                        let counter = if f.state == RequestState::Completed {
-                            &shared.done
-                        } else {
-                            &shared.failed
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                break;
-            }
+        match settlement.resume(&shared.store).await {
+            Ok(()) => break,
             Err(e) => {
-                tracing::warn!(error = %e, outcomes = finishes.len() + requeues.len(), "writing outcomes failed; retrying");
+                tracing::warn!(error = %e, outcomes = settlement.remaining(), "writing outcomes failed; retrying");
                 if shutdown.is_cancelled() {
                     let since = *gave_up_at.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > GIVE_UP_AFTER_SHUTDOWN {
                         tracing::error!(
-                            outcomes = finishes.len() + requeues.len(),
+                            outcomes = settlement.remaining(),
                             "giving up on writing outcomes; their leases will expire"
                         );
                         break;
@@ -133,9 +118,33 @@ async fn write<S: DaemonBackend>(
             }
         }
     }
+    count(shared, &settlement.into_settled());
     // Leases are checked until the database has the outcome.
     let mut held = shared.held.lock().expect("held lock");
     for id in ids {
         held.remove(&id);
+    }
+}
+
+/// Counts what was written, and reports refused rows.
+fn count<S>(shared: &Shared<S>, settled: &Settled) {
+    for (_, state) in &settled.finished {
+        let counter = if *state == RequestState::Completed {
+            &shared.done
+        } else {
+            &shared.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    for r in &settled.refused {
+        metrics::counter!("fusillade_rejected_rows_total", "write" => r.write.as_str())
+            .increment(1);
+        let then = match r.end {
+            RefusedEnd::FailedInstead => "the request was failed instead",
+            RefusedEnd::LeaseLost => "its lease was gone meanwhile",
+            RefusedEnd::GivenUp => "failing the request was refused too: it is given up",
+        };
+        tracing::error!(request = %r.id, write = r.write.as_str(), reason = %r.reason,
+            "the database refused this request's row; {then}");
     }
 }

@@ -5,7 +5,7 @@
 //! cancelled) finds its late writes rejected rather than applied.
 
 use super::ending::{DELETED_RECORD, RECORD, RESULT_RECORD};
-use super::{PostgresStore, Result};
+use super::{PostgresStore, Result, StoreError};
 use crate::domain::batch::BatchId;
 use crate::domain::ids::{DaemonId, TemplateId};
 use crate::domain::output::ResultError;
@@ -146,10 +146,14 @@ pub trait QueueStore: Send + Sync {
     /// gets enough requests to fill its free slots and have as many again
     /// waiting, so that calls that end are replaced at once.
     fn claim(&self, req: &ClaimRequest) -> impl Future<Output = Result<Claim>> + Send;
-    /// Records final results; returns the ids whose lease still held (the
-    /// others were rescued, expired or cancelled meanwhile and are untouched).
+    /// Records final results in one statement; returns the ids whose lease
+    /// still held (the others were rescued, expired or cancelled meanwhile
+    /// and are untouched). A row whose data the database refuses fails the
+    /// whole statement with [`StoreError::Rejected`](super::StoreError::Rejected);
+    /// [`Settlement`](super::Settlement) finds and fails that row alone.
     fn finish(&self, items: &[Finished]) -> impl Future<Output = Result<Vec<RequestId>>> + Send;
-    /// Returns requests to pending; returns the ids whose lease still held.
+    /// Returns requests to pending in one statement; returns the ids whose
+    /// lease still held. Refused data is reported as for [`QueueStore::finish`].
     fn requeue(&self, items: &[Requeue]) -> impl Future<Output = Result<Vec<RequestId>>> + Send;
     /// Of these requests held by `daemon`, those it must stop: their lease is
     /// gone, or their batch is being cancelled.
@@ -486,7 +490,8 @@ impl QueueStore for PostgresStore {
             .bind(usage(|u| u.total_tokens))
             .bind(&body_bytes)
             .fetch_all(&self.queue)
-            .await?;
+            .await
+            .map_err(StoreError::from_write)?;
         Ok(accepted)
     }
 
@@ -521,7 +526,8 @@ impl QueueStore for PostgresStore {
         .bind(&delays)
         .bind(&retries)
         .fetch_all(&self.queue)
-        .await?;
+        .await
+        .map_err(StoreError::from_write)?;
         Ok(accepted)
     }
 
