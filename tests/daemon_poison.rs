@@ -173,3 +173,55 @@ async fn answers_text_cannot_hold_land_exactly_and_never_block_the_batch(pool: P
     assert_eq!(failed["custom_id"], "nul-400");
     assert_eq!(failed["error"]["code"], "upstream_error");
 }
+
+#[sqlx::test]
+async fn a_result_the_database_refuses_fails_its_line_alone_and_the_batch_completes(pool: PgPool) {
+    let store = store(&pool).await;
+    // The database refuses the result of one line for its data, whatever
+    // it holds: only its failure (with no body) gets through.
+    sqlx::query(
+        "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.custom_id = 'ok-77' AND NEW.body IS NOT NULL THEN
+                 RAISE EXCEPTION 'planted refusal' USING ERRCODE = '22000';
+             END IF;
+             RETURN NEW;
+         END $$",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER test_refuse BEFORE INSERT ON request_results \
+         FOR EACH ROW EXECUTE FUNCTION test_refuse()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mock = MockUpstream::start(MockBehavior::with_latency(Duration::from_millis(20))).await;
+    let batch = batch_from_lines(&store, &lines_for("m", "ok-", 300)).await;
+    let cfg = config(
+        &mock.url(),
+        "concurrency = 64",
+        "heartbeat_ms = 500\nstale_after_ms = 30000",
+        "",
+    );
+    let daemon = start(&store, cfg);
+    let b = finished_batch(&store, batch, LONG).await;
+    daemon.stop().await;
+    assert_eq!(b.status, BatchStatus::Completed);
+    assert_eq!(
+        (b.request_counts.completed, b.request_counts.failed),
+        (299, 1)
+    );
+    assert_eq!(json_lines(store.output_stream(batch)).await.len(), 299);
+    let errors = json_lines(store.error_stream(batch)).await;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["custom_id"], "ok-77");
+    assert_eq!(errors[0]["error"]["code"], "storage_refused");
+    let message = errors[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("the upstream answered HTTP 200") && message.contains("planted refusal"),
+        "{message}"
+    );
+}
