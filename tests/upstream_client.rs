@@ -3,6 +3,7 @@
 
 use fusillade::config::Config;
 use fusillade::domain::ids::RequestId;
+use fusillade::domain::retry::{Class, classify};
 use fusillade::mock::{MOCK_CONTENT, MockBehavior, MockCall, MockReply, MockUpstream};
 use fusillade::upstream::{CallOutcome, UpstreamClient, UpstreamRequest};
 use serde_json::{Value, json};
@@ -331,10 +332,10 @@ async fn connection_refused_is_a_connection_failure_without_the_key() {
 async fn a_body_over_the_limit_is_too_large() {
     let mock = MockUpstream::start(MockBehavior::default()).await;
     let c = client(&mock.url(), "max_response_bytes = 100");
-    assert_eq!(
-        c.send(&request(BODY)).await,
-        CallOutcome::BodyTooLarge { limit: 100 }
-    );
+    let outcome = c.send(&request(BODY)).await;
+    assert_eq!(outcome, CallOutcome::BodyTooLarge { limit: 100 });
+    // Asking again would fetch the same answer: not retried.
+    assert_eq!(classify(&outcome.attempt()), Class::Fatal);
     // At the limit exactly, it is kept.
     let (mock, _) = recording(|_| MockReply::status(200, "x".repeat(100))).await;
     let c = client(&mock.url(), "max_response_bytes = 100");
