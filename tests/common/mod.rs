@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod http;
+pub mod process;
 
 use bytes::Bytes;
 use fusillade::domain::file::File;
