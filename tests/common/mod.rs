@@ -4,6 +4,7 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod daemon;
 pub mod http;
 pub mod process;
