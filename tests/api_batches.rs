@@ -289,8 +289,60 @@ async fn idempotency_key_returns_the_first_batch(pool: PgPool) {
     assert_eq!(a.ok()["id"], b.ok()["id"]);
     let list = api.get("/v1/batches", ALICE).await.ok();
     assert_eq!(list["data"].as_array().unwrap().len(), 3);
-    // Keys are per owner: Bob's k1 is not Alice's (and Bob cannot use her file).
+    // Bob cannot use her file, key or not.
     create("k1", BOB).await.error(404, None);
+}
+
+#[sqlx::test]
+async fn idempotency_keys_are_per_owner(pool: PgPool) {
+    let api = Api::new(&pool).await;
+    // Each owner has a file of their own, so only the key's owner tells
+    // the two batches apart.
+    let files = [
+        (ALICE, id(&api.upload(ALICE, &valid_file("a", 1)).await)),
+        (BOB, id(&api.upload(BOB, &valid_file("b", 2)).await)),
+    ];
+    let create = |who: &'static str, file: &str| {
+        let body = json!({"input_file_id": file, "endpoint": CHAT, "completion_window": "24h"});
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/batches")
+            .header(header::AUTHORIZATION, format!("Bearer {who}"))
+            .header("idempotency-key", "shared-key")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap();
+        let api = api.clone();
+        async move { api.send(req).await.ok() }
+    };
+    let mut first = Vec::new();
+    for (who, file) in &files {
+        first.push(create(who, file).await);
+    }
+    assert_ne!(first[0]["id"], first[1]["id"], "Bob got Alice's batch");
+    // Each repeat gets its own owner's batch back (the long way: the key
+    // is found taken), whoever asked first.
+    for ((who, file), made) in files.iter().zip(&first).rev() {
+        let again = create(who, file).await;
+        assert_eq!(again["id"], made["id"], "{who}'s repeat");
+        assert_eq!(again["input_file_id"], json!(file), "{who}'s repeat");
+    }
+    // A race lost on the key finds the winner by owner and key.
+    for ((who, _), made) in files.iter().zip(&first) {
+        let owner = if *who == ALICE { "alice" } else { "bob" };
+        let found = fusillade::BatchStore::find_batch_by_key(&api.store, owner, "shared-key")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            json!(fusillade::api::wire::batch_id(found.id)),
+            made["id"],
+            "{who}"
+        );
+    }
+    for (who, _) in &files {
+        let list = api.get("/v1/batches", who).await.ok();
+        assert_eq!(list["data"].as_array().unwrap().len(), 1, "{who}");
+    }
 }
 
 #[sqlx::test]

@@ -121,10 +121,21 @@ async fn file_field_may_come_before_purpose_and_expiry_is_kept(pool: PgPool) {
 #[sqlx::test]
 async fn refused_lines_are_reported_in_status_details(pool: PgPool) {
     let api = Api::new(&pool).await;
+    // Two good lines, then two refused ones (lines 3 and 4).
     let f = api
-        .upload(ALICE, &format!("{}not json\n", valid_file("r", 1)))
+        .upload(ALICE, &format!("{}not json\n[1]\n", valid_file("r", 2)))
         .await;
-    assert!(f["status_details"].as_str().unwrap().contains('1'), "{f}");
+    assert_eq!(
+        f["status_details"],
+        "2 of its lines were refused; a batch created from this file fails validation \
+         and lists them in errors",
+        "{f}"
+    );
+    let got = api.get(&format!("/v1/files/{}", id(&f)), ALICE).await.ok();
+    assert_eq!(got["status_details"], f["status_details"]);
+    // A clean file has none.
+    let clean = api.upload(ALICE, &valid_file("c", 2)).await;
+    assert_eq!(clean["status_details"], Value::Null, "{clean}");
 }
 
 #[sqlx::test]

@@ -5,14 +5,15 @@
 mod common;
 
 use common::daemon::*;
+use common::process::{self, ChildGuard, TempDir, database_url};
 use common::*;
 use fusillade::mock::{MockBehavior, MockReply, MockUpstream};
 use fusillade::store::BatchStore;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,71 +21,14 @@ use std::time::{Duration, Instant};
 /// Long enough for a busy 2-core machine; the tests end as soon as they can.
 const LONG: Duration = Duration::from_secs(120);
 
-/// A child process killed on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs `cmd` to its end (killed after [`LONG`]); returns its output.
-async fn output(mut cmd: Command) -> Output {
-    tokio::task::spawn_blocking(move || {
-        let mut child = Guard(
-            cmd.stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut out = child.0.stdout.take().unwrap();
-        let mut err = child.0.stderr.take().unwrap();
-        let reading = std::thread::spawn(move || {
-            let mut o = Vec::new();
-            let _ = out.read_to_end(&mut o);
-            o
-        });
-        let reading_err = std::thread::spawn(move || {
-            let mut e = Vec::new();
-            let _ = err.read_to_end(&mut e);
-            e
-        });
-        let deadline = Instant::now() + LONG;
-        let status = loop {
-            if let Some(s) = child.0.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "the command did not end in time");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Output {
-            status,
-            stdout: reading.join().unwrap(),
-            stderr: reading_err.join().unwrap(),
-        }
-    })
-    .await
-    .unwrap()
+async fn output(cmd: Command) -> Output {
+    process::output(cmd, LONG).await
 }
 
-/// The URL of the test's own database.
-async fn database_url(pool: &PgPool) -> String {
-    let db: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&std::env::var("DATABASE_URL").unwrap()).unwrap();
-    url.set_path(&db);
-    url.to_string()
-}
-
-/// A fresh directory under the system temp dir.
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fusillade-cli-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory, removed when the test ends.
+fn tempdir() -> TempDir {
+    TempDir::new("cli")
 }
 
 /// `fusillade run DIR/in.jsonl -o DIR/out.jsonl --errors DIR/err.jsonl`
@@ -203,7 +147,7 @@ async fn keys_are_sent_only_to_their_own_origin(pool: PgPool) {
             .args(extra)
             .env("CONFIG_KEY", "sk-config")
             .env("FLAG_KEY", "sk-flag");
-        let dir = dir.clone();
+        let dir = dir.to_path_buf();
         async move {
             let out = output(cmd).await;
             assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -266,27 +210,13 @@ async fn an_interrupted_fresh_run_is_resumed(pool: PgPool) {
     let mut cmd = run_cmd(&dir, &db);
     cmd.arg("--upstream").arg(mock.url()).arg("--fresh");
     let err_path = dir.join("stderr.txt");
-    let mut child = Guard(
+    let mut child = ChildGuard::spawn(
         cmd.stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err_path).unwrap())
-            .spawn()
-            .unwrap(),
+            .stderr(std::fs::File::create(&err_path).unwrap()),
     );
     assert!(mock.wait_until(LONG, |s| s.total_calls >= 20).await);
-    let sent = Command::new("kill")
-        .arg("-INT")
-        .arg(child.0.id().to_string())
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let deadline = Instant::now() + LONG;
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "run did not stop on SIGINT");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    child.signal("INT");
+    let status = child.wait_async(LONG).await;
     assert_eq!(status.code(), Some(130));
     // The count reported is the store's, after the daemon let go.
     let err = std::fs::read_to_string(&err_path).unwrap();
@@ -515,9 +445,9 @@ async fn stdin_in_stdout_out_and_a_json_summary(pool: PgPool) {
         .stderr(Stdio::piped());
     let out = tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let mut child = Guard(cmd.spawn().unwrap());
+        let mut child = ChildGuard::spawn(&mut cmd);
         child
-            .0
+            .child()
             .stdin
             .take()
             .unwrap()
@@ -525,7 +455,7 @@ async fn stdin_in_stdout_out_and_a_json_summary(pool: PgPool) {
             .unwrap();
         let mut stdout = String::new();
         child
-            .0
+            .child()
             .stdout
             .take()
             .unwrap()
@@ -533,13 +463,13 @@ async fn stdin_in_stdout_out_and_a_json_summary(pool: PgPool) {
             .unwrap();
         let mut stderr = String::new();
         child
-            .0
+            .child()
             .stderr
             .take()
             .unwrap()
             .read_to_string(&mut stderr)
             .unwrap();
-        let status = child.0.wait().unwrap();
+        let status = child.wait_timeout(LONG);
         (status, stdout, stderr)
     })
     .await
@@ -688,7 +618,7 @@ async fn every_subcommand_takes_config_and_errors_are_one_line(pool: PgPool) {
 #[sqlx::test]
 async fn serve_listens_on_localhost_port_0(pool: PgPool) {
     let db = database_url(&pool).await;
-    let mut child = Guard(
+    let mut child = ChildGuard::spawn(
         Command::new(env!("CARGO_BIN_EXE_fusillade"))
             .args([
                 "serve",
@@ -699,11 +629,9 @@ async fn serve_listens_on_localhost_port_0(pool: PgPool) {
             ])
             .arg(&db)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::null()),
     );
-    let stdout = child.0.stdout.take().unwrap();
+    let stdout = child.child().stdout.take().unwrap();
     let line = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
         let mut line = String::new();

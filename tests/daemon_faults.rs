@@ -1,12 +1,14 @@
 //! The daemon when things break: a daemon killed mid-flight, connections
-//! terminated by the server, and `fusillade run` killed and rerun.
+//! terminated by the server, an answer too large to keep, and `fusillade
+//! run` killed and rerun.
 
 mod common;
 
 use common::daemon::*;
+use common::process::{self, ChildGuard, TempDir, database_url};
 use common::*;
 use fusillade::domain::batch::BatchStatus;
-use fusillade::mock::{MockBehavior, MockUpstream};
+use fusillade::mock::{MockBehavior, MockReply, MockUpstream};
 use fusillade::store::RequestStore;
 use fusillade::{BatchId, PostgresStore};
 use serde_json::Value;
@@ -90,20 +92,8 @@ async fn terminated_connections_do_not_lose_work(pool: PgPool) {
     assert_each_line_once(&store, batch, 150).await;
 }
 
-/// The URL of the test's own database, for the binary.
-async fn database_url(pool: &PgPool) -> String {
-    let db: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&db);
-    url.to_string()
-}
-
 fn fusillade_run(dir: &std::path::Path, db: &str, upstream: &str) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fusillade"));
+    let mut cmd = process::fusillade();
     cmd.arg("run")
         .arg(dir.join("in.jsonl"))
         .arg("--output")
@@ -116,9 +106,8 @@ fn fusillade_run(dir: &std::path::Path, db: &str, upstream: &str) -> std::proces
         .arg(upstream)
         .arg("--database-url")
         .arg(db)
-        .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+        .stderr(std::process::Stdio::null());
     cmd
 }
 
@@ -133,7 +122,7 @@ fn read_lines(path: &std::path::Path) -> Vec<Value> {
 #[sqlx::test]
 async fn run_survives_kill_9_and_resumes_without_resending(pool: PgPool) {
     let mock = MockUpstream::start(MockBehavior::with_latency(Duration::from_millis(40))).await;
-    let dir = tempdir();
+    let dir = TempDir::new("test");
     std::fs::write(dir.join("in.jsonl"), jsonl(&lines_for("m", "r-", 300))).unwrap();
     std::fs::write(
         dir.join("config.toml"),
@@ -142,10 +131,10 @@ async fn run_survives_kill_9_and_resumes_without_resending(pool: PgPool) {
     .unwrap();
     let db = database_url(&pool).await;
 
-    let mut child = fusillade_run(&dir, &db, &mock.url()).spawn().unwrap();
+    let mut child = ChildGuard::spawn(&mut fusillade_run(&dir, &db, &mock.url()));
     assert!(mock.wait_until(LONG, |s| s.total_calls >= 80).await);
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.signal("KILL");
+    child.wait_async(LONG).await;
     assert!(!dir.join("out.jsonl").exists());
     let done_before: Vec<String> =
         sqlx::query_scalar("SELECT custom_id FROM request_results WHERE state = 'completed'")
@@ -154,14 +143,7 @@ async fn run_survives_kill_9_and_resumes_without_resending(pool: PgPool) {
             .unwrap();
     assert!(!done_before.is_empty());
 
-    let out = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        let db = db.clone();
-        let url = mock.url();
-        move || fusillade_run(&dir, &db, &url).output().unwrap()
-    })
-    .await
-    .unwrap();
+    let out = process::output(fusillade_run(&dir, &db, &mock.url()), LONG).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "rerun failed: {stderr}");
     assert!(stderr.contains("resuming batch"), "{stderr}");
@@ -192,14 +174,13 @@ async fn run_survives_kill_9_and_resumes_without_resending(pool: PgPool) {
 #[sqlx::test]
 async fn run_reports_refused_input_with_exit_code_2(pool: PgPool) {
     let mock = MockUpstream::start(MockBehavior::with_latency(Duration::ZERO)).await;
-    let dir = tempdir();
+    let dir = TempDir::new("test");
     std::fs::write(dir.join("in.jsonl"), "{\"custom_id\": \"a\"}\nnot json\n").unwrap();
     std::fs::write(dir.join("config.toml"), "").unwrap();
     let db = database_url(&pool).await;
-    let url = mock.url();
-    let out = tokio::task::spawn_blocking(move || fusillade_run(&dir, &db, &url).output().unwrap())
-        .await
-        .unwrap();
+    let mut cmd = fusillade_run(&dir, &db, &mock.url());
+    cmd.stderr(std::process::Stdio::piped());
+    let out = process::output(cmd, LONG).await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -209,9 +190,57 @@ async fn run_reports_refused_input_with_exit_code_2(pool: PgPool) {
     assert_eq!(mock.stats().total_calls, 0);
 }
 
-/// A fresh directory under the system temp dir.
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("fusillade-test-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+#[sqlx::test]
+async fn an_oversized_answer_fails_its_line_without_a_retry(pool: PgPool) {
+    let store = store(&pool).await;
+    // `big-*` lines get an answer of about 2 KB, over the 1,000-byte limit.
+    let mock = MockUpstream::start(MockBehavior::default().respond(|call| {
+        let mut answer = MockReply::ok_for(call);
+        if call
+            .custom_id
+            .as_deref()
+            .is_some_and(|c| c.starts_with("big-"))
+        {
+            let mut v: Value = serde_json::from_str(&answer.body).unwrap();
+            v["choices"][0]["message"]["content"] = "word ".repeat(400).into();
+            answer.body = v.to_string();
+        }
+        answer
+    }))
+    .await;
+    let mut lines = lines_for("m", "big-", 2);
+    lines.extend(lines_for("m", "ok-", 3));
+    let batch = batch_from_lines(&store, &lines).await;
+    let daemon = start(
+        &store,
+        config(
+            &mock.url(),
+            "max_response_bytes = 1000",
+            "max_retries = 3",
+            "",
+        ),
+    );
+    let b = finished_batch(&store, batch, LONG).await;
+    daemon.stop().await;
+    assert_eq!(b.status, BatchStatus::Completed);
+    assert_eq!(
+        (b.request_counts.completed, b.request_counts.failed),
+        (3, 2)
+    );
+    let errors = json_lines(store.error_stream(batch)).await;
+    assert_eq!(errors.len(), 2);
+    for e in &errors {
+        assert!(e["custom_id"].as_str().unwrap().starts_with("big-"), "{e}");
+        assert_eq!(e["error"]["code"], "upstream_error", "{e}");
+        assert_eq!(
+            e["error"]["message"], "the upstream's answer was larger than 1000 bytes",
+            "{e}"
+        );
+    }
+    // Asked once each: a retry would fetch the same oversized answer.
+    let stats = mock.stats();
+    for i in 0..2 {
+        assert_eq!(stats.call_times(&format!("big-{i}")).len(), 1, "big-{i}");
+    }
+    assert_eq!(stats.total_calls, 5);
 }

@@ -70,3 +70,49 @@ async fn a_store_over_test_pools_reads_from_the_read_only_replica(pool: PgPool) 
     let store = store.with_limits(limits.clone());
     assert_eq!(store.limits(), &limits);
 }
+
+#[sqlx::test]
+async fn a_connection_cut_by_the_server_is_unavailable_a_refused_statement_is_not(pool: PgPool) {
+    use fusillade::store::StoreError;
+    use std::time::{Duration, Instant};
+    let mut conn = pool.acquire().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    // A refused statement: the database is there.
+    let refused = sqlx::query("SELECT 1 / 0").execute(&mut *conn).await;
+    assert!(!StoreError::from(refused.unwrap_err()).is_unavailable());
+
+    // The server ends the session, as a shutdown or restart does.
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(ended);
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let alive: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                .bind(pid)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if !alive {
+            break;
+        }
+        assert!(Instant::now() < until, "the session did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cut = sqlx::query("SELECT 1")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    let code = cut
+        .as_database_error()
+        .and_then(|d| d.code().map(|c| c.into_owned()));
+    let e = StoreError::from(cut);
+    assert!(e.is_unavailable(), "{e} ({code:?})");
+    assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_unavailable());
+}

@@ -7,24 +7,16 @@
 //! `target/sdk-venv` (reused when it already has it). Without python3 or
 //! PyPI this test fails, saying which is missing: it never skips.
 
+mod common;
+
+use common::process::{self, TempDir, database_url};
 use fusillade::mock::{MockBehavior, MockReply, MockUpstream};
 use sqlx::PgPool;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-/// The URL of the test's own database, for the binary.
-async fn database_url(pool: &PgPool) -> String {
-    let db: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&db);
-    url.to_string()
-}
 
 fn run(cmd: &mut Command, what: &str) {
     let out = cmd
@@ -81,24 +73,18 @@ fn sdk_python() -> PathBuf {
     python
 }
 
-/// The child process, killed when dropped (also when the test panics).
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[sqlx::test]
 async fn the_official_python_sdk_works_unchanged(pool: PgPool) {
     // Done first, while nothing else runs: the install can take a while.
     let python = tokio::task::spawn_blocking(sdk_python).await.unwrap();
 
-    // `fail-*` get a final 400; model `slow` is held for a minute (and
-    // aborted by the cancel).
-    let mock = MockUpstream::start(MockBehavior::default().respond(|call| {
+    let dir = TempDir::new("sdk");
+    // `fail-*` get a final 400; model `slow` is never answered: its calls
+    // hang until the cancel aborts them. Each slow call that arrives is
+    // counted in WORK/slow-calls, which the script polls before it cancels.
+    let slow_calls = Arc::new(AtomicUsize::new(0));
+    let marker = dir.join("slow-calls");
+    let mock = MockUpstream::start(MockBehavior::default().respond(move |call| {
         if call
             .custom_id
             .as_deref()
@@ -106,15 +92,17 @@ async fn the_official_python_sdk_works_unchanged(pool: PgPool) {
         {
             MockReply::status(400, r#"{"error":{"message":"refused by the mock"}}"#)
         } else if call.model == "slow" {
-            MockReply::ok_for(call).with_delay(Duration::from_secs(60))
+            let n = slow_calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let tmp = marker.with_extension("tmp");
+            std::fs::write(&tmp, n.to_string()).unwrap();
+            std::fs::rename(&tmp, &marker).unwrap();
+            MockReply::hanging()
         } else {
             MockReply::ok_for(call)
         }
     }))
     .await;
 
-    let dir = std::env::temp_dir().join(format!("fusillade-sdk-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
@@ -127,33 +115,19 @@ async fn the_official_python_sdk_works_unchanged(pool: PgPool) {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fusillade"))
-        .arg("serve")
+    let mut cmd = process::fusillade();
+    cmd.arg("serve")
         .arg("--listen")
         .arg("127.0.0.1:0")
         .arg("--config")
         .arg(&config)
         .arg("--database-url")
-        .arg(database_url(&pool).await)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    let url = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line.trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
-            .to_owned()
-    })
-    .await
-    .unwrap();
+        .arg(database_url(&pool).await);
+    let server = process::serve(cmd, Duration::from_secs(60)).await;
+    let url = server.base.clone();
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/e2e.py");
-    let work = dir.clone();
+    let work = dir.to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(&python)
             .arg(&script)
@@ -175,7 +149,8 @@ async fn the_official_python_sdk_works_unchanged(pool: PgPool) {
         out.status
     );
     assert!(stdout.contains("e2e ok"), "{stdout}");
+    // The slow lines were each sent once, and no more.
+    assert_eq!(mock.stats().calls("slow"), 4);
     drop(server);
     mock.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

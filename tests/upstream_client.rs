@@ -3,6 +3,7 @@
 
 use fusillade::config::Config;
 use fusillade::domain::ids::RequestId;
+use fusillade::domain::retry::{Class, classify};
 use fusillade::mock::{MOCK_CONTENT, MockBehavior, MockCall, MockReply, MockUpstream};
 use fusillade::upstream::{CallOutcome, UpstreamClient, UpstreamRequest};
 use serde_json::{Value, json};
@@ -350,10 +351,10 @@ async fn connection_refused_is_a_connection_failure_without_the_key() {
 async fn a_body_over_the_limit_is_too_large() {
     let mock = MockUpstream::start(MockBehavior::default()).await;
     let c = client(&mock.url(), "max_response_bytes = 100");
-    assert_eq!(
-        c.send(&request(BODY)).await,
-        CallOutcome::BodyTooLarge { limit: 100 }
-    );
+    let outcome = c.send(&request(BODY)).await;
+    assert_eq!(outcome, CallOutcome::BodyTooLarge { limit: 100 });
+    // Asking again would fetch the same answer: not retried.
+    assert_eq!(classify(&outcome.attempt()), Class::Fatal);
     // At the limit exactly, it is kept.
     let (mock, _) = recording(|_| MockReply::status(200, "x".repeat(100))).await;
     let c = client(&mock.url(), "max_response_bytes = 100");
@@ -463,27 +464,116 @@ async fn a_streamed_answer_over_the_limit_is_too_large() {
     );
 }
 
+/// A TCP relay in front of the mock that counts the connections it
+/// accepts, and holds every answer back until the gate opens, so that
+/// calls stay in flight together as long as the test wants.
+struct GatedRelay {
+    url: String,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+impl GatedRelay {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (gate, open) = tokio::sync::watch::channel(false);
+        let count = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut open = open.clone();
+                tokio::spawn(async move {
+                    let server = tokio::net::TcpStream::connect(target).await.unwrap();
+                    let (mut client_rx, mut client_tx) = client.into_split();
+                    let (mut server_rx, mut server_tx) = server.into_split();
+                    let up = tokio::io::copy(&mut client_rx, &mut server_tx);
+                    let down = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = server_rx.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            let _ = open.wait_for(|o| *o).await;
+                            client_tx.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Self {
+            url,
+            connections,
+            gate,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 #[tokio::test]
 async fn many_concurrent_calls_reuse_the_pool() {
-    let mock = MockUpstream::start(MockBehavior::with_latency(Duration::from_millis(5))).await;
-    let c = client(&mock.url(), "");
-    let calls = (0..200).map(|i| {
-        let c = c.clone();
-        async move {
-            let id = format!("c{i}");
-            let req = UpstreamRequest {
-                custom_id: Some(&id),
-                ..request(BODY)
-            };
-            answered(c.send(&req).await).0
-        }
-    });
-    let statuses = futures_util::future::join_all(calls).await;
-    assert!(statuses.iter().all(|s| *s == 200));
+    const N: usize = 50;
+    let mock = MockUpstream::start(MockBehavior::default()).await;
+    let relay = GatedRelay::start(mock.addr()).await;
+    let c = client(&relay.url, "");
+    let wave = |tag: &'static str| {
+        let calls = (0..N).map(|i| {
+            let c = c.clone();
+            async move {
+                let id = format!("{tag}{i}");
+                let req = UpstreamRequest {
+                    custom_id: Some(&id),
+                    ..request(BODY)
+                };
+                answered(c.send(&req).await).0
+            }
+        });
+        tokio::spawn(futures_util::future::join_all(calls))
+    };
+    // All N calls reach the upstream while none has its answer: they run
+    // at once, each on a connection of its own.
+    let first = wave("a");
+    let all_sent = mock
+        .wait_until(Duration::from_secs(60), |s| s.total_calls == N as u64)
+        .await;
+    assert!(
+        all_sent,
+        "only {} calls were sent at once",
+        mock.total_calls()
+    );
+    assert_eq!(relay.connections(), N);
+    relay.gate.send(true).unwrap();
+    let statuses = first.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    // The next N calls at once go over the same N connections.
+    relay.gate.send(false).unwrap();
+    let second = wave("b");
+    let all_sent = mock
+        .wait_until(Duration::from_secs(60), |s| s.total_calls == 2 * N as u64)
+        .await;
+    assert!(
+        all_sent,
+        "{} calls of the second wave were sent",
+        mock.total_calls() - N as u64
+    );
+    relay.gate.send(true).unwrap();
+    let statuses = second.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        relay.connections(),
+        N,
+        "the second wave opened new connections"
+    );
     let s = mock.stats();
-    assert_eq!(s.total_calls, 200);
-    assert_eq!(s.calls_by_custom_id.len(), 200);
-    assert!(s.max_in_flight >= 1);
+    assert_eq!(s.calls_by_custom_id.len(), 2 * N);
     assert_eq!(s.in_flight, 0);
 }
 

@@ -215,9 +215,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(message) => ApiError::bad_request(message),
             StoreError::TooLarge { limit } => ApiError::too_large(limit),
             StoreError::Io(e) => ApiError::bad_request(format!("Reading the upload failed: {e}")),
-            StoreError::Database(
-                e @ (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)),
-            ) => ApiError::unavailable(&e),
+            e if e.is_unavailable() => ApiError::unavailable(&e),
             other => ApiError::internal(&other),
         }
     }

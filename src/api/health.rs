@@ -81,9 +81,17 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
-/// `GET /healthz`: 200 `{"status":"ok"}` when the database answers, else 503.
+/// How long `/healthz` waits for the database's answer. Below the API's
+/// acquire timeout, so that a probe hears 503 within 2 s whether the
+/// server refuses connections (which the pool retries until its timeout),
+/// accepts them but never answers, or has every connection busy.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// `GET /healthz`: 200 `{"status":"ok"}` when the database answers within
+/// [`HEALTH_TIMEOUT`], else 503.
 pub async fn healthz<S: ApiBackend>(State(state): State<ApiState<S>>) -> Response {
-    match state.store().ping().await {
+    let answer = tokio::time::timeout(HEALTH_TIMEOUT, state.store().ping()).await;
+    match answer.unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut.into())) {
         Ok(()) => Json(json!({"status": "ok"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unreachable");

@@ -18,6 +18,9 @@ pub enum Attempt {
     TimedOut,
     /// The connection failed or broke.
     ConnectionFailed,
+    /// The upstream answered with something that cannot be kept (an answer
+    /// over `max_response_bytes`): asking again would fetch the same.
+    Unusable,
 }
 
 /// The class of an attempt's outcome.
@@ -35,7 +38,8 @@ pub enum Class {
 }
 
 /// Classifies an attempt: 2xx success; 408, 429, 5xx, timeouts and
-/// connection errors retryable; every other status fatal.
+/// connection errors retryable; every other status, and an answer that
+/// cannot be kept, fatal.
 pub fn classify(attempt: &Attempt) -> Class {
     match *attempt {
         Attempt::Answered { status, .. } if (200..300).contains(&status) => Class::Success,
@@ -45,7 +49,7 @@ pub fn classify(attempt: &Attempt) -> Class {
         } if status == 408 || status == 429 || (500..600).contains(&status) => {
             Class::Retryable { after: retry_after }
         }
-        Attempt::Answered { .. } => Class::Fatal,
+        Attempt::Answered { .. } | Attempt::Unusable => Class::Fatal,
         Attempt::TimedOut | Attempt::ConnectionFailed => Class::Retryable { after: None },
     }
 }
@@ -187,6 +191,7 @@ mod tests {
             classify(&Attempt::ConnectionFailed),
             Class::Retryable { after: None }
         );
+        assert_eq!(classify(&Attempt::Unusable), Class::Fatal);
     }
 
     #[test]

@@ -153,6 +153,26 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether the database is out of reach (stopped, restarting, cut off,
+    /// or every connection taken) rather than refusing this statement:
+    /// the same call may succeed later.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+            // Class 08 is a connection failure; 57P01-57P03 a server that
+            // is shutting down, crashed or starting; 53300 no free slot.
+            sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+                c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// Shorthand for store results.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

@@ -85,10 +85,7 @@ impl CallOutcome {
             CallOutcome::TimedOut { .. } => Attempt::TimedOut,
             CallOutcome::ConnectionFailed { .. } => Attempt::ConnectionFailed,
             // Retrying would fetch the same oversized answer.
-            CallOutcome::BodyTooLarge { .. } => Attempt::Answered {
-                status: 502,
-                retry_after: None,
-            },
+            CallOutcome::BodyTooLarge { .. } => Attempt::Unusable,
         }
     }
 }

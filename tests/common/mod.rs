@@ -4,12 +4,17 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod daemon;
+pub mod http;
+pub mod process;
 
 use bytes::Bytes;
 use fusillade::domain::file::File;
 use fusillade::domain::ids::FileId;
-use fusillade::store::{ByteStream, NewBatch, NewFile, Result};
+use fusillade::domain::output::ResultError;
+use fusillade::domain::request::{RequestId, RequestState};
+use fusillade::store::{ByteStream, Finished, NewBatch, NewFile, QueueStore, Result};
 use fusillade::{BatchId, FileStore, IngestLimits, PostgresStore, TestDbPools};
 use futures_util::{Stream, TryStreamExt, stream};
 use sqlx::PgPool;
@@ -213,8 +218,9 @@ pub async fn set_in_flight(pool: &PgPool, request: Uuid, state: &str) {
     .unwrap();
 }
 
-/// Ends a request by hand with its result, as the daemon will: `completed`
-/// when `error` is `None`, else `failed`.
+/// Ends a request with its result through the store's own finish (the
+/// daemon's write): `completed` when `error` is `None`, else `failed`. A
+/// pending request is put in flight first, as a claim would.
 pub async fn finish(
     pool: &PgPool,
     request: Uuid,
@@ -223,48 +229,68 @@ pub async fn finish(
     error: Option<serde_json::Value>,
 ) {
     let state = if error.is_none() {
-        "completed"
+        RequestState::Completed
     } else {
-        "failed"
+        RequestState::Failed
     };
+    let error = error.map(|e| serde_json::from_value(e).expect("an error object"));
     end(pool, request, state, status_code, body, error).await;
 }
 
-/// Cancels a pending request by hand, as a batch cancel does.
+/// Cancels a request through the store's own finish, as a daemon records
+/// a call stopped by a batch cancel.
 pub async fn cancel(pool: &PgPool, request: Uuid) {
-    let error = serde_json::json!({"code": "batch_cancelled", "message": "by hand"});
-    end(pool, request, "canceled", None, None, Some(error)).await;
+    let error = ResultError::new("batch_cancelled", "by hand");
+    end(
+        pool,
+        request,
+        RequestState::Canceled,
+        None,
+        None,
+        Some(error),
+    )
+    .await;
 }
 
-/// Moves a request from the queue into its result, as the store does.
+/// Hands one result to [`QueueStore::finish`] under the request's current
+/// lease, and checks that the store took it.
 async fn end(
     pool: &PgPool,
     request: Uuid,
-    state: &str,
+    state: RequestState,
     status_code: Option<i32>,
     body: Option<&str>,
-    error: Option<serde_json::Value>,
+    error: Option<ResultError>,
 ) {
-    sqlx::query(
-        "WITH r AS (DELETE FROM requests WHERE id = $1 RETURNING *), \
-         t AS (UPDATE batches b SET n_completed = n_completed + ($2 = 'completed')::int, \
-                                    n_failed = n_failed + ($2 = 'failed')::int, \
-                                    n_canceled = n_canceled + ($2 = 'canceled')::int \
-               FROM r WHERE b.id = r.batch_id) \
-         INSERT INTO request_results \
-             (request_id, batch_id, template_id, model, custom_id, attempt, retries, not_before, \
-              created_at, claimed_at, started_at, state, ok, status_code, upstream_request_id, \
-              body, error) \
-         SELECT id, batch_id, template_id, model, custom_id, attempt, retries, not_before, \
-                created_at, claimed_at, started_at, $2, $2 = 'completed', $3, $4, $5, $6 FROM r",
-    )
-    .bind(request)
-    .bind(state)
-    .bind(status_code)
-    .bind(status_code.map(|_| format!("upstream-{}", request.simple())))
-    .bind(body)
-    .bind(error)
-    .execute(pool)
-    .await
-    .unwrap();
+    let (live_state, attempt): (String, i32) =
+        sqlx::query_as("SELECT state, attempt FROM requests WHERE id = $1")
+            .bind(request)
+            .fetch_one(pool)
+            .await
+            .expect("a live request");
+    let attempt = if live_state == "pending" {
+        set_in_flight(pool, request, "processing").await;
+        1
+    } else {
+        attempt
+    };
+    let result = Finished {
+        id: RequestId(request),
+        attempt,
+        state,
+        status_code,
+        upstream_request_id: status_code.map(|_| format!("upstream-{}", request.simple())),
+        body: body.map(str::to_owned),
+        error,
+        usage: None,
+    };
+    let taken = PostgresStore::new(pool.clone())
+        .finish(&[result])
+        .await
+        .expect("finish");
+    assert_eq!(
+        taken,
+        vec![RequestId(request)],
+        "the store refused the result"
+    );
 }

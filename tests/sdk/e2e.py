@@ -4,9 +4,9 @@ Run by tests/sdk_e2e.rs against a live server and a mock upstream:
     OPENAI_BASE_URL=http://127.0.0.1:PORT/v1 OPENAI_API_KEY=KEY \
     E2E_OTHER_KEY=KEY2 python tests/sdk/e2e.py WORKDIR
 
-The mock answers 400 to every custom_id starting with `fail-`, and holds
-requests for model `slow` for a long time (so a batch of them can be
-cancelled while running). Exits non-zero with a message on the first failed
+The mock answers 400 to every custom_id starting with `fail-`, and never
+answers requests for model `slow`, counting in WORKDIR/slow-calls those that
+arrived (so a batch of them is cancelled while its calls run). Exits non-zero with a message on the first failed
 check.
 """
 
@@ -99,16 +99,35 @@ slow_ids = [f"slow-{i}" for i in range(4)]
 with open(write_input("slow.jsonl", slow_ids, model="slow"), "rb") as fh:
     slow_file = client.files.create(file=fh, purpose="batch")
 slow = client.batches.create(input_file_id=slow_file.id, endpoint=CHAT, completion_window="1h")
-wait(slow.id, {"in_progress"})
-time.sleep(0.5)
+
+
+def slow_calls():
+    try:
+        with open(os.path.join(WORK, "slow-calls")) as f:
+            return int(f.read())
+    except FileNotFoundError:
+        return 0
+
+
+# The mock never answers these calls: once all four have reached it, the
+# cancel surely comes while they run.
+deadline = time.time() + 120
+while slow_calls() < len(slow_ids):
+    check(time.time() < deadline, f"only {slow_calls()} slow calls reached the upstream")
+    time.sleep(0.05)
 cancelled = client.batches.cancel(slow.id)
-check(cancelled.status in ("cancelling", "cancelled"), f"cancel answered {cancelled.status}")
+check(cancelled.status == "cancelling", f"cancel answered {cancelled.status}")
 final = wait(slow.id)
 check(final.status == "cancelled", f"cancelled batch ended {final.status}")
 check(final.cancelled_at is not None, "cancelled_at set")
 everything = lines_of(final.output_file_id) + lines_of(final.error_file_id)
 seen = collections.Counter(l["custom_id"] for l in everything)
 check(set(seen) == set(slow_ids) and all(n == 1 for n in seen.values()), f"cancelled lines: {seen}")
+check(lines_of(final.output_file_id) == [], "no slow line completed")
+for line in lines_of(final.error_file_id):
+    check(line["error"]["code"] == "batch_cancelled", f"cancelled line {line}")
+    check("while this request was running" in line["error"]["message"], f"cancelled mid-call: {line}")
+check(final.request_counts.total == 4 and final.request_counts.completed == 0, f"counts {final.request_counts}")
 try:
     client.batches.cancel(done.id)
     check(False, "cancelling a completed batch must fail")

@@ -15,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 /// How often progress is read from the database.
 const POLL: Duration = Duration::from_millis(250);
 
+/// How long one progress read may take before the run says it is waiting
+/// for the database.
+const DB_PATIENCE: Duration = Duration::from_secs(3);
+
 /// The first calls that must all fail the same way before the run stops.
 const FIRST_CALLS: i64 = 3;
 
@@ -53,7 +57,12 @@ pub async fn execute(
     let last = if last.status.is_terminal() {
         last
     } else {
-        fetch(store, batch).await?
+        // With the database away, the last counts seen will do.
+        match read(store, batch).await {
+            Ok(b) => b,
+            Err(Read::Unavailable(_)) => last,
+            Err(Read::Failed(e)) => return Err(e),
+        }
     };
     progress.finish(&last.request_counts);
     drop(progress);
@@ -82,7 +91,8 @@ pub async fn execute(
 }
 
 /// Polls the batch until it ends, a signal fires or the first calls show a
-/// broken upstream.
+/// broken upstream. While the database is away it says so once, keeps
+/// polling, and goes on when it is back (the daemon rides it out too).
 async fn watch(
     store: &PostgresStore,
     batch: &Batch,
@@ -90,15 +100,38 @@ async fn watch(
     shutdown: &CancellationToken,
     progress: &mut Progress,
 ) -> Result<(Batch, Option<UpstreamFailure>), CliError> {
+    let mut last = batch.clone();
+    let mut waiting = false;
     loop {
-        let b = fetch(store, batch).await?;
-        if b.status.is_terminal() || shutdown.is_cancelled() {
-            return Ok((b, None));
+        match read(store, batch).await {
+            Ok(b) => {
+                if waiting {
+                    tracing::warn!("the database is back; resuming");
+                    waiting = false;
+                }
+                if b.status.is_terminal() || shutdown.is_cancelled() {
+                    return Ok((b, None));
+                }
+                if let Some(f) = monitor.broken_upstream() {
+                    return Ok((b, Some(f)));
+                }
+                progress.show(&b.request_counts, monitor.in_flight(), false);
+                last = b;
+            }
+            Err(Read::Unavailable(why)) => {
+                if !waiting {
+                    tracing::warn!(
+                        error = %why,
+                        "waiting for the database; the run goes on when it is back"
+                    );
+                    waiting = true;
+                }
+                if shutdown.is_cancelled() {
+                    return Ok((last, None));
+                }
+            }
+            Err(Read::Failed(e)) => return Err(e),
         }
-        if let Some(f) = monitor.broken_upstream() {
-            return Ok((b, Some(f)));
-        }
-        progress.show(&b.request_counts, monitor.in_flight(), false);
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.cancelled() => {}
@@ -106,10 +139,28 @@ async fn watch(
     }
 }
 
-async fn fetch(store: &PostgresStore, batch: &Batch) -> Result<Batch, CliError> {
-    store
-        .get_batch(Owner::Any, batch.id)
-        .await
-        .map_err(runtime)?
-        .ok_or_else(|| runtime(anyhow!("batch {} disappeared", batch.id)))
+/// Why the batch could not be read.
+enum Read {
+    /// The database is away (or slower than [`DB_PATIENCE`]): try again.
+    Unavailable(String),
+    /// Anything else ends the run.
+    Failed(CliError),
+}
+
+/// The batch as stored, waiting at most [`DB_PATIENCE`] (a pool's own
+/// wait for a connection is half a minute).
+async fn read(store: &PostgresStore, batch: &Batch) -> Result<Batch, Read> {
+    match tokio::time::timeout(DB_PATIENCE, store.get_batch(Owner::Any, batch.id)).await {
+        Err(_) => Err(Read::Unavailable(format!(
+            "no answer within {} s",
+            DB_PATIENCE.as_secs()
+        ))),
+        Ok(Err(e)) if e.is_unavailable() => Err(Read::Unavailable(e.to_string())),
+        Ok(Err(e)) => Err(Read::Failed(runtime(e))),
+        Ok(Ok(Some(b))) => Ok(b),
+        Ok(Ok(None)) => Err(Read::Failed(runtime(anyhow!(
+            "batch {} disappeared",
+            batch.id
+        )))),
+    }
 }
