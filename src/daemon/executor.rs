@@ -10,6 +10,7 @@ use crate::store::{ClaimedRequest, Finished, Requeue};
 use crate::upstream::{CallOutcome, UpstreamRequest};
 use chrono::Utc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -84,6 +85,7 @@ async fn run_one<S: DaemonBackend>(
     // This daemon lost its standing while the call ran: its claim is the
     // queue's again, and whatever came back is dropped unwritten.
     if abort.reason() == Some(AbortReason::Abandoned) {
+        shared.abandoned.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("fusillade_upstream_requests_total", "model" => req.model.clone(), "outcome" => "abandoned")
             .increment(1);
         return;

@@ -87,6 +87,7 @@ struct Shared<S> {
     peers: AtomicU32,
     done: AtomicU64,
     failed: AtomicU64,
+    abandoned: AtomicU64,
 }
 
 impl<S> Shared<S> {
@@ -125,6 +126,10 @@ pub struct DaemonReport {
     pub completed: u64,
     /// Requests it ended as failed or cancelled.
     pub failed: u64,
+    /// Calls it dropped without writing anything, having lost its standing
+    /// (declared dead, or unable to heartbeat): their requests went back to
+    /// the queue.
+    pub abandoned: u64,
 }
 
 /// A worker: register, then claim and run requests until shut down.
@@ -195,6 +200,7 @@ impl<S: DaemonBackend> Daemon<S> {
             peers: AtomicU32::new(1),
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
         });
         if let Ok(n) = shared.store.live_daemons(initial.daemon.stale_after).await {
             shared.peers.store(n.max(1), Ordering::Relaxed);
@@ -267,8 +273,15 @@ impl<S: DaemonBackend> Daemon<S> {
         let report = DaemonReport {
             completed: shared.done.load(Ordering::Relaxed),
             failed: shared.failed.load(Ordering::Relaxed),
+            abandoned: shared.abandoned.load(Ordering::Relaxed),
         };
-        tracing::info!(daemon = %id, completed = report.completed, failed = report.failed, "daemon stopped");
+        tracing::info!(
+            daemon = %id,
+            completed = report.completed,
+            failed = report.failed,
+            abandoned = report.abandoned,
+            "daemon stopped"
+        );
         Ok(report)
     }
 }
