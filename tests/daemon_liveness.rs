@@ -120,7 +120,9 @@ async fn a_daemon_declared_dead_mid_flight_writes_nothing_and_every_line_complet
         .unwrap()
         .id;
     let freed = declare_dead(&pool, &store, victim, rescuer).await;
-    store.mark_daemon_stopped(rescuer).await.unwrap();
+    // (On a busy machine the victim's new id may have found this one, which
+    // never heartbeats, dead already.)
+    let _ = store.mark_daemon_stopped(rescuer).await;
     assert!(
         freed > 0,
         "the victim held claims when it was declared dead"
@@ -128,7 +130,9 @@ async fn a_daemon_declared_dead_mid_flight_writes_nothing_and_every_line_complet
 
     assert_all_completed_once(&pool, &store, batch, 300).await;
     daemon.stop().await;
-    assert_eq!(dead_daemons(&pool).await, vec![victim], "only the victim");
+    let mut dead = dead_daemons(&pool).await;
+    dead.retain(|d| *d != rescuer);
+    assert_eq!(dead, vec![victim], "only the victim");
     let registered: i64 = sqlx::query_scalar("SELECT count(*) FROM daemons")
         .fetch_one(&pool)
         .await
