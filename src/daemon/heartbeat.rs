@@ -144,7 +144,11 @@ async fn recover<S: DaemonBackend>(
     }
     let mut backoff = DbBackoff::default();
     loop {
-        match store.retire_daemon(old).await {
+        let retired = tokio::select! {
+            r = store.retire_daemon(old) => r,
+            _ = stop.cancelled() => return None,
+        };
+        match retired {
             Ok(requests) => {
                 tracing::info!(daemon = %old, requests, "claims of the old id returned to the queue");
                 break;
