@@ -139,6 +139,11 @@ impl std::fmt::Debug for Route {
     }
 }
 
+/// The fewest heartbeats `daemon.stale_after_ms` must span: a daemon stops
+/// its calls one heartbeat before the window ends, so this leaves it two
+/// heartbeats of slack before it must give up its work.
+pub const STALE_HEARTBEATS: u32 = 3;
+
 /// Daemon settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonSettings {
@@ -148,7 +153,11 @@ pub struct DaemonSettings {
     pub claim_batch: u32,
     /// How often a daemon says it is alive.
     pub heartbeat: Duration,
-    /// After how long without a heartbeat a daemon's claims are rescued.
+    /// After how long without a heartbeat a daemon is declared dead and its
+    /// claims are rescued; at least [`STALE_HEARTBEATS`] heartbeats. A daemon
+    /// that cannot heartbeat for this long less one heartbeat stops its calls
+    /// on its own, and a dead daemon's slots count against the limits for
+    /// this long again.
     pub stale_after: Duration,
     /// How long calls in flight may finish after a stop is asked for.
     pub shutdown_grace: Duration,
@@ -325,10 +334,18 @@ impl Config {
                 "must not be below daemon.backoff_ms",
             ));
         }
-        if daemon.stale_after <= daemon.heartbeat * 2 {
+        if daemon.heartbeat.is_zero() {
+            return Err(invalid("daemon.heartbeat_ms", "must be at least 1"));
+        }
+        if daemon.stale_after < daemon.heartbeat * STALE_HEARTBEATS {
             return Err(invalid(
                 "daemon.stale_after_ms",
-                "must be more than twice daemon.heartbeat_ms, or live daemons would be rescued",
+                format!(
+                    "is {} ms; it must be at least {STALE_HEARTBEATS} times daemon.heartbeat_ms \
+                     ({} ms), so that a daemon that misses a heartbeat or two is not declared dead",
+                    daemon.stale_after.as_millis(),
+                    (daemon.heartbeat * STALE_HEARTBEATS).as_millis(),
+                ),
             ));
         }
         let auth = match raw.auth {
@@ -642,9 +659,35 @@ api_key_env = "KEY"
             message("[daemon]\nbackoff_ms = 10\nmax_backoff_ms = 5").contains("max_backoff_ms")
         );
         assert!(message("[auth]\nkeys = {}").contains("auth.keys"));
+        assert!(message("[daemon]\nheartbeat_ms = 0").contains("daemon.heartbeat_ms"));
         assert!(message("[models.m]\nconcurrency = -1").contains("concurrency"));
         // One line, so the binary can print it as is.
         assert!(!message("[upstream]\nconcurency = 3").contains('\n'));
+    }
+
+    #[test]
+    fn the_stale_window_must_span_three_heartbeats() {
+        let d = parse("[daemon]\nheartbeat_ms = 100\nstale_after_ms = 300")
+            .unwrap()
+            .daemon;
+        assert_eq!(d.heartbeat, Duration::from_millis(100));
+        assert_eq!(d.stale_after, Duration::from_millis(300));
+        let m = message("[daemon]\nheartbeat_ms = 100\nstale_after_ms = 299");
+        assert!(
+            m.contains("daemon.stale_after_ms")
+                && m.contains("daemon.heartbeat_ms")
+                && m.contains("299 ms")
+                && m.contains("300 ms"),
+            "{m}"
+        );
+        // Against the default heartbeat (2 s) as well.
+        let m = message("[daemon]\nstale_after_ms = 5000");
+        assert!(
+            m.contains("daemon.stale_after_ms") && m.contains("6000 ms"),
+            "{m}"
+        );
+        let defaults = DaemonSettings::default();
+        assert!(defaults.stale_after >= defaults.heartbeat * STALE_HEARTBEATS);
     }
 
     #[test]

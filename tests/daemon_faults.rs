@@ -169,6 +169,16 @@ async fn run_survives_kill_9_and_resumes_without_resending(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(batches, 1, "the rerun resumed the same batch");
+    // Only the killed run's daemon was declared dead, and no line was
+    // cancelled: the rerun's daemon was never taken for dead.
+    let (dead, cancelled): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM daemons WHERE status = 'dead'), \
+                (SELECT count(*) FROM request_results WHERE state = 'canceled')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((dead, cancelled), (1, 0));
 }
 
 #[sqlx::test]

@@ -454,7 +454,14 @@ async fn rescue_returns_claims_of_dead_daemons_only(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    let report = store.rescue(Duration::from_secs(60)).await.unwrap();
+    let report = store
+        .rescue(
+            alive,
+            Some(Duration::from_secs(60)),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
     assert_eq!(report.dead_daemons, 1);
     assert_eq!(report.requests, 2);
 
@@ -474,25 +481,179 @@ async fn rescue_returns_claims_of_dead_daemons_only(pool: PgPool) {
     assert!(store.lost_leases(alive, &held).await.unwrap().is_empty());
     assert_eq!(store.finish(&[done(&mine[0])]).await.unwrap().len(), 1);
 
-    // Claims by an id that never registered are rescued too.
+    // An id that never registered claims nothing.
     let ghost = DaemonId::new();
-    let ghost_claims = store
+    let ghost_claim = store
         .claim(&slots_demand(ghost, "m", 10, 10, 0, 0))
+        .await
+        .unwrap();
+    assert!(ghost_claim.requests.is_empty());
+    assert!(ghost_claim.slots.iter().all(|(_, n)| *n == 0));
+    // Claims of a daemon whose row is gone are rescued too.
+    let vanishing = daemon(&store).await;
+    // (The dead daemon's 5 slots still count: a limit of 20 leaves room.)
+    let claimed = store
+        .claim(&slots_demand(vanishing, "m", 20, 10, 0, 0))
         .await
         .unwrap()
         .requests;
-    assert_eq!(ghost_claims.len(), 2);
+    assert_eq!(claimed.len(), 2);
+    sqlx::query("DELETE FROM daemons WHERE id = $1")
+        .bind(vanishing)
+        .execute(&pool)
+        .await
+        .unwrap();
     assert_eq!(
         store
-            .rescue(Duration::from_secs(60))
+            .rescue(alive, None, Duration::from_secs(60))
             .await
             .unwrap()
             .requests,
         2
     );
-    let again = claim(&store, alive, "m", 10, 10, 10).await;
+    // (The dead daemon's slots still count: the live one keeps its half.)
+    let again = store
+        .claim(&slots_demand(alive, "m", 10, 5, 0, 0))
+        .await
+        .unwrap()
+        .requests;
     let ids: HashSet<_> = again.iter().map(|c| c.id).collect();
     assert_eq!(ids.len(), 2);
+}
+
+/// Ages a daemon's heartbeat by an hour.
+async fn go_silent(pool: &PgPool, d: DaemonId) {
+    sqlx::query("UPDATE daemons SET last_heartbeat = now() - interval '1 hour' WHERE id = $1")
+        .bind(d)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn status_of(pool: &PgPool, d: DaemonId) -> String {
+    sqlx::query_scalar("SELECT status FROM daemons WHERE id = $1")
+        .bind(d)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn a_dead_daemon_claims_nothing_and_its_slots_count_until_forgotten(pool: PgPool) {
+    let store = store(&pool).await;
+    batch_of(&store, "m", 20, "24h").await;
+    let (slow, other) = (daemon(&store).await, daemon(&store).await);
+    let first = store
+        .claim(&slots_demand(slow, "m", 4, 4, 0, 0))
+        .await
+        .unwrap();
+    assert_eq!(slots_of(&first, "m"), 4);
+    go_silent(&pool, slow).await;
+    let minute = Duration::from_secs(60);
+    let r = store.rescue(other, Some(minute), minute).await.unwrap();
+    assert_eq!((r.dead_daemons, r.requests), (1, 8));
+
+    // Declared dead, it gets nothing more...
+    let late = store
+        .claim(&slots_demand(slow, "m", 4, 4, 0, 0))
+        .await
+        .unwrap();
+    assert!(late.requests.is_empty());
+    assert_eq!(slots_of(&late, "m"), 0);
+    // ...and its slots still count: it may be calling until it learns.
+    let c = store
+        .claim(&slots_demand(other, "m", 4, 4, 0, 0))
+        .await
+        .unwrap();
+    assert_eq!(slots_of(&c, "m"), 0);
+    assert!(c.requests.is_empty());
+    store.rescue(other, None, minute).await.unwrap();
+    let c = store
+        .claim(&slots_demand(other, "m", 4, 4, 0, 0))
+        .await
+        .unwrap();
+    assert_eq!(slots_of(&c, "m"), 0, "dead for less than the window");
+
+    // A window after its death they are forgotten.
+    sqlx::query("UPDATE daemons SET stopped_at = now() - interval '61 seconds' WHERE id = $1")
+        .bind(slow)
+        .execute(&pool)
+        .await
+        .unwrap();
+    store.rescue(other, None, minute).await.unwrap();
+    let c = store
+        .claim(&slots_demand(other, "m", 4, 4, 0, 0))
+        .await
+        .unwrap();
+    assert_eq!(slots_of(&c, "m"), 4);
+    assert_eq!(c.requests.len(), 8);
+}
+
+#[sqlx::test]
+async fn a_rescuer_never_declares_itself_dead_nor_anyone_without_a_window(pool: PgPool) {
+    let store = store(&pool).await;
+    let (me, them) = (daemon(&store).await, daemon(&store).await);
+    go_silent(&pool, me).await;
+    go_silent(&pool, them).await;
+    let minute = Duration::from_secs(60);
+    let r = store.rescue(me, None, minute).await.unwrap();
+    assert_eq!(
+        r.dead_daemons, 0,
+        "no stale window: nobody is declared dead"
+    );
+    assert_eq!(status_of(&pool, them).await, "running");
+    let r = store.rescue(me, Some(minute), minute).await.unwrap();
+    assert_eq!(r.dead_daemons, 1);
+    assert_eq!(status_of(&pool, them).await, "dead");
+    assert_eq!(status_of(&pool, me).await, "running", "never itself");
+}
+
+#[sqlx::test]
+async fn a_retired_daemon_returns_its_claims_at_once_and_its_slots_a_window_later(pool: PgPool) {
+    let store = store(&pool).await;
+    batch_of(&store, "m", 20, "24h").await;
+    let (fenced, other) = (daemon(&store).await, daemon(&store).await);
+    let mine = store
+        .claim(&slots_demand(fenced, "m", 4, 4, 0, 0))
+        .await
+        .unwrap()
+        .requests;
+    assert_eq!(mine.len(), 8);
+    assert_eq!(store.retire_daemon(fenced).await.unwrap(), 8);
+    assert_eq!(status_of(&pool, fenced).await, "dead");
+    // Its late writes are refused; it cannot heartbeat.
+    assert!(store.finish(&[done(&mine[0])]).await.unwrap().is_empty());
+    assert!(
+        store
+            .heartbeat(fenced, DaemonStats::default())
+            .await
+            .is_err()
+    );
+    // Its slots count for one window more, like any dead daemon's.
+    let minute = Duration::from_secs(60);
+    store.rescue(other, None, minute).await.unwrap();
+    let c = store
+        .claim(&slots_demand(other, "m", 4, 4, 0, 0))
+        .await
+        .unwrap();
+    assert_eq!(slots_of(&c, "m"), 0);
+    sqlx::query("UPDATE daemons SET stopped_at = now() - interval '61 seconds' WHERE id = $1")
+        .bind(fenced)
+        .execute(&pool)
+        .await
+        .unwrap();
+    store.rescue(other, None, minute).await.unwrap();
+    let c = store
+        .claim(&slots_demand(other, "m", 4, 4, 0, 0))
+        .await
+        .unwrap();
+    assert_eq!(slots_of(&c, "m"), 4);
+    // Its claims are claimable again, first in line.
+    let ids: HashSet<_> = c.requests.iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 8);
+    assert!(mine.iter().all(|r| ids.contains(&r.id)));
+    // Retiring again changes nothing.
+    assert_eq!(store.retire_daemon(fenced).await.unwrap(), 0);
 }
 
 #[sqlx::test]

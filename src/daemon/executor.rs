@@ -1,5 +1,6 @@
 //! One request: call the upstream, then decide (in `domain::retry`) what follows.
 
+use super::abort::{Abort, AbortReason};
 use super::slots::Job;
 use super::{DaemonBackend, Shared, jitter};
 use crate::domain::output::{ResultError, codes};
@@ -12,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
-use tokio_util::sync::CancellationToken;
 
 /// What the completer must write for one request.
 #[derive(Debug)]
@@ -45,9 +45,12 @@ pub(super) async fn run<S: DaemonBackend>(
 async fn run_one<S: DaemonBackend>(
     shared: &Shared<S>,
     req: ClaimedRequest,
-    abort: CancellationToken,
+    abort: Abort,
     outcomes: &UnboundedSender<Outcome>,
 ) {
+    if abort.reason() == Some(AbortReason::Abandoned) {
+        return; // dropped before it started: nothing was sent, nothing is written
+    }
     if shared.monitor.tripped() {
         // The upstream was judged broken: the line waits for the next run.
         let _ = outcomes.send(Outcome::Requeue(Requeue {
@@ -70,15 +73,26 @@ async fn run_one<S: DaemonBackend>(
     };
     let sent = std::time::Instant::now();
     let outcome = tokio::select! {
-        o = client.send(&call) => Some(o),
-        _ = abort.cancelled() => None,
+        // A switch thrown before the call starts stops it before it is sent.
+        biased;
+        why = abort.fired() => Err(why),
+        o = client.send(&call) => Ok(o),
     };
-    if outcome.is_some() {
+    if outcome.is_ok() {
         metrics::histogram!("fusillade_upstream_latency_seconds", "model" => req.model.clone())
             .record(sent.elapsed().as_secs_f64());
     }
+    // This daemon lost its standing while the call ran: its claim is the
+    // queue's again, and whatever came back is dropped unwritten.
+    if abort.reason() == Some(AbortReason::Abandoned) {
+        shared.abandoned.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("fusillade_upstream_requests_total", "model" => req.model.clone(), "outcome" => "abandoned")
+            .increment(1);
+        return;
+    }
     let write = match outcome {
-        None if shared.releasing.load(Ordering::SeqCst) => Outcome::Requeue(Requeue {
+        Err(AbortReason::Abandoned) => return, // counted above
+        Err(AbortReason::Released) => Outcome::Requeue(Requeue {
             id: req.id,
             attempt: req.attempt,
             delay: Duration::ZERO,
@@ -86,7 +100,7 @@ async fn run_one<S: DaemonBackend>(
         }),
         // The batch is being cancelled (or the lease is gone, in which case
         // this guarded write is simply rejected).
-        None => Outcome::Finish(Finished {
+        Err(AbortReason::Cancelled) => Outcome::Finish(Finished {
             id: req.id,
             attempt: req.attempt,
             state: RequestState::Canceled,
@@ -99,7 +113,7 @@ async fn run_one<S: DaemonBackend>(
             )),
             usage: None,
         }),
-        Some(o) if shared.monitor.record(|| called_url(&config, &req), &o) => {
+        Ok(o) if shared.monitor.record(|| called_url(&config, &req), &o) => {
             Outcome::Requeue(Requeue {
                 id: req.id,
                 attempt: req.attempt,
@@ -107,7 +121,7 @@ async fn run_one<S: DaemonBackend>(
                 is_retry: false,
             })
         }
-        Some(o) => {
+        Ok(o) => {
             let deadline = req
                 .deadline
                 .unwrap_or_else(|| Utc::now() + chrono::Duration::days(3650));

@@ -1,92 +1,174 @@
-//! Liveness: heartbeats with counters, and stopping calls whose lease is gone
-//! (rescued, expired) or whose batch is being cancelled.
+//! Liveness: a heartbeat every `daemon.heartbeat_ms`, sent from a thread of
+//! its own with connections of its own, so that neither a daemon busy with
+//! calls nor a runtime starved of CPU makes it late. When a heartbeat finds
+//! the daemon declared dead, or none has gone through for so long that others
+//! may declare it dead any moment, the daemon loses its standing (see
+//! `standing`): it drops what it holds, waits for its calls to end, returns
+//! its claims, and registers again. Its old slots still count against the
+//! limits until the rescuers forget them, one stale window after its death.
 
-use super::{DaemonBackend, Shared, register};
+use super::standing::abandon_all;
+use super::{DaemonBackend, DbBackoff, Shared, register};
 use crate::store::StoreError;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// How often held leases are checked, so cancellation reaches calls quickly.
-const LEASE_CHECK: Duration = Duration::from_millis(500);
+/// Starts the heartbeat thread; the returned receiver resolves when it ends
+/// (after `stop` fires).
+pub(super) fn spawn<S: DaemonBackend>(
+    shared: Arc<Shared<S>>,
+    registered: Instant,
+    stop: CancellationToken,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done, ended) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("fusillade-heartbeat".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the heartbeat's runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                // Made here, so its connections belong to this runtime.
+                let store = shared.store.detached();
+                run(&shared, &store, registered, &stop).await;
+            });
+            let _ = done.send(());
+        })?;
+    Ok(ended)
+}
 
-pub(super) async fn run<S: DaemonBackend>(shared: Arc<Shared<S>>, stop: CancellationToken) {
-    let mut last_beat = tokio::time::Instant::now();
-    let mut ticker = tokio::time::interval(LEASE_CHECK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Why the daemon lost its standing.
+enum Lost {
+    /// A heartbeat found it declared dead (or unknown).
+    DeclaredDead,
+    /// No heartbeat went through in time.
+    Silent(Duration),
+}
+
+async fn run<S: DaemonBackend>(
+    shared: &Shared<S>,
+    store: &S,
+    registered: Instant,
+    stop: &CancellationToken,
+) {
+    let mut last_ok = registered;
+    let first = shared.config.borrow().daemon.stale_after / 2;
+    shared.standing.beat_ok(registered, first);
+    let mut next = tokio::time::Instant::now();
     loop {
+        let daemon = shared.config.borrow().daemon.clone();
+        next += daemon.heartbeat;
+        // A beat that took longer than the period is followed at once, and
+        // the schedule restarts from now (no burst of catch-up beats).
+        let now = tokio::time::Instant::now();
+        if next < now {
+            next = now;
+        }
         tokio::select! {
-            _ = ticker.tick() => {}
+            _ = tokio::time::sleep_until(next) => {}
             _ = stop.cancelled() => return,
         }
-        let every = shared.config.borrow().daemon.heartbeat;
-        if last_beat.elapsed() >= every {
-            beat(&shared, &stop).await;
-            last_beat = tokio::time::Instant::now();
+        // Stop every call before anyone may declare this daemon dead: one
+        // heartbeat short of the stale window since the last beat that went
+        // through (the window is at least three heartbeats, see `config`).
+        let fence_at = last_ok + daemon.stale_after.saturating_sub(daemon.heartbeat);
+        let sent = Instant::now();
+        // A beat that goes through settles it either way, so even a thread
+        // that woke up late gives it one period.
+        let wait_until = fence_at.max(sent + daemon.heartbeat);
+        let beat = tokio::select! {
+            r = tokio::time::timeout_at(wait_until.into(), store.heartbeat(shared.id(), shared.stats())) => r,
+            _ = stop.cancelled() => return,
+        };
+        let lost = match beat {
+            Ok(Ok(())) => {
+                last_ok = sent;
+                shared.standing.beat_ok(sent, daemon.stale_after / 2);
+                continue;
+            }
+            Ok(Err(StoreError::Conflict(_) | StoreError::NotFound { .. })) => Lost::DeclaredDead,
+            // No heartbeat while the database is unreachable: it would be a
+            // lie. Silence is only fatal once it lasts.
+            Ok(Err(e)) if Instant::now() < fence_at => {
+                tracing::warn!(daemon = %shared.id(), error = %e, "heartbeat failed");
+                continue;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(daemon = %shared.id(), error = %e, "heartbeat failed");
+                Lost::Silent(last_ok.elapsed())
+            }
+            Err(_) => Lost::Silent(last_ok.elapsed()),
+        };
+        match recover(shared, store, lost, stop).await {
+            Some(registered) => last_ok = registered,
+            None => return,
         }
-        check_leases(&shared).await;
     }
 }
 
-async fn beat<S: DaemonBackend>(shared: &Shared<S>, stop: &CancellationToken) {
-    let id = shared.id();
-    match shared.store.heartbeat(id, shared.stats()).await {
-        Ok(()) => {
-            let fresh = shared.config.borrow().daemon.stale_after;
-            if let Ok(n) = shared.store.live_daemons(fresh).await {
-                shared.peers.store(n.max(1), Ordering::Relaxed);
-            }
+/// Loses the standing and gets it back: drops everything, waits for the
+/// calls to end, retires the old id (its claims back to the queue)
+/// and registers again. Returns when the new registration was sent, or
+/// `None` if `stop` fired first.
+async fn recover<S: DaemonBackend>(
+    shared: &Shared<S>,
+    store: &S,
+    lost: Lost,
+    stop: &CancellationToken,
+) -> Option<Instant> {
+    let old = shared.id();
+    match lost {
+        Lost::DeclaredDead => {
+            tracing::warn!(daemon = %old, "this daemon was declared dead; dropping its calls and registering again")
         }
-        Err(StoreError::Conflict(_)) | Err(StoreError::NotFound { .. }) => {
-            // Declared dead (its heartbeats could not reach the database for
-            // too long): its claims were rescued, so stop every call and come
-            // back under a new id.
-            tracing::warn!(daemon = %id, "this daemon was declared dead; re-registering");
-            // Its slots no longer count either; requests waiting for one
-            // were rescued with the rest and are dropped unsent.
-            shared.slots.forget_grants();
-            let waiting = shared.slots.drain_waiting();
-            {
-                let mut held = shared.held.lock().expect("held lock");
-                for job in waiting {
-                    held.remove(&job.req.id);
-                }
-                for h in held.values() {
-                    h.abort.cancel();
-                }
-            }
-            let config = shared.config.borrow().clone();
-            if let Ok(new_id) = register(&shared.store, &config, stop).await {
-                *shared.id.write().expect("id lock") = new_id;
-                tracing::info!(daemon = %new_id, "registered again");
-            }
-        }
-        // No heartbeat while the database is unreachable: it would be a lie.
-        Err(e) => tracing::warn!(daemon = %id, error = %e, "heartbeat failed"),
+        Lost::Silent(for_) => tracing::warn!(
+            daemon = %old,
+            silent_ms = for_.as_millis() as u64,
+            "no heartbeat went through in time; dropping every call before this daemon is declared dead"
+        ),
     }
-}
-
-async fn check_leases<S: DaemonBackend>(shared: &Shared<S>) {
-    let held: Vec<_> = shared
-        .held
-        .lock()
-        .expect("held lock")
-        .iter()
-        .map(|(id, h)| (*id, h.attempt))
-        .collect();
-    if held.is_empty() {
-        return;
+    metrics::counter!("fusillade_daemon_standing_lost_total").increment(1);
+    abandon_all(shared);
+    // Its claims go back only once no call of it is left.
+    tokio::select! {
+        _ = shared.slots.idle() => {}
+        _ = stop.cancelled() => return None,
     }
-    match shared.store.lost_leases(shared.id(), &held).await {
-        Ok(lost) => {
-            let map = shared.held.lock().expect("held lock");
-            for id in lost {
-                if let Some(h) = map.get(&id) {
-                    h.abort.cancel();
+    let mut backoff = DbBackoff::default();
+    loop {
+        let retired = tokio::select! {
+            r = store.retire_daemon(old) => r,
+            _ = stop.cancelled() => return None,
+        };
+        match retired {
+            Ok(requests) => {
+                tracing::info!(daemon = %old, requests, "claims of the old id returned to the queue");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(daemon = %old, error = %e, "cannot retire the old id; retrying");
+                if !backoff.wait(stop).await {
+                    return None;
                 }
             }
         }
-        Err(e) => tracing::warn!(error = %e, "lease check failed"),
     }
+    let config = shared.config.borrow().clone();
+    let registered = Instant::now();
+    let new = register(store, &config, stop).await.ok()?;
+    *shared.id.write().expect("id lock") = new;
+    shared
+        .standing
+        .beat_ok(registered, config.daemon.stale_after / 2);
+    shared.standing.restore();
+    tracing::info!(daemon = %new, "registered again");
+    Some(registered)
 }

@@ -6,7 +6,11 @@
 //! - `producer`: the claim loop (slots and requests -> calls).
 //! - `executor`: one request: call the upstream, decide what follows.
 //! - `completer`: outcomes written many rows per statement.
-//! - `heartbeat`: liveness, and stopping calls whose lease was lost.
+//! - `abort`: the switch that stops one call, and why.
+//! - `heartbeat`: liveness, on a thread of its own.
+//! - `standing`: whether the daemon may work, and dropping everything when
+//!   it may not (declared dead).
+//! - `leases`: stopping calls whose lease was lost or batch cancelled.
 //! - `rescuer`: returns claims of dead daemons to the queue.
 //! - `finalizer`: completes, expires and cancels batches.
 //! - `monitor`: what the daemon's owner sees while it runs (calls in
@@ -15,14 +19,17 @@
 //! Shutdown is passed in as a [`CancellationToken`]; every spawned task is
 //! tracked and awaited.
 
+mod abort;
 mod completer;
 mod executor;
 mod finalizer;
 mod heartbeat;
+mod leases;
 mod monitor;
 mod producer;
 mod rescuer;
 mod slots;
+mod standing;
 
 use crate::config::Config;
 pub use crate::config::DaemonSettings as DaemonConfig;
@@ -32,10 +39,12 @@ use crate::domain::ids::DaemonId;
 use crate::domain::request::RequestId;
 use crate::store::{DaemonStore, MaintenanceStore, QueueStore, StoreError, WorkNotifier};
 use crate::upstream::UpstreamClient;
+use abort::{Abort, AbortReason};
 pub use monitor::{Monitor, UpstreamFailure};
 use slots::Slots;
+use standing::Standing;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -56,7 +65,7 @@ impl<T> DaemonBackend for T where
 #[derive(Debug)]
 struct Held {
     attempt: i32,
-    abort: CancellationToken,
+    abort: Abort,
 }
 
 /// State shared by the daemon's tasks.
@@ -71,13 +80,14 @@ struct Shared<S> {
     id: RwLock<DaemonId>,
     config: watch::Receiver<Arc<Config>>,
     client: RwLock<(Arc<Config>, Arc<UpstreamClient>)>,
-    /// Set once the grace period is over: aborted calls are released, not cancelled.
-    releasing: AtomicBool,
+    /// Whether the daemon may claim, and what it does when it may not.
+    standing: Standing,
     /// Live daemons sharing the database (at least 1): each takes a fair
     /// share of every model's limit, so one daemon cannot starve the others.
     peers: AtomicU32,
     done: AtomicU64,
     failed: AtomicU64,
+    abandoned: AtomicU64,
 }
 
 impl<S> Shared<S> {
@@ -116,6 +126,10 @@ pub struct DaemonReport {
     pub completed: u64,
     /// Requests it ended as failed or cancelled.
     pub failed: u64,
+    /// Calls it dropped without writing anything, having lost its standing
+    /// (declared dead, or unable to heartbeat): their requests went back to
+    /// the queue.
+    pub abandoned: u64,
 }
 
 /// A worker: register, then claim and run requests until shut down.
@@ -168,6 +182,7 @@ impl<S: DaemonBackend> Daemon<S> {
     /// Database errors never end it; it backs off and goes on.
     pub async fn run(self, shutdown: CancellationToken) -> Result<DaemonReport, StoreError> {
         let initial = self.config.borrow().clone();
+        let registered = std::time::Instant::now();
         let id = register(&self.store, &initial, &shutdown).await?;
         let shared = Arc::new(Shared {
             store: self.store,
@@ -181,10 +196,11 @@ impl<S: DaemonBackend> Daemon<S> {
                 Arc::new(UpstreamClient::new(initial.clone())),
             )),
             config: self.config,
-            releasing: AtomicBool::new(false),
+            standing: Standing::new(),
             peers: AtomicU32::new(1),
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
         });
         if let Ok(n) = shared.store.live_daemons(initial.daemon.stale_after).await {
             shared.peers.store(n.max(1), Ordering::Relaxed);
@@ -192,11 +208,33 @@ impl<S: DaemonBackend> Daemon<S> {
         tracing::info!(daemon = %id, peers = shared.peers.load(Ordering::Relaxed), "daemon started");
 
         let background = CancellationToken::new();
+        // Also fired if this future is dropped unfinished (its runtime shut
+        // down, its task aborted): the heartbeat thread must not outlive the
+        // daemon and keep a dead daemon's claims looking alive.
+        let _background_guard = background.clone().drop_guard();
         let tasks = TaskTracker::new();
         let executors = TaskTracker::new();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let completer = tokio::spawn(completer::run(shared.clone(), rx, shutdown.clone()));
-        tasks.spawn(heartbeat::run(shared.clone(), background.clone()));
+        match heartbeat::spawn(shared.clone(), registered, background.clone()) {
+            Ok(ended) => {
+                let (shared, background) = (shared.clone(), background.clone());
+                tasks.spawn(async move {
+                    let _ = ended.await;
+                    if !background.is_cancelled() {
+                        // Nobody proves this daemon alive any more: it must
+                        // not hold a call past its stale window.
+                        tracing::error!("the heartbeat thread ended; this daemon stops working");
+                        standing::abandon_all(&shared);
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the heartbeat thread; this daemon will not work");
+                standing::abandon_all(&shared);
+            }
+        }
+        tasks.spawn(leases::run(shared.clone(), background.clone()));
         tasks.spawn(rescuer::run(shared.clone(), background.clone()));
         tasks.spawn(finalizer::run(shared.clone(), background.clone()));
 
@@ -216,9 +254,8 @@ impl<S: DaemonBackend> Daemon<S> {
         }
         drop(tx_release);
         let _ = tokio::time::timeout(grace, shared.slots.idle()).await;
-        shared.releasing.store(true, Ordering::SeqCst);
         for held in shared.held.lock().expect("held lock").values() {
-            held.abort.cancel();
+            held.abort.fire(AbortReason::Released);
         }
         executors.close();
         executors.wait().await;
@@ -236,8 +273,15 @@ impl<S: DaemonBackend> Daemon<S> {
         let report = DaemonReport {
             completed: shared.done.load(Ordering::Relaxed),
             failed: shared.failed.load(Ordering::Relaxed),
+            abandoned: shared.abandoned.load(Ordering::Relaxed),
         };
-        tracing::info!(daemon = %id, completed = report.completed, failed = report.failed, "daemon stopped");
+        tracing::info!(
+            daemon = %id,
+            completed = report.completed,
+            failed = report.failed,
+            abandoned = report.abandoned,
+            "daemon stopped"
+        );
         Ok(report)
     }
 }

@@ -4,6 +4,7 @@
 //! waiting requests to run low, a notification of new work, or (for delayed
 //! retries and other daemons' releases) a short poll.
 
+use super::abort::Abort;
 use super::slots::Job;
 use super::{DaemonBackend, DbBackoff, Held, Shared, executor};
 use crate::store::{ClaimRequest, ModelDemand};
@@ -75,6 +76,15 @@ pub(super) async fn run<S: DaemonBackend>(
     let mut backoff = DbBackoff::default();
     let (mut claims, mut claimed_rows) = (0u64, 0u64);
     while !shutdown.is_cancelled() {
+        if shared.standing.is_fenced() {
+            // Lost its standing: nothing is claimed until registered again.
+            tokio::select! {
+                _ = shared.standing.restored() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        let generation = shared.standing.generation();
         let max_total = shared.current().0.daemon.claim_batch;
         let request = demand(&shared, max_total);
         let claim = match shared.store.claim(&request).await {
@@ -96,13 +106,21 @@ pub(super) async fn run<S: DaemonBackend>(
         shared.peers.store(claim.peers.max(1), Ordering::Relaxed);
         claims += 1;
         claimed_rows += n as u64;
-        let jobs: Vec<Job> = {
+        let start = {
             let mut held = shared.held.lock().expect("held lock");
-            claim
+            if shared.standing.generation() != generation {
+                // The daemon lost its standing while this claim ran: its
+                // requests go back to the queue with the old id's other
+                // claims, unsent. (Checked under the held lock, which
+                // `standing::abandon_all` takes after voiding claims.)
+                tracing::debug!(requests = n, "claim voided by the lost standing");
+                continue;
+            }
+            let jobs: Vec<Job> = claim
                 .requests
                 .into_iter()
                 .map(|req| {
-                    let abort = CancellationToken::new();
+                    let abort = Abort::new();
                     held.insert(
                         req.id,
                         Held {
@@ -112,9 +130,10 @@ pub(super) async fn run<S: DaemonBackend>(
                     );
                     Job { req, abort }
                 })
-                .collect()
+                .collect();
+            shared.slots.refill(&claim.slots, jobs)
         };
-        for job in shared.slots.refill(&claim.slots, jobs) {
+        for job in start {
             executors.spawn(executor::run(shared.clone(), job, outcomes.clone()));
         }
         if n as u32 >= max_total {

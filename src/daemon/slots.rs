@@ -7,19 +7,20 @@
 //! model, so slots stay busy while the database writes the result and the
 //! next claim runs.
 
+use super::abort::Abort;
 use crate::store::ClaimedRequest;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// A claimed request and the token that stops it.
 #[derive(Debug)]
 pub(super) struct Job {
     /// The request.
     pub req: ClaimedRequest,
-    /// Cancelled when its lease is lost, its batch cancelled, or on release.
-    pub abort: CancellationToken,
+    /// Thrown when its lease is lost, its batch cancelled, on release, or
+    /// when the daemon loses its standing.
+    pub abort: Abort,
 }
 
 #[derive(Debug, Default)]
@@ -196,7 +197,7 @@ mod tests {
                 body: "{}".into(),
                 endpoint: String::new(),
             },
-            abort: CancellationToken::new(),
+            abort: Abort::new(),
         }
     }
 

@@ -122,4 +122,16 @@ impl DaemonStore for PostgresStore {
         .await?;
         rows.iter().map(daemon_from_row).collect()
     }
+
+    fn detached(&self) -> Self {
+        let mut copy = self.clone();
+        // The same acquire timeout as the background pool's: the heartbeat
+        // puts its own deadline on every call.
+        copy.background = super::pool_like(
+            &self.pools.primary,
+            super::DETACHED_CONNECTIONS,
+            self.background.options().get_acquire_timeout(),
+        );
+        copy
+    }
 }

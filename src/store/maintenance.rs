@@ -5,6 +5,7 @@
 use super::ending::end_as;
 use super::{PostgresStore, Result};
 use crate::domain::batch::BatchId;
+use crate::domain::ids::DaemonId;
 use crate::domain::output::{ResultError, codes};
 use sqlx::Row;
 use sqlx::types::Json;
@@ -40,9 +41,28 @@ impl FinalizeReport {
 
 /// Timed repair and lifecycle work.
 pub trait MaintenanceStore: Send + Sync {
-    /// Declares daemons without a heartbeat for `stale_after` dead, and returns
-    /// to pending every claim held by a daemon that is not running.
-    fn rescue(&self, stale_after: Duration) -> impl Future<Output = Result<RescueReport>> + Send;
+    /// Run by the daemon `by`: declares every other daemon without a
+    /// heartbeat for `stale_after` dead (nobody with `None`: the caller
+    /// cannot tell a dead daemon from a stall of its own), returns to
+    /// pending every claim held by a daemon that is not running, and forgets
+    /// the slots of daemons that stopped, or that died more than
+    /// `fence_after` ago. Until then a dead daemon's slots still count
+    /// against the limits: a daemon that was only slow may still be making
+    /// calls, and it stops them on its own once it cannot prove it is alive
+    /// (see `daemon::heartbeat`).
+    fn rescue(
+        &self,
+        by: DaemonId,
+        stale_after: Option<Duration>,
+        fence_after: Duration,
+    ) -> impl Future<Output = Result<RescueReport>> + Send;
+    /// Run by a daemon that lost its standing (declared dead, or unable to
+    /// heartbeat for too long) once every one of its calls has stopped:
+    /// marks it dead if it still counts as running and returns its claims
+    /// to pending at once. Returns how many. Its slots go the way of every
+    /// dead daemon's (see [`rescue`](Self::rescue)): its calls have ended
+    /// here, but the upstream may take a moment to see it.
+    fn retire_daemon(&self, id: DaemonId) -> impl Future<Output = Result<u64>> + Send;
     /// Moves up to `limit` batches of each kind on: past the deadline ->
     /// `expired` (unfinished requests end as `batch_expired`); cancelling with
     /// nothing in flight -> `cancelled`; in progress with every request ended
@@ -64,12 +84,18 @@ const BATCH_LIVE: &str = "q.id BETWEEN fusillade_batch_lo(b.id) AND fusillade_ba
 const VACUUM_LOCK: i64 = 0x66_75_73_76_61_63; // "fusvac"
 
 impl MaintenanceStore for PostgresStore {
-    async fn rescue(&self, stale_after: Duration) -> Result<RescueReport> {
-        let ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+    async fn rescue(
+        &self,
+        by: DaemonId,
+        stale_after: Option<Duration>,
+        fence_after: Duration,
+    ) -> Result<RescueReport> {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let row = sqlx::query(
             "WITH dead AS (
                  UPDATE daemons SET status = 'dead', stopped_at = now(), in_flight = 0
-                 WHERE status = 'running' AND last_heartbeat < now() - $1 * interval '1 millisecond'
+                 WHERE status = 'running' AND id <> $2
+                   AND last_heartbeat < now() - $1::bigint * interval '1 millisecond'
                  RETURNING id),
              freed AS (
                  UPDATE requests q SET state = 'pending', daemon_id = NULL, started_at = NULL
@@ -77,18 +103,47 @@ impl MaintenanceStore for PostgresStore {
                    AND (q.daemon_id IN (SELECT id FROM dead)
                         OR NOT EXISTS (SELECT 1 FROM daemons d
                                        WHERE d.id = q.daemon_id AND d.status = 'running'))
-                 RETURNING q.id)
+                 RETURNING q.id),
+             forgotten AS (
+                 DELETE FROM model_slots s
+                 WHERE NOT EXISTS (
+                     SELECT 1 FROM daemons d
+                     WHERE d.id = s.daemon_id
+                       AND (d.status = 'running'
+                            OR (d.status = 'dead'
+                                AND d.stopped_at >= now() - $3 * interval '1 millisecond'))))
              SELECT (SELECT count(*) FROM dead) AS dead, (SELECT count(*) FROM freed) AS freed,
                     CASE WHEN EXISTS (SELECT 1 FROM freed)
                          THEN (SELECT 1 FROM pg_notify('fusillade_work', '')) END AS notified",
         )
-        .bind(ms)
+        .bind(stale_after.map(ms))
+        .bind(by)
+        .bind(ms(fence_after))
         .fetch_one(&self.background)
         .await?;
         Ok(RescueReport {
             dead_daemons: row.try_get::<i64, _>("dead")? as u64,
             requests: row.try_get::<i64, _>("freed")? as u64,
         })
+    }
+
+    async fn retire_daemon(&self, id: DaemonId) -> Result<u64> {
+        let freed: i64 = sqlx::query_scalar(
+            "WITH dead AS (
+                 UPDATE daemons SET status = 'dead', stopped_at = now(), in_flight = 0
+                 WHERE id = $1 AND status = 'running'),
+             freed AS (
+                 UPDATE requests q SET state = 'pending', daemon_id = NULL, started_at = NULL
+                 WHERE q.state IN ('claimed', 'processing') AND q.daemon_id = $1
+                 RETURNING q.id)
+             SELECT count(*) FROM freed,
+                    (SELECT CASE WHEN EXISTS (SELECT 1 FROM freed)
+                                 THEN (SELECT 1 FROM pg_notify('fusillade_work', '')) END) n(x)",
+        )
+        .bind(id)
+        .fetch_one(&self.background)
+        .await?;
+        Ok(freed as u64)
     }
 
     async fn finalize(&self, limit: i64) -> Result<FinalizeReport> {

@@ -219,10 +219,15 @@ const QUEUE_CONNECTIONS: u32 = 4;
 /// Most connections of the pool of ordered reads (downloads and lists).
 const ORDERED_CONNECTIONS: u32 = 8;
 
-/// Connections of the daemon's timed roles: one each for the heartbeat, the
-/// rescuer, the finalizer (which also vacuums) and the new-work listener
-/// (which holds its connection), so none waits for another.
+/// Connections of the daemon's timed roles: one each for the heartbeat (until
+/// it runs on a [detached](DaemonStore::detached) copy), the rescuer, the
+/// finalizer (which also vacuums) and the new-work listener (which holds its
+/// connection), so none waits for another.
 pub const BACKGROUND_CONNECTIONS: u32 = 4;
+
+/// Connections of a [detached](DaemonStore::detached) store: the heartbeat
+/// and, rarely, the clean-up after this daemon lost its standing.
+const DETACHED_CONNECTIONS: u32 = 2;
 
 /// Uploads parsed into the database at once. Ingest runs at disk speed from
 /// a spooled file, so a few at a time keep the database busy enough.
@@ -464,6 +469,14 @@ pub trait DaemonStore: Send + Sync {
     fn live_daemons(&self, fresh: std::time::Duration) -> impl Future<Output = Result<u32>> + Send;
     /// All daemons, running ones first, newest first.
     fn list_daemons(&self) -> impl Future<Output = Result<Vec<DaemonRecord>>> + Send;
+    /// A copy of this store whose registry calls (register, heartbeat,
+    /// retire) use connections of their own, opened on first use by the
+    /// runtime that uses them: the heartbeat runs on a thread of its own, so
+    /// that a daemon busy with calls, or a runtime starved of CPU, still
+    /// proves it is alive. Call it on the runtime that will use the copy.
+    fn detached(&self) -> Self
+    where
+        Self: Sized;
 }
 
 /// The PostgreSQL store: every trait above over one pair of pools.

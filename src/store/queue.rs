@@ -139,8 +139,10 @@ pub trait QueueStore: Send + Sync {
     /// Sets the slots this daemon holds per model and claims up to
     /// `max_total` pending requests, earliest deadline first. A model with
     /// work (pending here, or waiting in the daemon) gets the daemon's share
-    /// of its limit, as far as the slots of the other running daemons leave
-    /// room; one without keeps only the slots of its calls in flight. Claims
+    /// of its limit, as far as the slots of the other daemons leave room
+    /// (those of running daemons, and of dead ones until the rescuer forgets
+    /// them); one without keeps only the slots of its calls in flight. A
+    /// daemon that is not running gets no slots and claims nothing. Claims
     /// from all daemons are serialized by one transaction-scoped advisory
     /// lock, so the slots they read are never stale. Each model with slots
     /// gets enough requests to fill its free slots and have as many again
@@ -190,23 +192,29 @@ models AS (
     FROM pending_models p
     WHERE p.model IS NOT NULL AND NOT EXISTS (SELECT 1 FROM asked a WHERE a.model = p.model)
 ),
+-- A daemon that is not running (declared dead) gets no slots and claims nothing.
+me AS (
+    SELECT EXISTS (SELECT 1 FROM daemons WHERE id = $1 AND status = 'running') AS running
+),
+-- A dead daemon's slots count until the rescuer forgets them: it may still
+-- be making calls until it learns it is dead.
 others AS (
     SELECT s.model, sum(s.held) AS held
     FROM model_slots s JOIN daemons d ON d.id = s.daemon_id
-    WHERE s.daemon_id <> $1 AND d.status = 'running' AND s.held > 0
+    WHERE s.daemon_id <> $1 AND d.status IN ('running', 'dead') AND s.held > 0
     GROUP BY s.model
 ),
 granted AS MATERIALIZED (
     SELECT m.model, m.pending, m.in_flight, m.waiting, m.share,
-           GREATEST(m.in_flight, LEAST(
+           CASE WHEN me.running THEN GREATEST(m.in_flight, LEAST(
                CASE WHEN m.pending OR m.waiting > 0 THEN GREATEST(m.share, m.in_flight)
                     ELSE m.in_flight END,
-               m.cap - COALESCE(o.held, 0)))::int AS held
-    FROM models m LEFT JOIN others o ON o.model = m.model
+               m.cap - COALESCE(o.held, 0))) ELSE 0 END::int AS held
+    FROM models m CROSS JOIN me LEFT JOIN others o ON o.model = m.model
 ),
 kept AS (
     INSERT INTO model_slots (model, daemon_id, held)
-    SELECT model, $1, held FROM granted
+    SELECT model, $1, held FROM granted WHERE (SELECT running FROM me)
     ON CONFLICT (model, daemon_id) DO UPDATE SET held = EXCLUDED.held
     WHERE model_slots.held <> EXCLUDED.held
 )
