@@ -314,6 +314,34 @@ fn prop_batch_create_bodies_never_fail_the_server() {
     );
 }
 
+#[test]
+fn prop_batch_metadata_never_fails_the_server() {
+    let db = ScratchDb::fresh();
+    let h = harness(&db);
+    let file = h.ids.file.clone();
+    // Everything else right, so that the metadata reaches the database.
+    let metadata =
+        prop::collection::btree_map(inputs::nasty_string(), inputs::nasty_string(), 0..18);
+    check(
+        "batch_metadata_never_fails_the_server",
+        100,
+        metadata,
+        |metadata| {
+            let body = json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                              "completion_window": "24h", "metadata": metadata});
+            let request = Request::post("/v1/batches")
+                .header(header::AUTHORIZATION, format!("Bearer {}", KEYS[0]))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            db.rt
+                .block_on(h.check(request))
+                .map_err(TestCaseError::fail)?;
+            Ok(())
+        },
+    );
+}
+
 /// A query string of known and unknown keys with values of any kind, some
 /// percent-escapes broken on purpose.
 fn query(ids: Vec<String>) -> impl Strategy<Value = String> {
