@@ -9,11 +9,14 @@
 //! - `migrations/`: the PostgreSQL schema, the only place it changes.
 //! - [`api`]: the OpenAI-compatible HTTP API (axum): `api::router(state)`.
 //! - `cli` (in the binary): one module per subcommand.
+//! - [`fuzzing`]: entry points that feed arbitrary input to every parser of
+//!   outside input, for the property tests and the fuzz targets.
 
 pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod domain;
+pub mod fuzzing;
 pub mod mock;
 pub mod store;
 pub mod upstream;

@@ -16,13 +16,12 @@ use super::wire::{
     BatchObject, CreateBatchBody, ListObject, RequestObject, RetryObject, parse_batch_id,
     parse_file_id, parse_request_id,
 };
-use super::{ApiBackend, ApiQuery, ApiState, page_limit, parse_json};
+use super::{ApiBackend, ApiBody, ApiPath, ApiQuery, ApiState, page_limit, parse_json};
 use crate::domain::batch::{BatchId, CompletionWindow, check_metadata};
 use crate::domain::file::FileKind;
 use crate::store::{BatchListQuery, NewBatch, Owner, StoreError};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
@@ -67,7 +66,7 @@ pub async fn create<S: ApiBackend>(
     State(state): State<ApiState<S>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> ApiResult<Json<BatchObject>> {
     let req: CreateBatchBody = parse_json(&body)?;
     let key = match headers.get("idempotency-key") {
@@ -179,7 +178,7 @@ pub async fn create<S: ApiBackend>(
 pub async fn retrieve<S: ApiBackend>(
     State(state): State<ApiState<S>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let batch_id = batch_id(&id)?;
     let shared = state
@@ -233,7 +232,7 @@ pub async fn list<S: ApiBackend>(
 pub async fn cancel<S: ApiBackend>(
     State(state): State<ApiState<S>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<BatchObject>> {
     let batch_id = batch_id(&id)?;
     let batch = state
@@ -257,7 +256,7 @@ pub async fn cancel<S: ApiBackend>(
 pub async fn retry<S: ApiBackend>(
     State(state): State<ApiState<S>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<RetryObject>> {
     let batch_id = batch_id(&id)?;
     let (batch, retried) = state
@@ -291,7 +290,7 @@ pub struct RequestListParams {
 pub async fn requests<S: ApiBackend>(
     State(state): State<ApiState<S>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<RequestListParams>,
 ) -> ApiResult<Json<ListObject<RequestObject>>> {
     let limit = page_limit(q.limit, DEFAULT_REQUEST_PAGE, MAX_REQUEST_PAGE)?;

@@ -144,6 +144,16 @@ impl ApiError {
         .with_code("file_too_large")
     }
 
+    /// 413: a request body (not an upload) over its limit.
+    pub fn body_too_large(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            message,
+        )
+        .with_code("request_too_large")
+    }
+
     /// 408: the client stopped sending an upload for longer than `idle`.
     pub fn upload_stalled(idle: std::time::Duration) -> Self {
         Self::new(

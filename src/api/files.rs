@@ -23,13 +23,13 @@ use super::error::{ApiError, ApiResult};
 use super::spool::{Spool, SpoolError};
 use super::uploads::{Stalled, cut_off_when_idle};
 use super::wire::{Deleted, FileObject, ListObject, parse_file_id};
-use super::{ApiBackend, ApiQuery, ApiState, page_limit};
+use super::{ApiBackend, ApiPath, ApiQuery, ApiState, page_limit};
 use crate::domain::file::{FileKind, FilePurpose};
 use crate::store::{FileListQuery, MAX_PAGE, NewFile, Order, Owner, StoreError};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::multipart::{Field, Multipart, MultipartError};
-use axum::extract::{Extension, FromRequest, Path, Request, State};
+use axum::extract::{Extension, FromRequest, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
@@ -366,7 +366,7 @@ pub async fn list<S: ApiBackend>(
 pub async fn retrieve<S: ApiBackend>(
     State(state): State<ApiState<S>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<FileObject>> {
     let file_id = parse_file_id(&id).ok_or_else(|| not_found(&id))?;
     let file = state
@@ -381,7 +381,7 @@ pub async fn retrieve<S: ApiBackend>(
 pub async fn delete<S: ApiBackend>(
     State(state): State<ApiState<S>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Deleted>> {
     let file_id = parse_file_id(&id).ok_or_else(|| not_found(&id))?;
     if !state
@@ -405,7 +405,7 @@ pub async fn delete<S: ApiBackend>(
 pub async fn content<S: ApiBackend>(
     State(state): State<ApiState<S>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let file_id = parse_file_id(&id).ok_or_else(|| not_found(&id))?;
     let owner = Owner::Only(&caller.owner);

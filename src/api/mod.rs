@@ -30,10 +30,11 @@ use crate::config::{ApiSettings, Config};
 use crate::store::{BatchStore, FileStore, HealthStore, RequestStore};
 use auth::AuthTable;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{Method, Uri};
+use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -173,7 +174,9 @@ pub fn router<S: ApiBackend>(state: ApiState<S>) -> Router {
         .route("/v1/files/{id}/content", get(files::content::<S>))
         .route(
             "/v1/batches",
-            post(batches::create::<S>).get(batches::list::<S>),
+            post(batches::create::<S>)
+                .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+                .get(batches::list::<S>),
         )
         .route("/v1/batches/{id}", get(batches::retrieve::<S>))
         .route("/v1/batches/{id}/cancel", post(batches::cancel::<S>))
@@ -210,6 +213,49 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .map_err(|e| {
                 ApiError::bad_request(format!("Invalid query parameters: {}", e.body_text()))
             })
+    }
+}
+
+/// The largest JSON request body read (`POST /v1/batches`).
+pub const MAX_JSON_BODY: usize = 2 << 20;
+
+/// A JSON request body read whole, with a failure to read it (over
+/// [`MAX_JSON_BODY`], or broken off) answered in the envelope.
+pub struct ApiBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(ApiBody(b)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::body_too_large(
+                format!("The request body is larger than the limit of {MAX_JSON_BODY} bytes"),
+            )),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "Reading the request body failed: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+/// Path parameters, with one that cannot be read (a percent-escape that is
+/// not UTF-8, say) answered as a 404 in the envelope: an id that cannot be
+/// an id names nothing the caller can see.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(p) => Ok(ApiPath(p.0)),
+            Err(e) => {
+                tracing::debug!(path = parts.uri.path(), error = %e.body_text(), "unreadable path");
+                Err(ApiError::not_found("object", parts.uri.path()))
+            }
+        }
     }
 }
 

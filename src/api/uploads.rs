@@ -95,7 +95,52 @@ pub fn cut_off_when_idle(body: Body, idle: Duration) -> (Body, Stalled) {
             }
         }
     });
-    (Body::from_stream(frames), stalled)
+    (Body::from_stream(EndApart::new(frames.boxed())), stalled)
+}
+
+/// A body that ends only on the poll after its last bytes, never on the
+/// same one.
+///
+/// Why: multer (the multipart parser under axum's `Multipart`), looking for
+/// the first boundary, polls the body twice; when the second poll drains the
+/// last bytes and the end together, it answers "incomplete multipart
+/// stream" without looking at those bytes, so a good upload got a 400
+/// whenever its last bytes arrived between the two polls (a fix is open
+/// upstream). Holding the end back for one poll keeps the two apart.
+struct EndApart<S> {
+    inner: S,
+    ended: bool,
+}
+
+impl<S> EndApart<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            ended: false,
+        }
+    }
+}
+
+impl<S: futures_util::Stream + Unpin> futures_util::Stream for EndApart<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        use std::task::Poll;
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.inner.poll_next_unpin(cx) {
+            Poll::Ready(None) => {
+                self.ended = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -115,14 +115,18 @@ impl CompletionWindow {
     /// Parses `Nh` or `Nm`.
     pub fn parse(text: &str) -> Result<Self, BadCompletionWindow> {
         let bad = || BadCompletionWindow(text.to_owned());
-        let (digits, unit) = text.split_at(text.len().saturating_sub(1));
+        // The unit is the last character, which need not be one byte.
+        let (digits, unit) = match text.char_indices().next_back() {
+            Some((at, unit)) => (&text[..at], unit),
+            None => return Err(bad()),
+        };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         let n: i64 = digits.parse().map_err(|_| bad())?;
         let duration = match unit {
-            "h" => Duration::try_hours(n),
-            "m" => Duration::try_minutes(n),
+            'h' => Duration::try_hours(n),
+            'm' => Duration::try_minutes(n),
             _ => None,
         }
         .ok_or_else(bad)?;
@@ -365,6 +369,15 @@ mod tests {
             "99999999h",
             "24H",
         ] {
+            assert!(CompletionWindow::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_window_ending_in_a_multibyte_character_is_refused() {
+        // Found by tests/prop_api.rs: cutting off the unit by bytes panicked
+        // inside the character, and the API call never answered.
+        for bad in ["1é", "é", "24✓", "😀"] {
             assert!(CompletionWindow::parse(bad).is_err(), "{bad}");
         }
     }

@@ -31,8 +31,9 @@ pub struct SseParser {
     has_data: bool,
     /// The previous chunk ended in `\r`: a `\n` opening the next one belongs to it.
     after_cr: bool,
-    /// The stream's very first bytes, where a BOM may stand, are not seen yet.
-    started: bool,
+    /// The first line, which may open with a BOM, is done: the BOM is
+    /// stripped from the whole line, since it may come cut across chunks.
+    past_first_line: bool,
 }
 
 impl SseParser {
@@ -43,11 +44,8 @@ impl SseParser {
 
     /// Feeds one chunk; `on_data` receives each event completed by it.
     pub fn feed(&mut self, mut chunk: &[u8], on_data: &mut impl FnMut(&[u8])) {
-        if !self.started && !chunk.is_empty() {
-            self.started = true;
-            chunk = chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk);
-        }
-        if self.after_cr {
+        // An empty read says nothing about the byte after a CR.
+        if self.after_cr && !chunk.is_empty() {
             self.after_cr = false;
             chunk = chunk.strip_prefix(b"\n").unwrap_or(chunk);
         }
@@ -92,7 +90,11 @@ impl SseParser {
         self.line.len() + self.data.len()
     }
 
-    fn line_done(&mut self, line: &[u8], on_data: &mut impl FnMut(&[u8])) {
+    fn line_done(&mut self, mut line: &[u8], on_data: &mut impl FnMut(&[u8])) {
+        if !self.past_first_line {
+            self.past_first_line = true;
+            line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+        }
         if line.is_empty() {
             self.dispatch(on_data);
             return;
@@ -546,6 +548,24 @@ mod tests {
         assert_eq!(p.pending_len(), 9);
         p.feed(b"\n", &mut |_| panic!("not complete"));
         assert_eq!(p.pending_len(), 4);
+    }
+
+    #[test]
+    fn parser_strips_a_bom_cut_across_chunks() {
+        // Found by tests/prop_parsers.rs: a BOM split over two reads was
+        // kept, and the first event lost.
+        let text = b"\xEF\xBB\xBFdata: a\n\n";
+        for split in all_splits(text) {
+            assert_eq!(events(&split), vec!["a"], "split {split:?}");
+        }
+        assert_eq!(events(&[b"", b"\xEF", b"\xBB\xBFdata: a\n\n"]), vec!["a"]);
+    }
+
+    #[test]
+    fn parser_keeps_a_cr_lf_together_across_an_empty_read() {
+        // Found by tests/prop_parsers.rs: an empty read between the CR and
+        // the LF made them two line ends, and so ended the event early.
+        assert_eq!(events(&[b"data: a\r", b"", b"\ndata: b\n\n"]), vec!["a\nb"]);
     }
 
     fn sse(events: &[Value]) -> String {
