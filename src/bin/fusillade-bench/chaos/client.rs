@@ -19,6 +19,8 @@ pub struct Tally {
     pub restarting: BTreeMap<u16, u64>,
     /// The calls that got a 5xx while the database was up: `route status`.
     pub server_errors: Vec<String>,
+    /// The routes of calls that got no answer while it was up.
+    pub no_answer: Vec<String>,
 }
 
 impl Tally {
@@ -76,6 +78,9 @@ impl Api {
         *map.entry(status).or_default() += 1;
         if !restarting && status >= 500 {
             t.server_errors.push(format!("{route} {status}"));
+        }
+        if !restarting && status == 0 {
+            t.no_answer.push(route.to_owned());
         }
     }
 

@@ -84,7 +84,7 @@ impl Figures {
         }
         for s in &self.events.skipped {
             v.push(format!(
-                "the {s} did not happen before the batch ended (give it more lines)"
+                "the {s} did not happen: the batch ended, or stopped moving, first"
             ));
         }
         v
@@ -104,7 +104,10 @@ impl Figures {
         let causes: Vec<String> = c
             .extra_by_cause
             .iter()
-            .map(|(what, n)| format!("{n} after a {what}"))
+            .map(|(what, n)| match *what {
+                "unexplained" => format!("{n} unexplained"),
+                what => format!("{n} after a {what}"),
+            })
             .collect();
         let per_kill = match (c.extra_by_cause.get("SIGKILL"), e.kills) {
             (Some(n), k) if k > 0 => format!(", {:.2} per SIGKILL", *n as f64 / k as f64),
@@ -211,6 +214,9 @@ impl Figures {
         }
         if !f.error_codes.is_empty() {
             println!("  error codes: {:?}", f.error_codes);
+        }
+        if !self.tally.no_answer.is_empty() {
+            println!("  no answer to: {}", self.tally.no_answer.join(", "));
         }
         let violations = self.violations();
         if violations.is_empty() {
