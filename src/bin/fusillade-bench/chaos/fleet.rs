@@ -77,15 +77,27 @@ impl Proc {
 
     /// SIGTERM, then waits up to `within` for it to end (`None`: it did not).
     pub async fn terminate(&mut self, within: Duration) -> Result<Option<ExitStatus>> {
-        signal(self.pid(), "TERM")?;
+        self.term()?;
+        self.wait_within(within).await
+    }
+
+    /// Sends SIGTERM.
+    pub fn term(&self) -> Result<()> {
+        signal(self.pid(), "TERM")
+    }
+
+    /// Waits up to `within` for it to end (`None`: it did not).
+    pub async fn wait_within(&mut self, within: Duration) -> Result<Option<ExitStatus>> {
         let end = Instant::now() + within;
-        while Instant::now() < end {
+        loop {
             if let Some(status) = self.try_wait()? {
                 return Ok(Some(status));
             }
+            if Instant::now() >= end {
+                return Ok(None);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(None)
     }
 }
 

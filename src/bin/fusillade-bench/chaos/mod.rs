@@ -375,8 +375,17 @@ async fn session(a: &Args, guard: &Arc<guard::Guard>) -> Result<Vec<String>> {
         all_logs.push(log_dir.join(format!("worker-{n}.log")));
     }
     all_logs.push(api_proc.log.clone());
-    for mut p in workers.running.drain(..).chain(std::iter::once(api_proc)) {
-        match p.terminate(STOP_WITHIN).await? {
+    let mut stopping: Vec<Proc> = workers.running.drain(..).collect();
+    stopping.push(api_proc);
+    for p in &stopping {
+        p.term()?;
+    }
+    let end = Instant::now() + STOP_WITHIN;
+    for p in &mut stopping {
+        match p
+            .wait_within(end.saturating_duration_since(Instant::now()))
+            .await?
+        {
             Some(s) if s.success() => {}
             Some(s) => unclean.push(format!("{} exited with {s} after SIGTERM", p.name)),
             None => unclean.push(format!("{} still running after SIGTERM", p.name)),
