@@ -74,6 +74,9 @@ pub struct Workers {
     pub running: Vec<Proc>,
 }
 
+/// How often progress is printed.
+const REPORT_EVERY: Duration = Duration::from_secs(15);
+
 /// Whether a batch status is final.
 pub fn is_terminal(status: &str) -> bool {
     matches!(status, "completed" | "failed" | "expired" | "cancelled")
@@ -116,6 +119,7 @@ pub async fn run(
     let began = Instant::now();
     let mut next_kill = began + Duration::from_millis(rng.between(t.kill_every_ms));
     let (mut restarted, mut rolled) = (false, false);
+    let mut last_report = Instant::now();
     loop {
         // Polls may fail while the database restarts: the last figures stand.
         if let Ok(b) = api.batch(id).await {
@@ -124,6 +128,15 @@ pub async fn run(
                 break;
             }
             let done = ended(&b) as f64 / lines.max(1) as f64;
+            if last_report.elapsed() >= REPORT_EVERY {
+                last_report = Instant::now();
+                println!(
+                    "chaos: {:.0} s, {} of {lines} lines ended, {} SIGKILLs",
+                    began.elapsed().as_secs_f64(),
+                    ended(&b),
+                    e.kills
+                );
+            }
             replace_crashed(workers, &mut e)?;
             if !restarted && done >= t.restart_at && flood_done() {
                 restarted = true;
