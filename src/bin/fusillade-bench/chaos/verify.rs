@@ -246,24 +246,30 @@ pub fn over_limit(
                 .map(|c| c.at + hang_timeout)
                 .filter(|end| *end <= *at + Duration::from_millis(20))
                 .max();
-            let hang = hang_ends.map_or("no hang of it had timed out".to_owned(), |end| {
-                format!(
-                    "{} ms after one of its hangs timed out",
-                    at.saturating_duration_since(end).as_millis()
-                )
-            });
-            let event = marks.iter().rev().find(|(t, _)| t <= at).map_or(
-                "before any event".to_owned(),
-                |(t, what)| {
-                    format!(
-                        "{:.1} s after a {what}",
+            // Only a hang that timed out just before can explain a count
+            // that lags the client.
+            let hang = hang_ends
+                .map(|end| at.saturating_duration_since(end))
+                .filter(|d| *d < Duration::from_secs(1))
+                .map_or(String::new(), |d| {
+                    format!(", {} ms after one of its hangs timed out", d.as_millis())
+                });
+            let mut events = Vec::new();
+            for kind in ["SIGKILL", "PostgreSQL restart", "SIGTERM"] {
+                if let Some((t, _)) = marks.iter().rev().find(|(t, w)| t <= at && *w == kind) {
+                    events.push(format!(
+                        "{:.1} s after the last {kind}",
                         at.duration_since(*t).as_secs_f64()
-                    )
-                },
-            );
+                    ));
+                }
+            }
+            if events.is_empty() {
+                events.push("before any kill or restart".to_owned());
+            }
             format!(
-                "{model}: {max} in flight at {:.1} s, {event}, {hang}",
-                at.saturating_duration_since(began).as_secs_f64()
+                "{model}: {max} in flight at {:.1} s, {}{hang}",
+                at.saturating_duration_since(began).as_secs_f64(),
+                events.join(", ")
             )
         })
         .collect()
@@ -425,5 +431,42 @@ mod tests {
         assert_eq!(c.early_retries, 1);
         assert_eq!(c.answered_twice, 1);
         assert_eq!(c.strays, 2);
+    }
+
+    #[test]
+    fn going_past_a_limit_is_placed_among_the_events_and_hangs() {
+        let p = plan();
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let log = Log {
+            calls: vec![
+                vec![Call {
+                    at: t,
+                    served: Served::Fault(Fault::Hang),
+                }],
+                vec![],
+                vec![],
+            ],
+            strays: 0,
+            stray_ids: Vec::new(),
+        };
+        let marks = [
+            (t + ms(100), "SIGKILL"),
+            (t + ms(200), "PostgreSQL restart"),
+        ];
+        let over = [("m".to_owned(), t + ms(4_300), 3)];
+        let said = over_limit(&p, &log, &over, ms(4_000), t, &marks);
+        assert_eq!(
+            said,
+            [
+                "m: 3 in flight at 4.3 s, 4.2 s after the last SIGKILL, 4.1 s after the last \
+              PostgreSQL restart, 300 ms after one of its hangs timed out"
+            ]
+        );
+        let said = over_limit(&p, &log, &over, ms(1_000), t, &[]);
+        assert_eq!(
+            said,
+            ["m: 3 in flight at 4.3 s, before any kill or restart"]
+        );
     }
 }
