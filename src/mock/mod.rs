@@ -5,9 +5,10 @@
 //! every path. By default it waits [`MockBehavior::latency`] and answers 200
 //! with a `chat.completion` echoing the request's `model`; a scripted
 //! [`MockBehavior::responder`] can answer anything else: other statuses and
-//! headers, delays, hanging calls, SSE streams. [`MockUpstream::stats`] tells
-//! how many calls came, per model, how many were in flight at most, and when
-//! each call of a `custom_id` arrived (to check retry spacing).
+//! headers, delays, hanging calls, answers cut off halfway, SSE streams.
+//! [`MockUpstream::stats`] tells how many calls came, per model, how many
+//! were in flight at most, and when each call of a `custom_id` arrived (to
+//! check retry spacing).
 //!
 //! It is built to be cheap: with no responder, a call costs one small JSON
 //! scan (only `model` is read) and a few atomic counters, so a benchmark can
@@ -150,6 +151,9 @@ pub struct MockReply {
     /// `chat.completion.chunk` events ending in `[DONE]`; any other body is
     /// sent as is (write the SSE text yourself).
     pub sse: bool,
+    /// Break the connection after the status line and the first half of
+    /// the body: the client sees its answer cut off.
+    pub reset: bool,
 }
 
 impl Default for MockReply {
@@ -162,6 +166,7 @@ impl Default for MockReply {
             delay: None,
             hang: false,
             sse: false,
+            reset: false,
         }
     }
 }
@@ -234,6 +239,12 @@ impl MockReply {
     /// The same reply as an SSE stream (see [`MockReply::sse`]).
     pub fn with_sse(mut self) -> Self {
         self.sse = true;
+        self
+    }
+
+    /// The same reply, cut off halfway (see [`MockReply::reset`]).
+    pub fn with_reset(mut self) -> Self {
+        self.reset = true;
         self
     }
 }
@@ -623,7 +634,13 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 
 fn scripted(reply: MockReply, request_id: HeaderValue) -> Response {
     let content_type = if reply.sse { "text/event-stream" } else { JSON };
-    let body = if reply.sse {
+    let body = if reply.reset {
+        // An error from the body stream makes the server drop the
+        // connection mid-answer, as a crashed or reset upstream would.
+        let half = reply.body.as_bytes()[..reply.body.len() / 2].to_vec();
+        let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock reset");
+        Body::from_stream(futures_util::stream::iter([Ok(half), Err(cut)]))
+    } else if reply.sse {
         let events = sse::sse_events(&reply.body);
         Body::from_stream(futures_util::stream::iter(
             events.into_iter().map(Ok::<_, Infallible>),
@@ -694,5 +711,42 @@ mod tests {
         assert_eq!(v["id"], "chatcmpl-mock-3");
         assert_eq!(v["choices"][0]["message"]["content"], MOCK_CONTENT);
         assert_eq!(v["usage"]["total_tokens"], 17);
+    }
+
+    #[tokio::test]
+    async fn a_reset_answer_is_cut_off() {
+        let mock = MockUpstream::start(
+            MockBehavior::default().respond(|call| MockReply::ok_for(call).with_reset()),
+        )
+        .await;
+        let http = reqwest::Client::new();
+        let sent = http.post(mock.url()).body(r#"{"model":"m"}"#).send().await;
+        let read = match sent {
+            Ok(r) => r.bytes().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        assert!(read.is_err(), "a reset answer must not read as whole");
+        assert_eq!(mock.total_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_call_the_client_gives_up_on_leaves_the_in_flight_count() {
+        // The chaos suite checks per-model limits with these counts, so a
+        // hanging call must stop counting once its client has gone.
+        let mock =
+            MockUpstream::start(MockBehavior::default().respond(|_| MockReply::hanging())).await;
+        let http = reqwest::Client::new();
+        let sent = http
+            .post(mock.url())
+            .body(r#"{"model":"m"}"#)
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await;
+        assert!(sent.is_err());
+        assert_eq!(mock.counters().max_in_flight_of("m"), 1);
+        let gone = mock
+            .wait_until(Duration::from_secs(30), |s| s.in_flight == 0)
+            .await;
+        assert!(gone, "the hanging call is still counted in flight");
     }
 }

@@ -6,6 +6,7 @@
 //! fusillade-bench run --requests 50000 --concurrency 256 --latency-ms 0
 //! fusillade-bench mock --latency-ms 50          # the mock upstream alone
 //! fusillade-bench api-load --scenario poll      # many API clients at once
+//! fusillade-bench chaos --lines 50000            # kills, restarts, faults; then checks
 //! ```
 //! `ingest` uploads the file through the store exactly as the API does
 //! (streamed from disk in 256 KiB chunks), creates a batch from it, and
@@ -13,6 +14,7 @@
 
 mod api;
 mod api_load;
+mod chaos;
 mod procs;
 mod procstat;
 mod queue;
@@ -120,6 +122,13 @@ enum Command {
     /// Many API clients at once against `fusillade serve` and its daemon:
     /// polling during a batch, concurrent uploads, small batches.
     ApiLoad(api_load::Args),
+    /// API + workers on a throwaway PostgreSQL under SIGKILLs, a database
+    /// restart, a rolling restart, upstream faults and bad requests; then
+    /// checks every line and prints the figures (exit 1 on any violation).
+    Chaos(chaos::Args),
+    /// Internal: the cleanup guard of `chaos`.
+    #[command(hide = true)]
+    ChaosGuard,
     /// Uploads a JSONL file, then creates a batch from it.
     Ingest {
         /// The file to upload.
@@ -197,6 +206,8 @@ fn main() -> Result<()> {
             database_url: db.url,
         })),
         Command::ApiLoad(args) => runtime()?.block_on(api_load::run(args)),
+        Command::Chaos(args) => runtime()?.block_on(chaos::run(args)),
+        Command::ChaosGuard => chaos::guard::serve(),
     }
 }
 
