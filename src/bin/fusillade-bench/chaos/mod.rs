@@ -252,6 +252,7 @@ async fn session(a: &Args, guard: &Arc<guard::Guard>) -> Result<Vec<String>> {
         // Slow, but inside the timeout even on a loaded machine.
         slow_ms: (a.hang_timeout_ms / 5, a.hang_timeout_ms * 2 / 5),
         retry_after_secs: RETRY_AFTER_SECS,
+        hang_timeout: Duration::from_millis(a.hang_timeout_ms),
     };
     let up = upstream::ChaosUpstream::start(plan.clone(), mix).await?;
 
@@ -358,15 +359,11 @@ async fn session(a: &Args, guard: &Arc<guard::Guard>) -> Result<Vec<String>> {
         verify::calls(&log, Duration::from_secs(RETRY_AFTER_SECS), &events.marks)
     };
     let limits = verify::limits(&a.models, &up.mock.counters().max_in_flight_per_model);
-    let over_limit = verify::over_limit(
-        &plan,
+    let passes = verify::passes(
         &up.log.lock().expect("no panic while held"),
-        &up.over_limit.lock().expect("no panic while held"),
-        Duration::from_millis(a.hang_timeout_ms),
         started,
         &events.marks,
     );
-
     // Every process is stopped as an operator would, then its log is read.
     let mut unclean = events.unclean_stops.clone();
     let mut all_logs = Vec::new();
@@ -404,7 +401,7 @@ async fn session(a: &Args, guard: &Arc<guard::Guard>) -> Result<Vec<String>> {
         files,
         calls,
         limits,
-        over_limit,
+        passes,
         logs,
         tally,
         stuck,

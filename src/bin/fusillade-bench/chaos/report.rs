@@ -4,7 +4,7 @@ use super::Args;
 use super::client::Tally;
 use super::malformed::FloodReport;
 use super::schedule::Events;
-use super::verify::{Calls, Lines, Logs};
+use super::verify::{Calls, Lines, Logs, Passes};
 use std::time::Duration;
 
 /// Everything a run measured.
@@ -25,8 +25,8 @@ pub struct Figures {
     pub calls: Calls,
     /// Per model: most in flight, limit.
     pub limits: Vec<(String, u64, u32)>,
-    /// When and how each limit was passed.
-    pub over_limit: Vec<String>,
+    /// The calls that found their model over its limit.
+    pub passes: Passes,
     /// The logs.
     pub logs: Logs,
     /// Every API answer.
@@ -66,12 +66,18 @@ impl Figures {
         count(self.calls.strays, "upstream calls for no line of the batch");
 
         count(self.logs.panics.len() as u64, "panics in the logs");
-        for (model, max, limit) in &self.limits {
-            if *max > u64::from(*limit) {
-                v.push(format!(
-                    "{model}: {max} calls in flight at once, limit {limit}"
-                ));
-            }
+        if self.passes.unexcused > 0 {
+            let most: Vec<String> = self
+                .limits
+                .iter()
+                .filter(|(_, max, limit)| *max > u64::from(*limit))
+                .map(|(m, max, limit)| format!("{m} {max}/{limit}"))
+                .collect();
+            v.push(format!(
+                "{} calls found their model over its limit (most in flight: {})",
+                self.passes.unexcused,
+                most.join(", ")
+            ));
         }
         v.extend(f.count_mismatches.iter().cloned());
         v.extend(self.events.crashed.iter().cloned());
@@ -191,6 +197,10 @@ impl Figures {
             ),
             ("stuck batches", self.stuck.to_string()),
             ("max in flight / limit", limits.join(", ")),
+            (
+                "calls over a limit (explained by hangs)",
+                format!("{} ({})", self.passes.unexcused, self.passes.excused),
+            ),
             ("early retries after 429", c.early_retries.to_string()),
             ("panics", self.logs.panics.len().to_string()),
             (
@@ -230,7 +240,7 @@ impl Figures {
         for x in &f.examples {
             println!("  e.g. {x}");
         }
-        for x in &self.over_limit {
+        for x in &self.passes.examples {
             println!("  over the limit: {x}");
         }
         for x in &self.calls.stray_ids {

@@ -13,7 +13,8 @@
 
 use super::lines::{Plan, line_of, mix};
 use fusillade::mock::{MockBehavior, MockCall, MockReply, MockUpstream};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// A fault the upstream serves instead of an answer.
@@ -61,6 +62,8 @@ pub struct FaultMix {
     pub slow_ms: (u64, u64),
     /// The `Retry-After` of a 429, in seconds.
     pub retry_after_secs: u64,
+    /// The client's first-byte timeout, which ends a hang.
+    pub hang_timeout: Duration,
 }
 
 /// Everything the upstream served, by line.
@@ -72,6 +75,25 @@ pub struct Log {
     pub strays: u64,
     /// The custom_ids of the first few of them.
     pub stray_ids: Vec<String>,
+    /// When each model's hangs arrived.
+    pub hangs: HashMap<String, Vec<Instant>>,
+    /// Calls that arrived while their model had more calls in flight than
+    /// its limit.
+    pub passes: Vec<Pass>,
+}
+
+/// A call that found its model over its limit.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    /// The model.
+    pub model: String,
+    /// When the call arrived.
+    pub at: Instant,
+    /// Its model's calls in flight then, this one included.
+    pub in_flight: u64,
+    /// Whether hangs that had just timed out at the client can account for
+    /// the excess (the mock sees their connections close a moment late).
+    pub excused: bool,
 }
 
 /// The running upstream.
@@ -80,9 +102,6 @@ pub struct ChaosUpstream {
     pub mock: Arc<MockUpstream>,
     /// What was served, by line.
     pub log: Arc<Mutex<Log>>,
-    /// When a model's most calls in flight first went past its limit
-    /// (model, when, how many), sampled every few milliseconds.
-    pub over_limit: Arc<Mutex<Vec<(String, Instant, u64)>>>,
 }
 
 impl ChaosUpstream {
@@ -92,54 +111,61 @@ impl ChaosUpstream {
             calls: vec![Vec::new(); plan.lines as usize],
             strays: 0,
             stray_ids: Vec::new(),
+            hangs: HashMap::new(),
+            passes: Vec::new(),
         }));
         let responder_log = log.clone();
-        let responder_plan = plan.clone();
-        let behavior = MockBehavior::default()
-            .respond(move |call| respond(&responder_plan, &mix_, &responder_log, call));
+        // The responder reads the mock's own counts of calls in flight.
+        let me: Arc<OnceLock<Weak<MockUpstream>>> = Arc::default();
+        let responder_me = me.clone();
+        let behavior = MockBehavior::default().respond(move |call| {
+            let in_flight = responder_me
+                .get()
+                .and_then(Weak::upgrade)
+                .and_then(|m| m.counters().in_flight_per_model.get(&call.model).copied());
+            respond(&plan, &mix_, &responder_log, call, in_flight)
+        });
         let mock = Arc::new(MockUpstream::start_on(0, behavior).await?);
-        let over_limit = Arc::new(Mutex::new(Vec::new()));
-        tokio::spawn(watch_limits(
-            Arc::downgrade(&mock),
-            plan.models.clone(),
-            over_limit.clone(),
-        ));
-        Ok(Self {
-            mock,
-            log,
-            over_limit,
-        })
+        let _ = me.set(Arc::downgrade(&mock));
+        Ok(Self { mock, log })
     }
 }
 
-/// Notes when each model's most calls in flight grows past its limit, so
-/// that the moment can be compared with the chaos events and the hangs.
-async fn watch_limits(
-    mock: std::sync::Weak<MockUpstream>,
-    models: Vec<super::lines::Model>,
-    over: Arc<Mutex<Vec<(String, Instant, u64)>>>,
-) {
-    let mut seen: Vec<u64> = models.iter().map(|m| u64::from(m.limit)).collect();
-    while let Some(mock) = mock.upgrade() {
-        let stats = mock.counters();
-        drop(mock);
-        for (m, seen) in models.iter().zip(&mut seen) {
-            let max = stats.max_in_flight_of(&m.name);
-            if max > *seen {
-                *seen = max;
-                over.lock().expect("no panic while held").push((
-                    m.name.clone(),
-                    Instant::now(),
-                    max,
-                ));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+/// How long after a client gave up on a hanging call the mock may still
+/// count it in flight: the client hands its slot on at once, and the mock
+/// sees the connection close a moment later.
+const DISCONNECT_LAG: Duration = Duration::from_millis(250);
 
-fn respond(plan: &Plan, m: &FaultMix, log: &Mutex<Log>, call: &MockCall) -> MockReply {
+fn respond(
+    plan: &Plan,
+    m: &FaultMix,
+    log: &Mutex<Log>,
+    call: &MockCall,
+    in_flight: Option<u64>,
+) -> MockReply {
     let arrived = Instant::now();
+    if let (Some(n), Some(model)) = (in_flight, plan.models.iter().find(|x| x.name == call.model))
+        && n > u64::from(model.limit)
+    {
+        let mut log = log.lock().expect("no panic while held");
+        // Hangs whose client gave up just now may still be counted here.
+        let lagging = log.hangs.get(&call.model).map_or(0, |hangs| {
+            hangs
+                .iter()
+                .map(|h| *h + m.hang_timeout)
+                .filter(|gave_up| {
+                    *gave_up <= arrived + Duration::from_millis(50)
+                        && arrived.saturating_duration_since(*gave_up) <= DISCONNECT_LAG
+                })
+                .count() as u64
+        });
+        log.passes.push(Pass {
+            model: call.model.clone(),
+            at: arrived,
+            in_flight: n,
+            excused: n - u64::from(model.limit) <= lagging,
+        });
+    }
     let line = call
         .custom_id
         .as_deref()
@@ -164,10 +190,19 @@ fn respond(plan: &Plan, m: &FaultMix, log: &Mutex<Log>, call: &MockCall) -> Mock
             _ => Fault::Hang,
         });
     let served = fault.map_or(Served::Answer, Served::Fault);
-    log.lock().expect("no panic while held").calls[i as usize].push(Call {
-        at: arrived,
-        served,
-    });
+    {
+        let mut log = log.lock().expect("no panic while held");
+        log.calls[i as usize].push(Call {
+            at: arrived,
+            served,
+        });
+        if fault == Some(Fault::Hang) {
+            log.hangs
+                .entry(call.model.clone())
+                .or_default()
+                .push(arrived);
+        }
+    }
     let (lo, hi) = m.latency_ms;
     let latency = lo + (r >> 20) % (hi.saturating_sub(lo) + 1);
     let latency = if (r >> 40) % 1000 < m.slow_per_mille {
@@ -217,6 +252,7 @@ mod tests {
             latency_ms: (0, 0),
             slow_ms: (0, 0),
             retry_after_secs: 0,
+            hang_timeout: Duration::from_millis(500),
         };
         let up = ChaosUpstream::start(plan.clone(), mix_).await.unwrap();
         let http = reqwest::Client::new();

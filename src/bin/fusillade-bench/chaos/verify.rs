@@ -222,57 +222,56 @@ pub fn calls(log: &Log, retry_after: Duration, marks: &[(Instant, &'static str)]
     c
 }
 
-/// For each time a model went past its limit: a sentence saying when, and
-/// whether a hang of that model had just reached the client's timeout (the
-/// upstream then sees the client's disconnect a moment after the client has
-/// moved on, and may count one call too many).
-pub fn over_limit(
-    plan: &Plan,
-    log: &Log,
-    over: &[(String, Instant, u64)],
-    hang_timeout: Duration,
-    began: Instant,
-    marks: &[(Instant, &'static str)],
-) -> Vec<String> {
-    over.iter()
-        .map(|(model, at, max)| {
-            let hang_ends = log
-                .calls
+/// The calls that found their model over its limit, apart from those
+/// that hangs the client had just given up on can account for.
+#[derive(Debug, Default, Clone)]
+pub struct Passes {
+    /// Calls that found their model over its limit, unexplained.
+    pub unexcused: u64,
+    /// Calls over the limit by no more than the hangs that had just timed out.
+    pub excused: u64,
+    /// The first few unexplained ones, placed among the chaos events.
+    pub examples: Vec<String>,
+}
+
+/// Sorts the passes of a limit, and places the unexplained ones after the
+/// last kill, database restart and SIGTERM before them.
+pub fn passes(log: &Log, began: Instant, marks: &[(Instant, &'static str)]) -> Passes {
+    let mut p = Passes::default();
+    for pass in &log.passes {
+        if pass.excused {
+            p.excused += 1;
+            continue;
+        }
+        p.unexcused += 1;
+        if p.examples.len() >= 6 {
+            continue;
+        }
+        let mut events = Vec::new();
+        for kind in ["SIGKILL", "PostgreSQL restart", "SIGTERM"] {
+            if let Some((t, _)) = marks
                 .iter()
-                .enumerate()
-                .filter(|(i, _)| plan.model_of(*i as u64).name == *model)
-                .flat_map(|(_, calls)| calls)
-                .filter(|c| c.served == Served::Fault(Fault::Hang))
-                .map(|c| c.at + hang_timeout)
-                .filter(|end| *end <= *at + Duration::from_millis(20))
-                .max();
-            // Only a hang that timed out just before can explain a count
-            // that lags the client.
-            let hang = hang_ends
-                .map(|end| at.saturating_duration_since(end))
-                .filter(|d| *d < Duration::from_secs(1))
-                .map_or(String::new(), |d| {
-                    format!(", {} ms after one of its hangs timed out", d.as_millis())
-                });
-            let mut events = Vec::new();
-            for kind in ["SIGKILL", "PostgreSQL restart", "SIGTERM"] {
-                if let Some((t, _)) = marks.iter().rev().find(|(t, w)| t <= at && *w == kind) {
-                    events.push(format!(
-                        "{:.1} s after the last {kind}",
-                        at.duration_since(*t).as_secs_f64()
-                    ));
-                }
+                .rev()
+                .find(|(t, w)| *t <= pass.at && *w == kind)
+            {
+                events.push(format!(
+                    "{:.1} s after the last {kind}",
+                    pass.at.duration_since(*t).as_secs_f64()
+                ));
             }
-            if events.is_empty() {
-                events.push("before any kill or restart".to_owned());
-            }
-            format!(
-                "{model}: {max} in flight at {:.1} s, {}{hang}",
-                at.saturating_duration_since(began).as_secs_f64(),
-                events.join(", ")
-            )
-        })
-        .collect()
+        }
+        if events.is_empty() {
+            events.push("before any kill or restart".to_owned());
+        }
+        p.examples.push(format!(
+            "{}: {} in flight at {:.1} s, {}",
+            pass.model,
+            pass.in_flight,
+            pass.at.saturating_duration_since(began).as_secs_f64(),
+            events.join(", ")
+        ));
+    }
+    p
 }
 
 /// Per model: (most calls in flight at once, the limit).
@@ -422,7 +421,7 @@ mod tests {
                 vec![fault(0, Fault::TooMany), at(200), at(300)],
             ],
             strays: 2,
-            stray_ids: Vec::new(),
+            ..Log::default()
         };
         let marks = [(t + Duration::from_millis(250), "SIGKILL")];
         let c = calls(&log, Duration::from_secs(1), &marks);
@@ -434,38 +433,35 @@ mod tests {
     }
 
     #[test]
-    fn going_past_a_limit_is_placed_among_the_events_and_hangs() {
-        let p = plan();
+    fn passes_of_a_limit_are_placed_among_the_events() {
+        use crate::chaos::upstream::Pass;
         let t = Instant::now();
         let ms = Duration::from_millis;
+        let pass = |at: u64, excused| Pass {
+            model: "m".into(),
+            at: t + ms(at),
+            in_flight: 3,
+            excused,
+        };
         let log = Log {
-            calls: vec![
-                vec![Call {
-                    at: t,
-                    served: Served::Fault(Fault::Hang),
-                }],
-                vec![],
-                vec![],
-            ],
-            strays: 0,
-            stray_ids: Vec::new(),
+            passes: vec![pass(4_300, false), pass(5_000, true)],
+            ..Log::default()
         };
         let marks = [
             (t + ms(100), "SIGKILL"),
             (t + ms(200), "PostgreSQL restart"),
         ];
-        let over = [("m".to_owned(), t + ms(4_300), 3)];
-        let said = over_limit(&p, &log, &over, ms(4_000), t, &marks);
+        let p = passes(&log, t, &marks);
+        assert_eq!((p.unexcused, p.excused), (1, 1));
         assert_eq!(
-            said,
+            p.examples,
             [
                 "m: 3 in flight at 4.3 s, 4.2 s after the last SIGKILL, 4.1 s after the last \
-              PostgreSQL restart, 300 ms after one of its hangs timed out"
+              PostgreSQL restart"
             ]
         );
-        let said = over_limit(&p, &log, &over, ms(1_000), t, &[]);
         assert_eq!(
-            said,
+            passes(&log, t, &[]).examples,
             ["m: 3 in flight at 4.3 s, before any kill or restart"]
         );
     }
