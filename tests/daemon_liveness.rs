@@ -7,6 +7,8 @@ mod common;
 
 use common::daemon::*;
 use common::*;
+use fusillade::config::Config;
+use fusillade::daemon::Daemon;
 use fusillade::domain::batch::BatchStatus;
 use fusillade::domain::ids::DaemonId;
 use fusillade::mock::{MockBehavior, MockReply, MockUpstream};
@@ -14,7 +16,9 @@ use fusillade::store::{DaemonStore, MaintenanceStore, NewDaemon, RequestStore};
 use fusillade::{BatchId, PostgresStore};
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -38,28 +42,41 @@ async fn running(pool: &PgPool, n: usize) -> Vec<DaemonId> {
     }
 }
 
-/// Declares `victim` dead as another daemon's rescuer would: its heartbeat
-/// is aged and a rescue run by `by` finds it stale (retried, since the
-/// victim's own heartbeat may land between the two statements). Returns the
-/// claims the rescue returned to the queue.
+/// Declares `victim` dead as another daemon's rescuer would, once its
+/// heartbeats stopped landing: from now on they leave its heartbeat time as
+/// it was (they still "succeed", so the victim learns only when it is
+/// declared dead), that time is an hour old, and a rescue run by `by` finds
+/// it stale. Returns the claims the rescue returned to the queue.
 async fn declare_dead(pool: &PgPool, store: &PostgresStore, victim: DaemonId, by: DaemonId) -> u64 {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS frozen (id uuid PRIMARY KEY);
+         CREATE OR REPLACE FUNCTION freeze_heartbeat() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF EXISTS (SELECT 1 FROM frozen WHERE id = NEW.id) THEN
+                 NEW.last_heartbeat := OLD.last_heartbeat;
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE OR REPLACE TRIGGER freeze_heartbeat BEFORE UPDATE ON daemons
+             FOR EACH ROW EXECUTE FUNCTION freeze_heartbeat();",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    // One statement, so that no heartbeat lands between the ageing and the
+    // freeze (the trigger does not see the row this statement inserts).
+    sqlx::query(
+        "WITH f AS (INSERT INTO frozen VALUES ($1))
+         UPDATE daemons SET last_heartbeat = now() - interval '1 hour' WHERE id = $1",
+    )
+    .bind(victim)
+    .execute(pool)
+    .await
+    .unwrap();
     let minute = Duration::from_secs(60);
-    let until = tokio::time::Instant::now() + LONG;
-    loop {
-        sqlx::query("UPDATE daemons SET last_heartbeat = now() - interval '1 hour' WHERE id = $1")
-            .bind(victim)
-            .execute(pool)
-            .await
-            .unwrap();
-        let r = store.rescue(by, Some(minute), minute).await.unwrap();
-        if r.dead_daemons == 1 {
-            return r.requests;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the victim was never declared dead"
-        );
-    }
+    let r = store.rescue(by, Some(minute), minute).await.unwrap();
+    assert_eq!(r.dead_daemons, 1, "the victim was declared dead");
+    r.requests
 }
 
 async fn dead_daemons(pool: &PgPool) -> Vec<DaemonId> {
@@ -193,29 +210,109 @@ async fn a_daemon_that_cannot_heartbeat_drops_its_calls_unwritten_and_hands_them
     }
 }
 
-#[sqlx::test]
-async fn two_daemons_keep_the_limit_while_one_is_declared_dead(pool: PgPool) {
-    let store = store(&pool).await;
-    let mock = MockUpstream::start(MockBehavior::with_latency(Duration::from_millis(200))).await;
-    let batch = batch_from_lines(&store, &lines_for("m", "r-", 120)).await;
-    let cfg = config(&mock.url(), "concurrency = 4", "", "");
-    let d1 = start(&store, cfg.clone());
-    let d2 = start(&store, cfg);
-    let ids = running(&pool, 2).await;
-    assert!(mock.wait_until(LONG, |s| s.total_calls >= 20).await);
-    // The victim's slots are not given to the other daemon while its calls
-    // may still run.
-    let freed = declare_dead(&pool, &store, ids[0], ids[1]).await;
-    assert!(
-        freed > 0,
-        "the victim held claims when it was declared dead"
-    );
+/// How long to stall, and who to tell when the stall begins.
+type Stall = (Duration, tokio::sync::oneshot::Sender<()>);
 
-    assert_all_completed_once(&pool, &store, batch, 120).await;
-    d1.stop().await;
-    d2.stop().await;
+/// A daemon on a runtime of its own, one thread, that the test can stall as
+/// a starved CPU would: its tasks (calls, aborts) stop for a while, its
+/// heartbeat thread goes on.
+struct Stallable {
+    stalls: tokio::sync::mpsc::UnboundedSender<Stall>,
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn start_stallable(pool: &PgPool, config: Arc<Config>) -> Stallable {
+    let options = pool.connect_options().as_ref().clone();
+    let (stalls, mut asked) = tokio::sync::mpsc::unbounded_channel::<Stall>();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await
+                .unwrap();
+            let (_keep, config) = tokio::sync::watch::channel(config);
+            let daemon = tokio::spawn(Daemon::new(PostgresStore::new(pool), config).run(stopped));
+            tokio::spawn(async move {
+                while let Some((pause, started)) = asked.recv().await {
+                    let _ = started.send(());
+                    // The stall itself: nothing else on this runtime runs.
+                    std::thread::sleep(pause);
+                }
+            });
+            daemon.await.unwrap().unwrap();
+        });
+    });
+    Stallable {
+        stalls,
+        stop,
+        thread,
+    }
+}
+
+impl Stallable {
+    /// Stalls the daemon's runtime for `pause`; returns once the stall began.
+    async fn stall(&self, pause: Duration) {
+        let (started, began) = tokio::sync::oneshot::channel();
+        self.stalls.send((pause, started)).unwrap();
+        began.await.unwrap();
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::task::spawn_blocking(move || self.thread.join().unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+#[sqlx::test]
+async fn a_dead_daemons_slots_are_not_reused_while_its_stalled_calls_may_run(pool: PgPool) {
+    let store = store(&pool).await;
+    // First calls take long (until dropped), later ones answer at once.
+    let mock = MockUpstream::start(MockBehavior::default().respond(|call| {
+        let answer = MockReply::ok_for(call);
+        if call.attempt == 1 {
+            answer.with_delay(Duration::from_secs(3))
+        } else {
+            answer
+        }
+    }))
+    .await;
+    let batch = batch_from_lines(&store, &lines_for("m", "r-", 8)).await;
+    let cfg = config(&mock.url(), "concurrency = 4", "stale_after_ms = 2000", "");
+    let victim = start_stallable(&pool, cfg.clone());
+    let victim_id = running(&pool, 1).await[0];
+    assert!(mock.wait_until(LONG, |s| s.in_flight == 4).await);
+    let other = start(&store, cfg);
+    let other_id = running(&pool, 2)
+        .await
+        .into_iter()
+        .find(|id| *id != victim_id)
+        .unwrap();
+
+    // Declared dead while its runtime cannot act on it: its 4 calls run on
+    // for a second, while its slots must not go to the other daemon.
+    victim.stall(Duration::from_secs(1)).await;
+    let freed = declare_dead(&pool, &store, victim_id, other_id).await;
+    assert!(freed >= 4, "its calls' claims were returned: {freed}");
+
+    assert_all_completed_once(&pool, &store, batch, 8).await;
+    victim.stop().await;
+    other.stop().await;
     assert_eq!(mock.stats().max_in_flight_of("m"), 4, "the limit held");
-    assert_eq!(dead_daemons(&pool).await, vec![ids[0]], "only the victim");
+    assert_eq!(
+        dead_daemons(&pool).await,
+        vec![victim_id],
+        "only the victim"
+    );
 }
 
 #[sqlx::test]
