@@ -310,6 +310,43 @@ async fn no_upstream_is_a_usage_error_that_says_how_to_give_one(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn a_bad_config_or_database_url_is_a_usage_error(pool: PgPool) {
+    let mock = MockUpstream::start(MockBehavior::default()).await;
+    let dir = tempdir();
+    std::fs::write(dir.join("in.jsonl"), jsonl(&lines_for("m", "r-", 2))).unwrap();
+    let db = database_url(&pool).await;
+    // A config that does not parse, and one with a key of the wrong type.
+    for (text, named) in [
+        ("[upstream\n", "config"),
+        ("[upstream]\nconcurrency = \"many\"\n", "concurrency"),
+    ] {
+        std::fs::write(dir.join("config.toml"), text).unwrap();
+        let mut cmd = run_cmd(&dir, &db);
+        cmd.arg("--upstream").arg(mock.url());
+        let out = output(cmd).await;
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{text:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(named), "{err}");
+    }
+    // A database that is not there.
+    std::fs::remove_file(dir.join("config.toml")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = run_cmd(&dir, &format!("postgres://postgres@127.0.0.1:{port}/none"));
+    cmd.arg("--upstream").arg(mock.url());
+    let out = output(cmd).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot connect to the database"), "{err}");
+    assert_eq!(mock.stats().total_calls, 0);
+    assert_eq!(count_batches(&pool).await, 0);
+}
+
+#[sqlx::test]
 async fn an_unreachable_upstream_fails_before_anything_is_sent(pool: PgPool) {
     // A port nobody listens on: bound, then closed.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

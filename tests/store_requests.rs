@@ -398,3 +398,41 @@ async fn streams_without_results_are_empty(pool: PgPool) {
     );
     assert!(collect(store.error_stream(batch.id)).await.is_empty());
 }
+
+#[sqlx::test]
+async fn large_results_stream_in_pages_bounded_by_bytes(pool: PgPool) {
+    use futures_util::TryStreamExt;
+    let store = store(&pool).await;
+    let (batch, reqs) = batch_of(&store, &pool, 12).await;
+    // Eleven answers of 1 MiB and one failure: each file is read in pages
+    // of a few MiB of bodies, not in one page of every result.
+    let big = format!(r#"{{"content":"{}"}}"#, "z".repeat(1 << 20));
+    for r in &reqs[..11] {
+        finish(&pool, r.id, Some(200), Some(&big), None).await;
+    }
+    let error = json!({"code": "upstream_error", "message": "no"});
+    finish(&pool, reqs[11].id, Some(400), Some("{}"), Some(error)).await;
+    let pages: Vec<bytes::Bytes> = store.output_stream(batch.id).try_collect().await.unwrap();
+    let sizes: Vec<usize> = pages.iter().map(|p| p.len()).collect();
+    assert!(pages.len() >= 3, "{sizes:?}");
+    assert!(
+        sizes.iter().all(|&n| n < (5 << 20) + 4096),
+        "a page holds at most 4 MiB of bodies and one more: {sizes:?}"
+    );
+    let lines = parse_lines(&pages.concat());
+    let ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = (0..11).map(|i| format!("r{i}")).collect();
+    assert_eq!(ids, want, "every result once, in line order");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["response"]["body"]["content"].as_str().unwrap().len() == 1 << 20)
+    );
+    assert_eq!(
+        parse_lines(&collect(store.error_stream(batch.id)).await).len(),
+        1
+    );
+}

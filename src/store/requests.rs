@@ -19,6 +19,12 @@ use uuid::Uuid;
 /// Results read per round trip when streaming a file out.
 const RESULT_PAGE: i64 = 2000;
 
+/// Bodies read per round trip, at most (a page always holds one result):
+/// answers can be megabytes each, and a file is streamed with a page
+/// being read, one waiting and one being sent, so memory stays a few times
+/// this whatever the file's size.
+const RESULT_PAGE_BYTES: i64 = 4 << 20;
+
 /// Live requests' records (from `requests`) chosen by `filter`.
 fn live_records(filter: &str) -> String {
     format!(
@@ -66,7 +72,27 @@ fn request_from_row(row: &PgRow) -> Result<RequestRecord> {
     })
 }
 
-/// One page of results after `after`, in request order.
+/// Keeps the rows of a page (`r`, in request order) whose bodies before
+/// them add up to less than `$4` bytes, so a page of large answers is cut
+/// short; the next page starts after its last row.
+macro_rules! bytes_capped {
+    ($page:literal) => {
+        concat!(
+            "SELECT request_id, custom_id, status_code, upstream_request_id, body, body_bytes, \
+                    error \
+             FROM (SELECT r.*, sum(COALESCE(octet_length(r.body), octet_length(r.body_bytes), 0)) \
+                                   OVER (ORDER BY r.request_id) AS upto \
+                   FROM (",
+            $page,
+            ") r) s \
+             WHERE upto - COALESCE(octet_length(body), octet_length(body_bytes), 0) < $4 \
+             ORDER BY request_id"
+        )
+    };
+}
+
+/// One page of results after `after`, in request order: at most
+/// [`RESULT_PAGE`] results and, past the first, [`RESULT_PAGE_BYTES`] of bodies.
 async fn result_page(
     pool: &PgPool,
     batch_id: BatchId,
@@ -76,21 +102,29 @@ async fn result_page(
     // Two statements, not `ok = $2`: the error file's must name the partial
     // index's own predicate to use it whatever the plan.
     let sql = if ok {
-        "SELECT request_id, custom_id, status_code, upstream_request_id, body, body_bytes, error \
-         FROM request_results \
-         WHERE request_id > $2 AND request_id <= fusillade_batch_hi($1) AND batch_id = $1 AND ok \
-         ORDER BY request_id LIMIT $3"
+        bytes_capped!(
+            "SELECT request_id, custom_id, status_code, upstream_request_id, body, body_bytes, \
+                    error \
+             FROM request_results \
+             WHERE request_id > $2 AND request_id <= fusillade_batch_hi($1) AND batch_id = $1 \
+               AND ok \
+             ORDER BY request_id LIMIT $3"
+        )
     } else {
-        "SELECT request_id, custom_id, status_code, upstream_request_id, body, body_bytes, error \
-         FROM request_results \
-         WHERE request_id > $2 AND request_id <= fusillade_batch_hi($1) AND batch_id = $1 \
-           AND NOT ok \
-         ORDER BY request_id LIMIT $3"
+        bytes_capped!(
+            "SELECT request_id, custom_id, status_code, upstream_request_id, body, body_bytes, \
+                    error \
+             FROM request_results \
+             WHERE request_id > $2 AND request_id <= fusillade_batch_hi($1) AND batch_id = $1 \
+               AND NOT ok \
+             ORDER BY request_id LIMIT $3"
+        )
     };
     sqlx::query(sql)
         .bind(batch_id)
         .bind(after)
         .bind(RESULT_PAGE)
+        .bind(RESULT_PAGE_BYTES)
         .fetch_all(pool)
         .await
 }
