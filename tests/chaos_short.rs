@@ -10,11 +10,6 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Answers with NUL bytes hang their batch until the poison isolation of
-/// issue 12 lands; until then this run leaves them out (`fusillade-bench
-/// chaos --lines 2000` shows the defect). Remove the flag with the fix.
-const UNTIL_POISON_ISOLATION: &[&str] = &["--no-nul-bodies"];
-
 /// Far above what the run needs on a loaded machine (about a minute), so
 /// only a stuck run reaches it; the bench's own limit on the batch comes first.
 const LIMIT: Duration = Duration::from_secs(600);
@@ -35,7 +30,6 @@ fn a_short_chaos_run_loses_nothing_and_breaks_no_promise() {
             "--timeout-secs",
             "300",
         ])
-        .args(UNTIL_POISON_ISOLATION)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
