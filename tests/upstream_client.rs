@@ -66,7 +66,26 @@ fn answered(outcome: CallOutcome) -> (u16, String, Option<String>, Option<Durati
             body,
             upstream_request_id,
             retry_after,
-        } => (status, body, upstream_request_id, retry_after),
+        } => (
+            status,
+            String::from_utf8(body).expect("a UTF-8 body"),
+            upstream_request_id,
+            retry_after,
+        ),
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_body_of_any_bytes_comes_back_as_sent() {
+    const SENT: &[u8] = b"{\"a\":\"\0\"} \xff\xfe not UTF-8 \xc3";
+    let mock =
+        MockUpstream::start(MockBehavior::default().respond(|_| MockReply::bytes(200, SENT))).await;
+    let c = client(&mock.url(), "");
+    match c.send(&request(BODY)).await {
+        CallOutcome::Answered { status, body, .. } => {
+            assert_eq!((status, body.as_slice()), (200, SENT));
+        }
         other => panic!("expected an answer, got {other:?}"),
     }
 }

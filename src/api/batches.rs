@@ -24,6 +24,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use chrono::Duration;
 use serde::Deserialize;
 
@@ -178,9 +180,14 @@ pub async fn retrieve<S: ApiBackend>(
     State(state): State<ApiState<S>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> ApiResult<Json<BatchObject>> {
-    let batch = own_batch(&state, &caller, &id).await?;
-    Ok(Json(BatchObject::from(&batch)))
+) -> ApiResult<Response> {
+    let batch_id = batch_id(&id)?;
+    let shared = state
+        .batch_reads()
+        .get(state.store(), &caller.owner, batch_id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(([(CONTENT_TYPE, "application/json")], shared.json()).into_response())
 }
 
 /// Query of `GET /v1/batches`.

@@ -17,6 +17,7 @@
 //! implementing the store traits can serve the same API.
 
 pub mod auth;
+pub mod batch_reads;
 pub mod batches;
 pub mod error;
 pub mod files;
@@ -76,6 +77,8 @@ struct Inner<S> {
     api: ApiSettings,
     /// The bound on uploads at once (`[api] max_concurrent_uploads`).
     uploads: uploads::UploadGate,
+    /// Concurrent reads of one batch share their query.
+    batch_reads: batch_reads::BatchReads,
     metrics: Option<PrometheusHandle>,
 }
 
@@ -93,6 +96,7 @@ impl<S: ApiBackend> ApiState<S> {
                 config,
                 api: initial.api.clone(),
                 uploads: uploads::UploadGate::new(initial.api.max_concurrent_uploads),
+                batch_reads: batch_reads::BatchReads::default(),
                 auth: RwLock::new((initial, table)),
                 metrics: health::install_recorder(),
             }),
@@ -125,6 +129,11 @@ impl<S: ApiBackend> ApiState<S> {
     /// The bound on uploads running at once.
     pub fn uploads(&self) -> &uploads::UploadGate {
         &self.inner.uploads
+    }
+
+    /// Shared reads of batches.
+    pub fn batch_reads(&self) -> &batch_reads::BatchReads {
+        &self.inner.batch_reads
     }
 
     /// The auth keys of the configuration in force.

@@ -122,7 +122,7 @@ fn misconfiguration(outcome: &CallOutcome) -> Option<String> {
     match outcome {
         CallOutcome::ConnectionFailed { message } => Some(message.clone()),
         CallOutcome::Answered { status, body, .. } if matches!(status, 401 | 403 | 404) => {
-            let mut snippet: String = body.chars().take(200).collect();
+            let mut snippet: String = String::from_utf8_lossy(body).chars().take(200).collect();
             snippet = snippet.replace(['\n', '\r'], " ");
             Some(format!("HTTP {status}: {}", snippet.trim()))
         }

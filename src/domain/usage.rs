@@ -49,8 +49,10 @@ struct Details {
 }
 
 /// The usage an answer body reports, if it reports any.
-pub fn usage_of(body: &str) -> Option<Usage> {
-    let u = serde_json::from_str::<Answer>(body).ok()?.usage?;
+pub fn usage_of(body: impl AsRef<[u8]>) -> Option<Usage> {
+    let u = serde_json::from_slice::<Answer>(body.as_ref())
+        .ok()?
+        .usage?;
     let input = u.input_tokens.unwrap_or(0);
     let output = u.output_tokens.unwrap_or(0);
     Some(Usage {

@@ -138,6 +138,9 @@ pub struct MockReply {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: String,
+    /// Bytes sent instead of `body` when set (for answers that are not
+    /// UTF-8); not with `sse`.
+    pub raw_body: Option<Vec<u8>>,
     /// Wait before answering; overrides [`MockBehavior::latency`].
     pub delay: Option<Duration>,
     /// Never answer: the connection stays open until the client gives up
@@ -155,6 +158,7 @@ impl Default for MockReply {
             status: 200,
             headers: Vec::new(),
             body: String::new(),
+            raw_body: None,
             delay: None,
             hang: false,
             sse: false,
@@ -191,6 +195,15 @@ impl MockReply {
         Self {
             status: code,
             body: body.into(),
+            ..Self::default()
+        }
+    }
+
+    /// This status and these bytes as the body, whatever they are.
+    pub fn bytes(code: u16, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status: code,
+            raw_body: Some(body.into()),
             ..Self::default()
         }
     }
@@ -616,7 +629,9 @@ fn scripted(reply: MockReply, request_id: HeaderValue) -> Response {
             events.into_iter().map(Ok::<_, Infallible>),
         ))
     } else {
-        Body::from(reply.body)
+        reply
+            .raw_body
+            .map_or_else(|| Body::from(reply.body), Body::from)
     };
     let mut r = Response::new(body);
     *r.status_mut() =

@@ -43,6 +43,7 @@ mod pools;
 mod queue;
 mod requests;
 mod response_steps;
+mod settle;
 
 pub use batches::{BatchListQuery, NewBatch};
 pub use daemons::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
@@ -55,6 +56,7 @@ pub use queue::{
     finish_sql,
 };
 pub use response_steps::ResponseStepStore;
+pub use settle::{FAILURES_BEFORE_SPLIT, Refused, RefusedEnd, Settled, Settlement, WriteKind};
 
 use crate::domain::IllegalTransition;
 use crate::domain::batch::{Batch, BatchId, RequestCounts};
@@ -94,6 +96,61 @@ pub enum StoreError {
     /// Reading an upload failed.
     #[error("reading the upload failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The database refused the rows' data itself (a data exception, a
+    /// broken constraint, a value over a limit): sent again as they are,
+    /// the same rows are refused again. Only the daemon's batched writes
+    /// report this (see [`StoreError::from_write`]); their callers split
+    /// the rows to find the one at fault.
+    #[error("the database refused the data: {0}")]
+    Rejected(#[source] sqlx::Error),
+}
+
+impl StoreError {
+    /// Sorts the error of a write of many rows: a refusal of the data is
+    /// [`StoreError::Rejected`], anything else (the database away, busy,
+    /// short of disk, a deadlock, ...) stays [`StoreError::Database`], worth
+    /// retrying as it is. The one place that says which failures a row's
+    /// own data can cause.
+    pub fn from_write(e: sqlx::Error) -> Self {
+        let rejected = match &e {
+            // SQLSTATE classes 22 (data exception: bad encoding, NUL, out
+            // of range), 23 (integrity constraint violation) and 54
+            // (program limit exceeded: a value too large).
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
+            // A value the driver cannot even encode.
+            sqlx::Error::Encode(_) => true,
+            _ => false,
+        };
+        if rejected {
+            StoreError::Rejected(e)
+        } else {
+            StoreError::Database(e)
+        }
+    }
+
+    /// Whether the database could not be reached at all, as opposed to
+    /// answering with an error: nothing can be written until it is back.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // 08: connection exception; 57P01-57P03: the server is
+                // shutting down, crashed or starting.
+                sqlx::Error::Database(db) => db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 impl StoreError {

@@ -5,7 +5,7 @@
 //! cancelled) finds its late writes rejected rather than applied.
 
 use super::ending::{DELETED_RECORD, RECORD, RESULT_RECORD};
-use super::{PostgresStore, Result};
+use super::{PostgresStore, Result, StoreError};
 use crate::domain::batch::BatchId;
 use crate::domain::ids::{DaemonId, TemplateId};
 use crate::domain::output::ResultError;
@@ -111,8 +111,10 @@ pub struct Finished {
     pub status_code: Option<i32>,
     /// The upstream's request id header.
     pub upstream_request_id: Option<String>,
-    /// The upstream's body, when it answered.
-    pub body: Option<String>,
+    /// The upstream's body, when it answered: its bytes as received,
+    /// whatever they are (stored as text when text can hold them, else as
+    /// bytes; see migrations/0006_result_body_bytes.sql).
+    pub body: Option<Vec<u8>>,
     /// Why it failed, when it did.
     pub error: Option<ResultError>,
     /// Tokens the answer reports, added to the batch's totals.
@@ -144,10 +146,14 @@ pub trait QueueStore: Send + Sync {
     /// gets enough requests to fill its free slots and have as many again
     /// waiting, so that calls that end are replaced at once.
     fn claim(&self, req: &ClaimRequest) -> impl Future<Output = Result<Claim>> + Send;
-    /// Records final results; returns the ids whose lease still held (the
-    /// others were rescued, expired or cancelled meanwhile and are untouched).
+    /// Records final results in one statement; returns the ids whose lease
+    /// still held (the others were rescued, expired or cancelled meanwhile
+    /// and are untouched). A row whose data the database refuses fails the
+    /// whole statement with [`StoreError::Rejected`](super::StoreError::Rejected);
+    /// [`Settlement`](super::Settlement) finds and fails that row alone.
     fn finish(&self, items: &[Finished]) -> impl Future<Output = Result<Vec<RequestId>>> + Send;
-    /// Returns requests to pending; returns the ids whose lease still held.
+    /// Returns requests to pending in one statement; returns the ids whose
+    /// lease still held. Refused data is reported as for [`QueueStore::finish`].
     fn requeue(&self, items: &[Requeue]) -> impl Future<Output = Result<Vec<RequestId>>> + Send;
     /// Of these requests held by `daemon`, those it must stop: their lease is
     /// gone, or their batch is being cancelled.
@@ -298,10 +304,10 @@ static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
                  SELECT *, state = 'completed' AS ok
                  FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[],
                              $6::text[], $7::jsonb[], $8::int8[], $9::int8[], $10::int8[],
-                             $11::int8[], $12::int8[])
+                             $11::int8[], $12::int8[], $13::bytea[])
                      AS o(id, attempt, state, status_code, upstream_request_id, body, error,
                           input_tokens, cached_tokens, output_tokens, reasoning_tokens,
-                          total_tokens)),
+                          total_tokens, body_bytes)),
              -- The queue row goes; its whole record moves into the result.
              done AS (
                  DELETE FROM requests q
@@ -313,9 +319,9 @@ static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
                    -- of it (dead entries too) for every row of o.
                    AND q.state <> 'pending'
                  RETURNING {DELETED_RECORD},
-                           o.state, o.ok, o.status_code, o.upstream_request_id, o.body, o.error,
-                           o.input_tokens, o.cached_tokens, o.output_tokens, o.reasoning_tokens,
-                           o.total_tokens),
+                           o.state, o.ok, o.status_code, o.upstream_request_id, o.body,
+                           o.body_bytes, o.error, o.input_tokens, o.cached_tokens,
+                           o.output_tokens, o.reasoning_tokens, o.total_tokens),
              tally AS (
                  UPDATE batches b
                  SET n_completed = b.n_completed + s.n_completed,
@@ -339,8 +345,9 @@ static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
                        GROUP BY batch_id) s
                  WHERE b.id = s.batch_id)
              INSERT INTO request_results
-                 ({RESULT_RECORD}, state, ok, status_code, upstream_request_id, body, error)
-             SELECT {RECORD}, state, ok, status_code, upstream_request_id, body,
+                 ({RESULT_RECORD}, state, ok, status_code, upstream_request_id, body, body_bytes,
+                  error)
+             SELECT {RECORD}, state, ok, status_code, upstream_request_id, body, body_bytes,
                     CASE WHEN ok THEN NULL
                          ELSE COALESCE(error, '{{\"code\":\"upstream_error\",\"message\":\"\"}}') END
              FROM done
@@ -456,7 +463,10 @@ impl QueueStore for PostgresStore {
             .iter()
             .map(|i| i.upstream_request_id.as_deref())
             .collect();
-        let bodies: Vec<Option<&str>> = items.iter().map(|i| i.body.as_deref()).collect();
+        let (bodies, body_bytes): (Vec<Option<&str>>, Vec<Option<&[u8]>>) = items
+            .iter()
+            .map(|i| i.body.as_deref().map_or((None, None), body_param))
+            .unzip();
         let errors: Vec<Option<Json<&ResultError>>> =
             items.iter().map(|i| i.error.as_ref().map(Json)).collect();
         let usage = |f: fn(&Usage) -> i64| -> Vec<i64> {
@@ -478,8 +488,10 @@ impl QueueStore for PostgresStore {
             .bind(usage(|u| u.output_tokens))
             .bind(usage(|u| u.reasoning_tokens))
             .bind(usage(|u| u.total_tokens))
+            .bind(&body_bytes)
             .fetch_all(&self.queue)
-            .await?;
+            .await
+            .map_err(StoreError::from_write)?;
         Ok(accepted)
     }
 
@@ -514,7 +526,8 @@ impl QueueStore for PostgresStore {
         .bind(&delays)
         .bind(&retries)
         .fetch_all(&self.queue)
-        .await?;
+        .await
+        .map_err(StoreError::from_write)?;
         Ok(accepted)
     }
 
@@ -542,6 +555,16 @@ impl QueueStore for PostgresStore {
         .fetch_all(&self.queue)
         .await?;
         Ok(lost)
+    }
+}
+
+/// A body as the finish statement binds it: as text when a `text` column
+/// can hold it (UTF-8 without NUL), else as bytes. Checking costs a scan of
+/// the body, far less than sending it.
+fn body_param(body: &[u8]) -> (Option<&str>, Option<&[u8]>) {
+    match std::str::from_utf8(body) {
+        Ok(text) if memchr::memchr(0, body).is_none() => (Some(text), None),
+        _ => (None, Some(body)),
     }
 }
 

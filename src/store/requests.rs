@@ -78,13 +78,14 @@ fn request_from_row(row: &PgRow) -> Result<RequestRecord> {
 macro_rules! bytes_capped {
     ($page:literal) => {
         concat!(
-            "SELECT request_id, custom_id, status_code, upstream_request_id, body, error \
-             FROM (SELECT r.*, sum(COALESCE(octet_length(r.body), 0)) \
+            "SELECT request_id, custom_id, status_code, upstream_request_id, body, body_bytes, \
+                    error \
+             FROM (SELECT r.*, sum(COALESCE(octet_length(r.body), octet_length(r.body_bytes), 0)) \
                                    OVER (ORDER BY r.request_id) AS upto \
                    FROM (",
             $page,
             ") r) s \
-             WHERE upto - COALESCE(octet_length(body), 0) < $4 \
+             WHERE upto - COALESCE(octet_length(body), octet_length(body_bytes), 0) < $4 \
              ORDER BY request_id"
         )
     };
@@ -102,7 +103,8 @@ async fn result_page(
     // index's own predicate to use it whatever the plan.
     let sql = if ok {
         bytes_capped!(
-            "SELECT request_id, custom_id, status_code, upstream_request_id, body, error \
+            "SELECT request_id, custom_id, status_code, upstream_request_id, body, body_bytes, \
+                    error \
              FROM request_results \
              WHERE request_id > $2 AND request_id <= fusillade_batch_hi($1) AND batch_id = $1 \
                AND ok \
@@ -110,7 +112,8 @@ async fn result_page(
         )
     } else {
         bytes_capped!(
-            "SELECT request_id, custom_id, status_code, upstream_request_id, body, error \
+            "SELECT request_id, custom_id, status_code, upstream_request_id, body, body_bytes, \
+                    error \
              FROM request_results \
              WHERE request_id > $2 AND request_id <= fusillade_batch_hi($1) AND batch_id = $1 \
                AND NOT ok \
@@ -131,12 +134,15 @@ fn render(rows: &[PgRow]) -> Result<Bytes> {
     let mut out = Vec::with_capacity(rows.len() * 256);
     for row in rows {
         let error: Option<Json<ResultError>> = row.try_get("error")?;
+        // One of the two at most (see migrations/0006_result_body_bytes.sql).
+        let text: Option<&str> = row.try_get("body")?;
+        let bytes: Option<&[u8]> = row.try_get("body_bytes")?;
         ResultRow {
             request_id: RequestId(row.try_get("request_id")?),
             custom_id: row.try_get("custom_id")?,
             status_code: row.try_get("status_code")?,
             upstream_request_id: row.try_get("upstream_request_id")?,
-            body: row.try_get("body")?,
+            body: text.map(str::as_bytes).or(bytes),
             error: error.as_ref().map(|e| &e.0),
         }
         .write_line(&mut out);

@@ -200,13 +200,13 @@ pub(super) async fn send(
     let limit = route.max_response_bytes;
     let body = if streamed && is_sse && (200..300).contains(&status) {
         match read_stream(response, &limits, route).await {
-            Ok(body) => body,
+            Ok(body) => body.into_bytes(),
             Err(ReadEnd::Upstream(body)) => {
                 // The upstream broke off with an error after a 2xx start: a
                 // server-side failure, retryable like one.
                 return CallOutcome::Answered {
                     status: 502,
-                    body,
+                    body: body.into_bytes(),
                     upstream_request_id,
                     retry_after,
                 };
@@ -215,7 +215,8 @@ pub(super) async fn send(
         }
     } else {
         match read_body(response, &limits, route).await {
-            Ok(bytes) => into_string(bytes),
+            // Kept as bytes: whatever the upstream sent is stored as sent.
+            Ok(bytes) => bytes,
             Err(o) => return o,
         }
     };
@@ -356,10 +357,6 @@ async fn read_stream(
         }
         .into()),
     }
-}
-
-fn into_string(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// An error and its causes, without the URL, as one line.

@@ -45,8 +45,9 @@ pub enum CallOutcome {
     Answered {
         /// HTTP status.
         status: u16,
-        /// The body as received (for a streamed call, the reassembled JSON).
-        body: String,
+        /// The body's bytes as received, whatever they are (for a streamed
+        /// call, the reassembled JSON).
+        body: Vec<u8>,
         /// The upstream's `x-request-id` (or `request-id`) header.
         upstream_request_id: Option<String>,
         /// The wait asked for by `Retry-After`.

@@ -33,6 +33,7 @@ pub struct Api {
     pub router: Router,
     pub pool: PgPool,
     pub store: PostgresStore,
+    pub state: ApiState<PostgresStore>,
 }
 
 /// What a call answered.
@@ -100,11 +101,12 @@ impl Api {
     pub async fn with(pool: &PgPool, config: Config, limits: IngestLimits) -> Self {
         let store =
             PostgresStore::new(TestDbPools::new(pool.clone()).await.unwrap()).with_limits(limits);
-        let router = router(ApiState::fixed(store.clone(), config));
+        let state = ApiState::fixed(store.clone(), config);
         Self {
-            router,
+            router: router(state.clone()),
             pool: pool.clone(),
             store,
+            state,
         }
     }
 

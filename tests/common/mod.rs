@@ -280,7 +280,7 @@ async fn end(
         state,
         status_code,
         upstream_request_id: status_code.map(|_| format!("upstream-{}", request.simple())),
-        body: body.map(str::to_owned),
+        body: body.map(|b| b.as_bytes().to_vec()),
         error,
         usage: None,
     };

@@ -280,6 +280,7 @@ async fn explain_finish(pool: &sqlx::PgPool, items: &[Finished]) -> Result<()> {
     .bind(vec![0i64; n])
     .bind(vec![0i64; n])
     .bind(vec![0i64; n])
+    .bind(vec![None::<Vec<u8>>; n])
     .fetch_all(&mut *tx)
     .await?;
     print_plan(rows, tx).await

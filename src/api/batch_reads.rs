@@ -1,0 +1,184 @@
+//! Reads of one batch by many clients at once share their query.
+//!
+//! Clients poll `GET /v1/batches/{id}` in loops, often a hundred on one
+//! batch. Each read waits for the next query of that batch that *starts
+//! after it arrived*, so it never answers a state older than its own arrival
+//! (a read that follows a cancel sees the cancel), while however many clients
+//! poll, at most two queries per batch run at a time: the one running and the
+//! one queued behind it for everyone who arrived meanwhile. The answer's JSON
+//! is rendered once per query and shared as well.
+
+use super::ApiBackend;
+use super::wire::BatchObject;
+use crate::domain::batch::{Batch, BatchId};
+use crate::store::{Owner, StoreError};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::watch;
+
+/// One batch as a shared query found it, with its JSON rendered on first use.
+#[derive(Debug)]
+pub struct SharedBatch {
+    /// The batch.
+    pub batch: Batch,
+    json: OnceLock<Bytes>,
+}
+
+impl SharedBatch {
+    /// The batch as the API's JSON object.
+    pub fn json(&self) -> Bytes {
+        self.json
+            .get_or_init(|| {
+                serde_json::to_vec(&BatchObject::from(&self.batch))
+                    .expect("a batch object serializes")
+                    .into()
+            })
+            .clone()
+    }
+}
+
+/// What one query found; `Failed` sends each reader to ask on its own, so
+/// the error it answers is its own.
+#[derive(Debug, Clone)]
+enum Found {
+    Batch(Arc<SharedBatch>),
+    Missing,
+    Failed,
+}
+
+type Outcome = watch::Receiver<Option<Found>>;
+type Key = (Arc<str>, BatchId);
+
+/// The queries of one batch: the one running, and the one that starts when
+/// it ends.
+#[derive(Default)]
+struct Flights {
+    running: Option<Outcome>,
+    queued: Option<Outcome>,
+}
+
+/// Shared reads of batches, keyed by owner and batch.
+#[derive(Default, Clone)]
+pub struct BatchReads {
+    flights: Arc<Mutex<HashMap<Key, Flights>>>,
+    counts: Arc<ReadCounts>,
+}
+
+/// Reads served and queries run, since start.
+#[derive(Debug, Default)]
+pub struct ReadCounts {
+    /// Reads answered.
+    pub reads: AtomicU64,
+    /// Queries run for them.
+    pub queries: AtomicU64,
+}
+
+impl BatchReads {
+    /// The owner's batch as of a query started after this call began, or
+    /// `None` when the owner has no such batch.
+    pub async fn get<S: ApiBackend>(
+        &self,
+        store: &S,
+        owner: &str,
+        id: BatchId,
+    ) -> Result<Option<Arc<SharedBatch>>, StoreError> {
+        self.counts.reads.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("fusillade_api_batch_reads_total").increment(1);
+        let key: Key = (Arc::from(owner), id);
+        let mut outcome = self.join(store, key);
+        let found = match outcome.wait_for(Option::is_some).await {
+            Ok(found) => found.clone().expect("waited for an outcome"),
+            // The query's task ended without an answer (it panicked).
+            Err(_) => Found::Failed,
+        };
+        match found {
+            Found::Batch(b) => Ok(Some(b)),
+            Found::Missing => Ok(None),
+            Found::Failed => {
+                self.counted();
+                let batch = store.get_batch(Owner::Only(owner), id).await?;
+                Ok(batch.map(|batch| {
+                    Arc::new(SharedBatch {
+                        batch,
+                        json: OnceLock::new(),
+                    })
+                }))
+            }
+        }
+    }
+
+    /// The outcome of the next query of `key` to start, starting one when
+    /// none is queued. The query runs on a task of its own, so a reader that
+    /// goes away does not strand the others.
+    fn join<S: ApiBackend>(&self, store: &S, key: Key) -> Outcome {
+        let mut flights = self.flights.lock().expect("batch reads lock");
+        let f = flights.entry(key.clone()).or_default();
+        if let Some(queued) = &f.queued {
+            return queued.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        let before = f.running.clone();
+        if before.is_some() {
+            f.queued = Some(rx.clone());
+        } else {
+            f.running = Some(rx.clone());
+        }
+        tokio::spawn(self.clone().query(store.clone(), key, before, tx));
+        rx
+    }
+
+    async fn query<S: ApiBackend>(
+        self,
+        store: S,
+        key: Key,
+        before: Option<Outcome>,
+        tx: watch::Sender<Option<Found>>,
+    ) {
+        if let Some(mut before) = before {
+            let _ = before.wait_for(Option::is_some).await;
+            // From here on, a new reader must not join this query: it
+            // starts now, maybe before that reader arrived.
+            let mut flights = self.flights.lock().expect("batch reads lock");
+            let f = flights.entry(key.clone()).or_default();
+            f.running = f.queued.take();
+        }
+        self.counted();
+        let found = match store.get_batch(Owner::Only(&key.0), key.1).await {
+            Ok(Some(batch)) => Found::Batch(Arc::new(SharedBatch {
+                batch,
+                json: OnceLock::new(),
+            })),
+            Ok(None) => Found::Missing,
+            Err(_) => Found::Failed,
+        };
+        let mine = tx.subscribe();
+        tx.send_replace(Some(found));
+        let mut flights = self.flights.lock().expect("batch reads lock");
+        if let Some(f) = flights.get_mut(&key) {
+            if f.running.as_ref().is_some_and(|r| r.same_channel(&mine)) {
+                f.running = None;
+            }
+            if f.running.is_none() && f.queued.is_none() {
+                flights.remove(&key);
+            }
+        }
+    }
+
+    /// Counts one query, for [`BatchReads::counts`] and the metric.
+    fn counted(&self) {
+        self.counts.queries.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("fusillade_api_batch_read_queries_total").increment(1);
+    }
+
+    /// Reads served and queries run so far.
+    pub fn counts(&self) -> &ReadCounts {
+        &self.counts
+    }
+
+    /// Batches with a query running or queued.
+    pub fn in_flight(&self) -> usize {
+        self.flights.lock().expect("batch reads lock").len()
+    }
+}

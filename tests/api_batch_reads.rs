@@ -1,0 +1,103 @@
+//! `GET /v1/batches/{id}` under many readers at once: they share queries,
+//! every answer is the batch as it is, and a read that follows a change
+//! sees the change.
+
+mod api_support;
+mod common;
+
+use api_support::*;
+use serde_json::Value;
+use sqlx::PgPool;
+use std::sync::atomic::Ordering;
+
+/// Reads `path` from `n` tasks at once; every answer's JSON.
+async fn read_at_once(api: &Api, path: &str, n: usize) -> Vec<Value> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let api = api.clone();
+            let path = path.to_owned();
+            tokio::spawn(async move { api.get(&path, ALICE).await.ok() })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
+#[sqlx::test]
+async fn concurrent_reads_of_one_batch_share_queries_and_agree(pool: PgPool) {
+    let api = Api::new(&pool).await;
+    let batch = api.batch_of(ALICE, "shared", 3).await;
+    let path = format!("/v1/batches/{}", id(&batch));
+    let reads = read_at_once(&api, &path, 200).await;
+    for r in &reads {
+        assert_eq!(r, &reads[0]);
+        assert_eq!(r["id"], batch["id"]);
+        assert_eq!(r["request_counts"]["total"], 3);
+    }
+    let counts = api.state.batch_reads().counts();
+    let (served, queries) = (
+        counts.reads.load(Ordering::Relaxed),
+        counts.queries.load(Ordering::Relaxed),
+    );
+    assert_eq!(served, 200);
+    assert!(
+        queries < served / 2,
+        "200 reads at once ran {queries} queries"
+    );
+    assert_eq!(api.state.batch_reads().in_flight(), 0);
+}
+
+#[sqlx::test]
+async fn a_read_after_a_cancel_sees_it_while_others_poll(pool: PgPool) {
+    let api = Api::new(&pool).await;
+    // Several rounds, since whether a stale query would be running at the
+    // moment of the read is a matter of timing.
+    for round in 0..10 {
+        let batch = api.batch_of(ALICE, &format!("fresh{round}"), 2).await;
+        let path = format!("/v1/batches/{}", id(&batch));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let pollers: Vec<_> = (0..8)
+            .map(|_| {
+                let (api, path, stop) = (api.clone(), path.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.is_cancelled() {
+                        assert_eq!(api.get(&path, ALICE).await.ok()["object"], "batch");
+                    }
+                })
+            })
+            .collect();
+        // Let the pollers get going, so queries are running when we cancel.
+        while api
+            .state
+            .batch_reads()
+            .counts()
+            .queries
+            .load(Ordering::Relaxed)
+            < 4 * (round + 1)
+        {
+            tokio::task::yield_now().await;
+        }
+        api.post(&format!("{path}/cancel"), ALICE, Value::Null)
+            .await
+            .ok();
+        let after = api.get(&path, ALICE).await.ok();
+        assert_eq!(after["status"], "cancelled", "round {round}: {after}");
+        stop.cancel();
+        for p in pollers {
+            p.await.unwrap();
+        }
+    }
+}
+
+#[sqlx::test]
+async fn shared_reads_stay_per_owner(pool: PgPool) {
+    let api = Api::new(&pool).await;
+    let batch = api.batch_of(ALICE, "mine", 1).await;
+    let path = format!("/v1/batches/{}", id(&batch));
+    let (alice, bob) = tokio::join!(api.get(&path, ALICE), api.get(&path, BOB));
+    assert_eq!(alice.ok()["id"], batch["id"]);
+    bob.error(404, None);
+}
