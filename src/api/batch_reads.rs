@@ -45,6 +45,9 @@ impl SharedBatch {
 enum Found {
     Batch(Arc<SharedBatch>),
     Missing,
+    /// The database is away: every reader answers so at once, rather than
+    /// waiting out its own query's timeout after the shared one's.
+    Unavailable,
     Failed,
 }
 
@@ -96,6 +99,11 @@ impl BatchReads {
         match found {
             Found::Batch(b) => Ok(Some(b)),
             Found::Missing => Ok(None),
+            // The shared query logged the cause.
+            Found::Unavailable => Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the database is unavailable",
+            )))),
             Found::Failed => {
                 self.counted();
                 let batch = store.get_batch(Owner::Only(owner), id).await?;
@@ -151,6 +159,10 @@ impl BatchReads {
                 json: OnceLock::new(),
             })),
             Ok(None) => Found::Missing,
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "batch read: database unavailable");
+                Found::Unavailable
+            }
             Err(_) => Found::Failed,
         };
         let mine = tx.subscribe();
