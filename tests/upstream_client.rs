@@ -146,6 +146,36 @@ async fn no_key_and_no_custom_id_send_no_header() {
 }
 
 #[tokio::test]
+async fn a_custom_id_of_any_text_is_sent_and_read_back_whole() {
+    // Header values are visible ASCII only: these once failed every call of
+    // their line as "not a valid header value", so the line never ran.
+    let (mock, calls) = recording(MockReply::ok_for).await;
+    let c = client(&mock.url(), "");
+    let ids = [
+        "café au lait",
+        "🚀",
+        "100% sure",
+        "tab\tand\nnewline",
+        "%41",
+    ];
+    for id in ids {
+        let req = UpstreamRequest {
+            custom_id: Some(id),
+            ..request(BODY)
+        };
+        assert_eq!(answered(c.send(&req).await).0, 200, "{id:?}");
+    }
+    let seen: Vec<_> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.custom_id.clone())
+        .collect();
+    let want: Vec<_> = ids.iter().map(|id| Some(id.to_string())).collect();
+    assert_eq!(seen, want);
+}
+
+#[tokio::test]
 async fn statuses_bodies_and_retry_after_pass_through() {
     let (mock, _) = recording(|call| match call.body["case"].as_str() {
         Some("400") => MockReply::status(400, r#"{"error":{"message":"bad"}}"#),

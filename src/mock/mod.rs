@@ -576,7 +576,9 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let counters = shared.model(&model);
     let _in_flight = InFlight::enter(&shared, &counters);
     shared.total.fetch_add(1, Relaxed);
-    let custom_id = header_str(&parts.headers, "x-fusillade-custom-id");
+    let custom_id = header_str(&parts.headers, "x-fusillade-custom-id")
+        .map(|v| crate::upstream::header_text::decode(v).unwrap_or_else(|| v.to_owned()));
+    let custom_id = custom_id.as_deref();
     let attempt = custom_id.map_or(1, |c| shared.record(c, arrived));
     let reply = shared.behavior.responder.as_ref().map(|responder| {
         responder(&MockCall {

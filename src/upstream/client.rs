@@ -243,8 +243,8 @@ fn headers(route: &Route, req: &UpstreamRequest<'_>) -> Result<HeaderMap, String
     let id = HeaderValue::try_from(req.request_id.to_string()).expect("a uuid is a header value");
     h.insert("x-request-id", id);
     if let Some(c) = req.custom_id {
-        let v = HeaderValue::try_from(c)
-            .map_err(|_| "the custom_id is not a valid header value".to_owned())?;
+        let v = HeaderValue::try_from(super::header_text::encode(c))
+            .expect("an encoded custom_id is a header value");
         h.insert("x-fusillade-custom-id", v);
     }
     Ok(h)

@@ -11,6 +11,7 @@
 //! - API keys never appear in a message.
 
 mod client;
+pub mod header_text;
 pub mod sse;
 
 use crate::config::Config;
