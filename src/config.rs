@@ -70,6 +70,7 @@ struct RawApi {
     max_concurrent_uploads: Option<u32>,
     upload_idle_timeout_secs: Option<u64>,
     upload_spool_dir: Option<String>,
+    batch_read_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -189,6 +190,9 @@ pub struct ApiSettings {
     /// Where uploads are spooled before they are stored (default: the
     /// system's temporary directory, `TMPDIR`).
     pub upload_spool_dir: Option<std::path::PathBuf>,
+    /// While clients read one batch at once, its shared queries start at
+    /// most this often (0: back to back); see `api::batch_reads`.
+    pub batch_read_interval: Duration,
 }
 
 impl Default for ApiSettings {
@@ -200,6 +204,7 @@ impl Default for ApiSettings {
             max_concurrent_uploads: 8,
             upload_idle_timeout: Duration::from_secs(30),
             upload_spool_dir: None,
+            batch_read_interval: Duration::from_millis(25),
         }
     }
 }
@@ -374,6 +379,10 @@ impl Config {
                 .upload_idle_timeout_secs
                 .map_or(api_defaults.upload_idle_timeout, Duration::from_secs),
             upload_spool_dir: raw.api.upload_spool_dir.map(Into::into),
+            batch_read_interval: raw
+                .api
+                .batch_read_interval_ms
+                .map_or(api_defaults.batch_read_interval, Duration::from_millis),
         };
         if api.max_upload_bytes == 0 {
             return Err(invalid("api.max_upload_bytes", "must be at least 1"));
@@ -700,6 +709,12 @@ api_key_env = "KEY"
         assert!(message("[api]\nendpoints = []").contains("api.endpoints"));
         assert!(message("[api]\nendpoints = [\"v1/x\"]").contains("api.endpoints"));
         assert!(message("[api]\nmax_upload = 1").contains("max_upload"));
+        let paced = parse("[api]\nbatch_read_interval_ms = 0").unwrap();
+        assert_eq!(paced.api.batch_read_interval, Duration::ZERO);
+        assert_eq!(
+            parse("").unwrap().api.batch_read_interval,
+            Duration::from_millis(25)
+        );
     }
 
     #[test]

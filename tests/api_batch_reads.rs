@@ -101,3 +101,74 @@ async fn shared_reads_stay_per_owner(pool: PgPool) {
     assert_eq!(alice.ok()["id"], batch["id"]);
     bob.error(404, None);
 }
+
+/// An API whose shared queries of one batch start at most once per `ms`.
+async fn paced(pool: &PgPool, ms: u64) -> Api {
+    let config = config_with_auth(&format!("[api]\nbatch_read_interval_ms = {ms}"));
+    Api::with(pool, config, Default::default()).await
+}
+
+#[sqlx::test]
+async fn overlapping_reads_start_queries_at_most_once_per_interval(pool: PgPool) {
+    let api = paced(&pool, 100).await;
+    let batch = api.batch_of(ALICE, "paced", 2).await;
+    let path = format!("/v1/batches/{}", id(&batch));
+    let queries = || {
+        let q = &api.state.batch_reads().counts().queries;
+        q.load(Ordering::Relaxed)
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = std::time::Instant::now();
+    let pollers: Vec<_> = (0..8)
+        .map(|_| {
+            let (api, path, stop) = (api.clone(), path.clone(), stop.clone());
+            let want = batch["id"].clone();
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !stop.is_cancelled() {
+                    assert_eq!(api.get(&path, ALICE).await.ok()["id"], want);
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    while queries() < 10 {
+        tokio::task::yield_now().await;
+    }
+    stop.cancel();
+    let mut reads = 0;
+    for p in pollers {
+        reads += p.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    // A slow machine only spaces queries further apart, so this bound holds
+    // however busy it is: one query at the start, then one per interval.
+    let most = elapsed.as_millis() as u64 / 100 + 2;
+    let ran = queries();
+    assert!(
+        ran <= most,
+        "{ran} queries in {elapsed:?} with an interval of 100 ms ({reads} reads)"
+    );
+    assert!(reads >= ran, "{reads} reads, {ran} queries");
+}
+
+#[sqlx::test]
+async fn a_batch_not_read_lately_is_read_at_once(pool: PgPool) {
+    // With an interval of a minute, a read that waited for it would time out
+    // below: the pause is per batch, and only after a query of that batch.
+    let api = paced(&pool, 60_000).await;
+    let mut paths = Vec::new();
+    for n in 0..5 {
+        let batch = api.batch_of(ALICE, &format!("lone{n}"), 1).await;
+        paths.push((format!("/v1/batches/{}", id(&batch)), batch["id"].clone()));
+    }
+    let reads = async {
+        for (path, want) in &paths {
+            assert_eq!(&api.get(path, ALICE).await.ok()["id"], want);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), reads)
+        .await
+        .expect("reads of five batches, one after another, do not wait a minute");
+}

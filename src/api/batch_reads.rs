@@ -7,6 +7,16 @@
 //! poll, at most two queries per batch run at a time: the one running and the
 //! one queued behind it for everyone who arrived meanwhile. The answer's JSON
 //! is rendered once per query and shared as well.
+//!
+//! While readers overlap, a batch's queries also start at most once per
+//! interval (`[api] batch_read_interval_ms`, 25 ms by default). Sharing the
+//! query alone leaves each read's HTTP work: clients that poll without pause
+//! then read as fast as the server answers, thousands of times a second,
+//! and take that CPU from the batch they watch. Pacing the queries paces
+//! such loops, so a hundred of them cost a few thousand cheap reads a second
+//! at most, and no read waits much longer than one interval. A read of a
+//! batch whose last query started longer ago than that (a client polling
+//! every second, say) starts its query at once.
 
 use super::ApiBackend;
 use super::wire::BatchObject;
@@ -16,6 +26,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// One batch as a shared query found it, with its JSON rendered on first use.
@@ -60,6 +71,8 @@ type Key = (Arc<str>, BatchId);
 struct Flights {
     running: Option<Outcome>,
     queued: Option<Outcome>,
+    /// When the last query of the batch started.
+    started: Option<Instant>,
 }
 
 /// Shared reads of batches, keyed by owner and batch.
@@ -67,6 +80,7 @@ struct Flights {
 pub struct BatchReads {
     flights: Arc<Mutex<HashMap<Key, Flights>>>,
     counts: Arc<ReadCounts>,
+    interval: Duration,
 }
 
 /// Reads served and queries run, since start.
@@ -79,6 +93,15 @@ pub struct ReadCounts {
 }
 
 impl BatchReads {
+    /// Shared reads whose queries of one batch start at most once per
+    /// `interval` while readers overlap.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            ..Self::default()
+        }
+    }
+
     /// The owner's batch as of a query started after this call began, or
     /// `None` when the owner has no such batch.
     pub async fn get<S: ApiBackend>(
@@ -128,29 +151,44 @@ impl BatchReads {
         }
         let (tx, rx) = watch::channel(None);
         let before = f.running.clone();
-        if before.is_some() {
+        let recent = f.started.is_some_and(|t| t.elapsed() < self.interval);
+        let queued = before.is_some() || recent;
+        if queued {
             f.queued = Some(rx.clone());
         } else {
             f.running = Some(rx.clone());
+            f.started = Some(Instant::now());
         }
-        tokio::spawn(self.clone().query(store.clone(), key, before, tx));
+        tokio::spawn(self.clone().query(store.clone(), key, queued, before, tx));
         rx
     }
 
+    /// Runs the query of one flight: a queued one first waits for the
+    /// running one and for the interval since the last start.
     async fn query<S: ApiBackend>(
         self,
         store: S,
         key: Key,
+        queued: bool,
         before: Option<Outcome>,
         tx: watch::Sender<Option<Found>>,
     ) {
         if let Some(mut before) = before {
             let _ = before.wait_for(Option::is_some).await;
+        }
+        if queued {
+            // Readers arriving during this pause still join this query,
+            // which has not started yet.
+            let last = self.started(&key);
+            if let Some(due) = last.map(|t| t + self.interval) {
+                tokio::time::sleep_until(due.into()).await;
+            }
             // From here on, a new reader must not join this query: it
             // starts now, maybe before that reader arrived.
             let mut flights = self.flights.lock().expect("batch reads lock");
             let f = flights.entry(key.clone()).or_default();
             f.running = f.queued.take();
+            f.started = Some(Instant::now());
         }
         self.counted();
         let found = match store.get_batch(Owner::Only(&key.0), key.1).await {
@@ -167,15 +205,41 @@ impl BatchReads {
         };
         let mine = tx.subscribe();
         tx.send_replace(Some(found));
-        let mut flights = self.flights.lock().expect("batch reads lock");
-        if let Some(f) = flights.get_mut(&key) {
+        let idle = {
+            let mut flights = self.flights.lock().expect("batch reads lock");
+            let Some(f) = flights.get_mut(&key) else {
+                return;
+            };
             if f.running.as_ref().is_some_and(|r| r.same_channel(&mine)) {
                 f.running = None;
             }
-            if f.running.is_none() && f.queued.is_none() {
-                flights.remove(&key);
-            }
+            f.running.is_none() && f.queued.is_none()
+        };
+        if idle {
+            // The entry remembers when its last query started until the
+            // interval has passed, so the next read waits out the rest.
+            tokio::time::sleep(self.interval).await;
+            self.forget_if_idle(&key);
         }
+    }
+
+    /// Drops `key`'s entry when no query of it runs, waits or started
+    /// within the interval.
+    fn forget_if_idle(&self, key: &Key) {
+        let mut flights = self.flights.lock().expect("batch reads lock");
+        if flights.get(key).is_some_and(|f| {
+            f.running.is_none()
+                && f.queued.is_none()
+                && f.started.is_none_or(|t| t.elapsed() >= self.interval)
+        }) {
+            flights.remove(key);
+        }
+    }
+
+    /// When the last query of `key` started.
+    fn started(&self, key: &Key) -> Option<Instant> {
+        let flights = self.flights.lock().expect("batch reads lock");
+        flights.get(key).and_then(|f| f.started)
     }
 
     /// Counts one query, for [`BatchReads::counts`] and the metric.
@@ -191,6 +255,10 @@ impl BatchReads {
 
     /// Batches with a query running or queued.
     pub fn in_flight(&self) -> usize {
-        self.flights.lock().expect("batch reads lock").len()
+        let flights = self.flights.lock().expect("batch reads lock");
+        flights
+            .values()
+            .filter(|f| f.running.is_some() || f.queued.is_some())
+            .count()
     }
 }

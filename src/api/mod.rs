@@ -97,7 +97,7 @@ impl<S: ApiBackend> ApiState<S> {
                 config,
                 api: initial.api.clone(),
                 uploads: uploads::UploadGate::new(initial.api.max_concurrent_uploads),
-                batch_reads: batch_reads::BatchReads::default(),
+                batch_reads: batch_reads::BatchReads::new(initial.api.batch_read_interval),
                 auth: RwLock::new((initial, table)),
                 metrics: health::install_recorder(),
             }),

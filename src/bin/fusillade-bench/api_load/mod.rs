@@ -56,6 +56,10 @@ pub struct Args {
     /// case) waits for its work before reporting what did not finish.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Extra `[api]` lines for the server's config, e.g.
+    /// `batch_read_interval_ms = 0` (repeatable).
+    #[arg(long = "api-setting", value_name = "LINE")]
+    api_settings: Vec<String>,
     #[command(flatten)]
     poll: poll::PollOptions,
     #[command(flatten)]
@@ -72,6 +76,7 @@ pub async fn run(a: Args) -> Result<()> {
         database_url: a.db.url.clone(),
         latency_ms: a.latency_ms,
         concurrency: a.concurrency,
+        api_settings: a.api_settings.clone(),
     };
     let timeout = Duration::from_secs(a.timeout_secs);
     let mut summary = summary::Summary::default();

@@ -17,6 +17,8 @@ pub struct StackOptions {
     pub latency_ms: u64,
     /// The daemon's concurrency limit for the one model.
     pub concurrency: u32,
+    /// Extra lines for the server's `[api]` section.
+    pub api_settings: Vec<String>,
 }
 
 /// The running system; dropping it stops both processes.
@@ -54,10 +56,11 @@ impl Stack {
         std::fs::write(
             &config,
             format!(
-                "[upstream]\nurl = \"{}\"\nconcurrency = {}\n[api]\nmax_concurrent_uploads = {}\n{}",
+                "[upstream]\nurl = \"{}\"\nconcurrency = {}\n[api]\nmax_concurrent_uploads = {}\n{}\n{}",
                 mock.url,
                 o.concurrency,
                 owners.max(8),
+                o.api_settings.join("\n"),
                 auth_toml(owners.max(1))
             ),
         )?;
