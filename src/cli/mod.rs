@@ -3,6 +3,7 @@
 
 mod completions;
 mod migrate;
+mod mock;
 mod progress;
 mod run;
 mod serve;
@@ -33,6 +34,9 @@ enum Command {
     Worker(worker::Args),
     /// Runs one input file to completion and writes its output and error files.
     Run(run::Args),
+    /// Serves the built-in model simulator: an OpenAI-compatible upstream
+    /// with set latency and faults, to try fusillade without a model server.
+    Mock(mock::Args),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
 }
@@ -127,6 +131,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::Migrate(args) => migrate::run(args).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Run(args) => run::run(args).await,
+            Command::Mock(args) => mock::run(args).await,
             Command::Completions(args) => completions::run(args),
         }
     })
