@@ -447,13 +447,28 @@ async fn a_second_row_with_a_unique_key_is_a_typed_duplicate(pool: PgPool) {
     sqlx::query("SAVEPOINT s").execute(&mut *tx).await.unwrap();
     let e = copy(&mut tx, "UPDATE copy SET id = gen_random_uuid()").await;
     assert!(
-        matches!(e, StoreError::Duplicate { key: UniqueKey::IdempotencyKey, .. }),
+        matches!(
+            e,
+            StoreError::Duplicate {
+                key: UniqueKey::IdempotencyKey,
+                ..
+            }
+        ),
         "{e:?}"
     );
-    sqlx::query("ROLLBACK TO SAVEPOINT s").execute(&mut *tx).await.unwrap();
+    sqlx::query("ROLLBACK TO SAVEPOINT s")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     let e = copy(&mut tx, "UPDATE copy SET idempotency_key = NULL").await;
     assert!(
-        matches!(e, StoreError::Duplicate { key: UniqueKey::BatchId, .. }),
+        matches!(
+            e,
+            StoreError::Duplicate {
+                key: UniqueKey::BatchId,
+                ..
+            }
+        ),
         "{e:?}"
     );
     assert!(!e.is_unavailable());

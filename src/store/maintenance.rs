@@ -148,15 +148,15 @@ impl MaintenanceStore for PostgresStore {
         fence_after: Duration,
     ) -> Result<RescueReport> {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "WITH dead AS (
                  UPDATE daemons SET status = 'dead', stopped_at = now(), in_flight = 0
                  WHERE status = 'running' AND id <> $2
                    AND last_heartbeat < now() - $1::bigint * interval '1 millisecond'
                  RETURNING id),
              freed AS (
-                 UPDATE requests q SET state = 'pending', daemon_id = NULL, started_at = NULL
-                 WHERE q.state IN ('claimed', 'processing')
+                 UPDATE requests q SET state = {pending}, daemon_id = NULL, started_at = NULL
+                 WHERE q.state IN ({in_flight})
                    AND (q.daemon_id IN (SELECT id FROM dead)
                         OR NOT EXISTS (SELECT 1 FROM daemons d
                                        WHERE d.id = q.daemon_id AND d.status = 'running'))
@@ -172,7 +172,9 @@ impl MaintenanceStore for PostgresStore {
              SELECT (SELECT count(*) FROM dead) AS dead, (SELECT count(*) FROM freed) AS freed,
                     CASE WHEN EXISTS (SELECT 1 FROM freed)
                          THEN (SELECT 1 FROM pg_notify('fusillade_work', '')) END AS notified",
-        )
+            pending = request_word(RequestState::Pending),
+            in_flight = in_flight(),
+        ))
         .bind(stale_after.map(ms))
         .bind(by)
         .bind(ms(fence_after))
@@ -185,18 +187,20 @@ impl MaintenanceStore for PostgresStore {
     }
 
     async fn retire_daemon(&self, id: DaemonId) -> Result<u64> {
-        let freed: i64 = sqlx::query_scalar(
+        let freed: i64 = sqlx::query_scalar(&format!(
             "WITH dead AS (
                  UPDATE daemons SET status = 'dead', stopped_at = now(), in_flight = 0
                  WHERE id = $1 AND status = 'running'),
              freed AS (
-                 UPDATE requests q SET state = 'pending', daemon_id = NULL, started_at = NULL
-                 WHERE q.state IN ('claimed', 'processing') AND q.daemon_id = $1
+                 UPDATE requests q SET state = {pending}, daemon_id = NULL, started_at = NULL
+                 WHERE q.state IN ({in_flight}) AND q.daemon_id = $1
                  RETURNING q.id)
              SELECT count(*) FROM freed,
                     (SELECT CASE WHEN EXISTS (SELECT 1 FROM freed)
                                  THEN (SELECT 1 FROM pg_notify('fusillade_work', '')) END) n(x)",
-        )
+            pending = request_word(RequestState::Pending),
+            in_flight = in_flight(),
+        ))
         .bind(id)
         .fetch_one(&self.background)
         .await?;
