@@ -6,6 +6,15 @@
 //! (an embedded one is planned) can implement the same traits. Everything
 //! PostgreSQL-specific stays inside [`PostgresStore`].
 //!
+//! What every backend shares: [`StoreError`] (`error`), whose variants are
+//! all a caller matches (never a driver's error or a constraint's name);
+//! [`open`] (`open`), which picks the backend from the database URL; and
+//! the SQL guards derived from the domain's transition tables (`guards`).
+//! `postgres/` holds what only PostgreSQL knows: how domain types are
+//! encoded, how its errors sort into [`StoreError`], and how it connects.
+//! The per-table modules here are PostgreSQL's too and move under
+//! `postgres/` once the branches that change them have merged.
+//!
 //! Reads that serve the API go to the replica pool; anything that decides a
 //! write reads from the primary.
 //!
