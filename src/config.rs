@@ -195,6 +195,17 @@ pub struct ApiSettings {
     pub batch_read_interval: Duration,
 }
 
+impl ApiSettings {
+    /// The store's upload limits and allowed endpoints, as `[api]` sets them.
+    pub fn ingest_limits(&self) -> crate::domain::file::IngestLimits {
+        crate::domain::file::IngestLimits {
+            max_file_bytes: self.max_upload_bytes,
+            endpoints: self.endpoints.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for ApiSettings {
     fn default() -> Self {
         let limits = crate::domain::file::IngestLimits::default();

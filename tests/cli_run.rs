@@ -681,3 +681,40 @@ async fn serve_listens_on_localhost_port_0(pool: PgPool) {
     assert!(line.contains("listening on http://"), "{line}");
     drop(child);
 }
+
+// The store's limits: `run` reads `[api]` as `serve` does.
+
+#[sqlx::test]
+async fn run_applies_the_endpoints_and_upload_limit_of_the_api_section(pool: PgPool) {
+    let mock = MockUpstream::start(MockBehavior::default()).await;
+    let db = database_url(&pool).await;
+
+    // Only embeddings allowed: the chat lines are refused before any call.
+    let dir = tempdir();
+    std::fs::write(dir.join("in.jsonl"), jsonl(&lines_for("m", "c-", 3))).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        "[api]\nendpoints = [\"/v1/embeddings\"]\n",
+    )
+    .unwrap();
+    let mut cmd = run_cmd(&dir, &db);
+    cmd.arg("--upstream").arg(mock.url());
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("\"/v1/chat/completions\" is not supported"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A file over max_upload_bytes is not run either.
+    let dir = tempdir();
+    std::fs::write(dir.join("in.jsonl"), jsonl(&lines_for("m", "c-", 3))).unwrap();
+    std::fs::write(dir.join("config.toml"), "[api]\nmax_upload_bytes = 100\n").unwrap();
+    let mut cmd = run_cmd(&dir, &db);
+    cmd.arg("--upstream").arg(mock.url());
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("100 bytes"), "{}", stderr(&out));
+    assert_eq!(mock.stats().total_calls, 0);
+}

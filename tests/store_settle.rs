@@ -210,7 +210,7 @@ async fn a_refused_write_is_reported_as_rejected_and_a_bad_one_alone_too(pool: P
     bad.upstream_request_id = Some("\0".into());
     let e = store.finish(&[bad, completed(&got[1], b"{}")]).await;
     assert!(matches!(e, Err(StoreError::Rejected(_))), "{e:?}");
-    assert!(!e.unwrap_err().is_unreachable());
+    assert!(!e.unwrap_err().is_unavailable());
     // Nothing of the refused statement landed.
     let live: i64 = sqlx::query_scalar("SELECT count(*) FROM requests")
         .fetch_one(&pool)
@@ -239,7 +239,7 @@ async fn with_the_database_away_the_work_is_kept_for_the_next_try(pool: PgPool) 
     let mut settlement = Settlement::new(finishes, requeues);
     for _ in 0..3 {
         let e = settlement.resume(&away).await.unwrap_err();
-        assert!(e.is_unreachable(), "{e:?}");
+        assert!(e.is_unavailable(), "{e:?}");
         assert_eq!(settlement.remaining(), 6);
     }
     settlement.resume(&store).await.unwrap();

@@ -123,10 +123,7 @@ impl BatchReads {
             Found::Batch(b) => Ok(Some(b)),
             Found::Missing => Ok(None),
             // The shared query logged the cause.
-            Found::Unavailable => Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                "the database is unavailable",
-            )))),
+            Found::Unavailable => Err(StoreError::unavailable("the database is unavailable")),
             Found::Failed => {
                 self.counted();
                 let batch = store.get_batch(Owner::Only(owner), id).await?;

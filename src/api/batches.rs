@@ -19,7 +19,7 @@ use super::wire::{
 use super::{ApiBackend, ApiBody, ApiPath, ApiQuery, ApiState, page_limit, parse_json};
 use crate::domain::batch::{BatchId, CompletionWindow, check_metadata};
 use crate::domain::file::FileKind;
-use crate::store::{BatchListQuery, NewBatch, Owner, StoreError};
+use crate::store::{BatchListQuery, NewBatch, Owner, StoreError, UniqueKey};
 use axum::Json;
 use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
@@ -132,16 +132,15 @@ pub async fn create<S: ApiBackend>(
     let batch = match store.create_batch(new).await {
         Ok(b) => b,
         // Two creates with one key at once: the loser finds the winner's batch.
-        Err(StoreError::Database(sqlx::Error::Database(e)))
-            if e.constraint() == Some("batches_idempotency") && key.is_some() =>
-        {
-            store
-                .find_batch_by_key(&caller.owner, key.unwrap_or_default())
-                .await?
-                .ok_or_else(|| {
-                    ApiError::conflict("A batch with this Idempotency-Key is being created")
-                })?
-        }
+        Err(StoreError::Duplicate {
+            key: UniqueKey::IdempotencyKey,
+            ..
+        }) if key.is_some() => store
+            .find_batch_by_key(&caller.owner, key.unwrap_or_default())
+            .await?
+            .ok_or_else(|| {
+                ApiError::conflict("A batch with this Idempotency-Key is being created")
+            })?,
         Err(StoreError::NotFound { .. }) => return Err(file_not_found()),
         // Looked at only when the create is refused, so that a create costs
         // one statement: an output file given as input is a 422.

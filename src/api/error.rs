@@ -225,7 +225,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(message) => ApiError::bad_request(message),
             StoreError::TooLarge { limit } => ApiError::too_large(limit),
             StoreError::Io(e) => ApiError::bad_request(format!("Reading the upload failed: {e}")),
-            e if e.is_unavailable() => ApiError::unavailable(&e),
+            e @ StoreError::Unavailable(_) => ApiError::unavailable(&e),
             other => ApiError::internal(&other),
         }
     }

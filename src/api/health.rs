@@ -16,6 +16,7 @@
 //! neither shows any owner's objects.
 
 use super::{ApiBackend, ApiState};
+use crate::store::StoreError;
 use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
@@ -91,7 +92,12 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(1500);
 /// [`HEALTH_TIMEOUT`], else 503.
 pub async fn healthz<S: ApiBackend>(State(state): State<ApiState<S>>) -> Response {
     let answer = tokio::time::timeout(HEALTH_TIMEOUT, state.store().ping()).await;
-    match answer.unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut.into())) {
+    let answer = answer.unwrap_or_else(|_| {
+        Err(StoreError::unavailable(
+            "no answer within the health timeout",
+        ))
+    });
+    match answer {
         Ok(()) => Json(json!({"status": "ok"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unreachable");

@@ -86,8 +86,8 @@ struct Inner<S> {
 impl<S: ApiBackend> ApiState<S> {
     /// State over `store`, following configuration updates sent on `config`
     /// (for auth keys). The store enforces the upload limits it was built
-    /// with ([`PostgresStore::with_limits`](crate::store::PostgresStore::with_limits)),
-    /// which should be those of `[api]` in `config`.
+    /// with, which should be those of `[api]` in `config` (as
+    /// [`store::open`](crate::store::open) sets them).
     pub fn new(store: S, config: watch::Receiver<Arc<Config>>) -> Self {
         let initial = config.borrow().clone();
         let table = Arc::new(AuthTable::new(&initial));

@@ -1,6 +1,6 @@
 //! `fusillade migrate`: applies the schema.
 
-use super::setup::{Common, database, load_config};
+use super::setup::{Common, load_config, store};
 use super::{CliError, runtime};
 
 /// Arguments of `fusillade migrate`.
@@ -13,11 +13,8 @@ pub struct Args {
 /// Applies every migration not yet applied, then says how many there are.
 pub async fn run(args: Args) -> Result<(), CliError> {
     let config = load_config(args.common.config.as_deref())?;
-    let pool = database(&args.common, &config).await?;
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(&pool)
-        .await
-        .map_err(runtime)?;
+    let store = store(&args.common, &config).await?;
+    let applied = store.migrations_applied().await.map_err(runtime)?;
     println!("database is up to date ({applied} migrations applied)");
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod completions;
 mod migrate;
+mod mock;
 mod progress;
 mod run;
 mod serve;
@@ -33,6 +34,9 @@ enum Command {
     Worker(worker::Args),
     /// Runs one input file to completion and writes its output and error files.
     Run(run::Args),
+    /// Serves the built-in model simulator: an OpenAI-compatible upstream
+    /// with set latency and faults, to try fusillade without a model server.
+    Mock(mock::Args),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
 }
@@ -127,6 +131,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::Migrate(args) => migrate::run(args).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Run(args) => run::run(args).await,
+            Command::Mock(args) => mock::run(args).await,
             Command::Completions(args) => completions::run(args),
         }
     })
@@ -135,60 +140,3 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 /// How long a statement waits for a pooled connection by default: long
 /// enough to ride out a database restart for commands that retry anyway.
 pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Connects to PostgreSQL, with statements waiting at most
-/// `acquire_timeout` for one of the pool's connections; failing to connect
-/// is a configuration error (exit 2).
-pub async fn connect_waiting(
-    url: &str,
-    acquire_timeout: std::time::Duration,
-) -> Result<sqlx::PgPool, CliError> {
-    use sqlx::Connection;
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    let scheme = url.split_once("://").map_or("", |(s, _)| s);
-    if !matches!(scheme, "postgres" | "postgresql") {
-        return Err(usage(anyhow::anyhow!(
-            "unsupported database URL {}: the supported schemes are postgres:// and postgresql://",
-            redact(url)
-        )));
-    }
-    let fail = |e: sqlx::Error| {
-        usage(anyhow::anyhow!(
-            "cannot connect to the database at {}: {e}",
-            redact(url)
-        ))
-    };
-    // Every statement is planned with its parameters: the hot path's
-    // statements take arrays and ranges whose generic plans can scan whole
-    // tables once they hold millions of rows (see BENCHMARKS.md). No JIT:
-    // these are short statements, and a plan that must use a disabled node
-    // (see the claim) costs enough to trigger half a second of compiling.
-    let options: PgConnectOptions = url
-        .parse::<PgConnectOptions>()
-        .map_err(fail)?
-        .options([("plan_cache_mode", "force_custom_plan"), ("jit", "off")]);
-    // One direct attempt first: a pool only reports "timed out", this says why.
-    sqlx::PgConnection::connect_with(&options)
-        .await
-        .map_err(fail)?
-        .close()
-        .await
-        .map_err(fail)?;
-    PgPoolOptions::new()
-        .max_connections(fusillade::store::API_CONNECTIONS)
-        .acquire_timeout(acquire_timeout)
-        .connect_with(options)
-        .await
-        .map_err(fail)
-}
-
-/// The URL with any password replaced, for messages and logs.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}

@@ -2,14 +2,13 @@
 //! process; `--api-only` runs the API alone, for API replicas in front of
 //! separate `fusillade worker`s.
 
-use super::setup::{Common, database_waiting, load_config, reload_on_sighup, shutdown_on_signals};
+use super::setup::{Common, load_config, reload_on_sighup, shutdown_on_signals, store_waiting};
 use super::{CliError, runtime, usage};
 use anyhow::anyhow;
 use fusillade::api::{ApiState, health, router};
 use fusillade::config::Config;
 use fusillade::daemon::Daemon;
-use fusillade::domain::file::IngestLimits;
-use fusillade::store::{API_ACQUIRE_TIMEOUT, PostgresStore};
+use fusillade::store::API_ACQUIRE_TIMEOUT;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -45,15 +44,6 @@ fn check_exposure(listen: SocketAddr, config: &Config) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The store's upload limits from `[api]`.
-fn limits(config: &Config) -> IngestLimits {
-    IngestLimits {
-        max_file_bytes: config.api.max_upload_bytes,
-        endpoints: config.api.endpoints.clone(),
-        ..IngestLimits::default()
-    }
-}
-
 /// Serves until SIGTERM or Ctrl-C; SIGHUP reloads the config (auth keys and
 /// the daemon's limits included).
 pub async fn run(args: Args) -> Result<(), CliError> {
@@ -63,8 +53,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         (None, None) => DEFAULT_LISTEN.parse().expect("a valid address"),
     };
     check_exposure(listen, &config)?;
-    let pool = database_waiting(&args.common, &config, API_ACQUIRE_TIMEOUT).await?;
-    let store = PostgresStore::new(pool).with_limits(limits(&config));
+    let store = store_waiting(&args.common, &config, API_ACQUIRE_TIMEOUT).await?;
     // A reload that would expose the API without keys is refused, and the
     // running config kept.
     let config = reload_on_sighup(args.common.config.clone(), config, move |c| {

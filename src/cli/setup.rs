@@ -1,8 +1,9 @@
-//! What every long-running subcommand does first: read the config, pick the
-//! database, connect and migrate, and wire signals.
+//! What every long-running subcommand does first: read the config, open the
+//! store (see `fusillade::store::open`), and wire signals.
 
-use super::{CliError, DEFAULT_ACQUIRE_TIMEOUT, connect_waiting, runtime, usage};
+use super::{CliError, DEFAULT_ACQUIRE_TIMEOUT, runtime, usage};
 use fusillade::config::Config;
+use fusillade::store::{OpenError, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -31,32 +32,32 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
     }
 }
 
-/// Connects to the database named by the flag, the environment or the
-/// config, and brings its schema up to date.
-pub async fn database(common: &Common, config: &Config) -> Result<sqlx::PgPool, CliError> {
-    database_waiting(common, config, DEFAULT_ACQUIRE_TIMEOUT).await
+/// Opens the store named by the flag, the environment or the config (in
+/// that order), with its schema up to date and the config's `[api]` limits.
+pub async fn store(common: &Common, config: &Config) -> Result<Store, CliError> {
+    store_waiting(common, config, DEFAULT_ACQUIRE_TIMEOUT).await
 }
 
-/// Like [`database`], with statements waiting at most `acquire_timeout` for
-/// a pooled connection.
-pub async fn database_waiting(
+/// Like [`store`], with statements waiting at most `acquire_timeout` for a
+/// pooled connection.
+pub async fn store_waiting(
     common: &Common,
     config: &Config,
     acquire_timeout: std::time::Duration,
-) -> Result<sqlx::PgPool, CliError> {
-    let url = common
-        .database_url
-        .clone()
-        .filter(|u| !u.is_empty())
-        .or_else(|| config.database_url.clone())
-        .ok_or_else(|| {
-            usage(anyhow::anyhow!(
+) -> Result<Store, CliError> {
+    let mut config = config.clone();
+    if let Some(url) = common.database_url.clone().filter(|u| !u.is_empty()) {
+        config.database_url = Some(url);
+    }
+    fusillade::store::open(&config, acquire_timeout)
+        .await
+        .map_err(|e| match e {
+            OpenError::NoDatabase => usage(anyhow::anyhow!(
                 "no database: pass --database-url, set DATABASE_URL, or set database_url in the config"
-            ))
-        })?;
-    let pool = connect_waiting(&url, acquire_timeout).await?;
-    fusillade::store::migrate(&pool).await.map_err(runtime)?;
-    Ok(pool)
+            )),
+            e if e.is_configuration() => usage(e),
+            e => runtime(e),
+        })
 }
 
 /// Parses a `--listen` address; a host name (`localhost:0`) is resolved,

@@ -1,9 +1,8 @@
 //! `fusillade worker`: the daemon alone, for scaling out.
 
-use super::setup::{Common, database, load_config, reload_on_sighup, shutdown_on_signals};
+use super::setup::{Common, load_config, reload_on_sighup, shutdown_on_signals, store};
 use super::{CliError, runtime};
 use fusillade::daemon::Daemon;
-use fusillade::store::PostgresStore;
 
 /// Arguments of `fusillade worker`.
 #[derive(Debug, clap::Args)]
@@ -15,8 +14,7 @@ pub struct Args {
 /// Runs a daemon until SIGTERM or Ctrl-C; SIGHUP reloads the config.
 pub async fn run(args: Args) -> Result<(), CliError> {
     let config = load_config(args.common.config.as_deref())?;
-    let pool = database(&args.common, &config).await?;
-    let store = PostgresStore::new(pool);
+    let store = store(&args.common, &config).await?;
     let config = reload_on_sighup(args.common.config.clone(), config, Ok);
     let shutdown = shutdown_on_signals();
     Daemon::new(store, config)

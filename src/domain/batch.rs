@@ -11,6 +11,14 @@ use std::collections::BTreeMap;
 text_enum!(
     /// A batch's status, in OpenAI's words. The same words are enforced by a
     /// CHECK constraint on `batches.status`.
+    ///
+    /// `validating` and `finalizing` are OpenAI's words that this engine
+    /// never writes: an input is validated as it is uploaded, so a batch is
+    /// created `in_progress` (or `failed`, see [`BatchStatus::initial`]);
+    /// and its output and error files are views of its results, with
+    /// nothing to settle, so it goes from `in_progress` to `completed`
+    /// directly. They stay in the table so that rows written by another
+    /// implementation are still moved on.
     BatchStatus {
         /// The input is being checked.
         Validating => "validating",
@@ -40,16 +48,34 @@ impl BatchStatus {
         )
     }
 
-    /// The transition table for batches.
+    /// The transition table for batches: the only place that says which
+    /// changes are legal. The stores derive their SQL guards from it
+    /// ([`BatchStatus::sources_of`]); what each change means:
+    ///
+    /// - `-> expired`: the finalizer, once the deadline passed (unfinished
+    ///   requests end as failed);
+    /// - `-> completed`: the finalizer, once every request has ended;
+    /// - `-> cancelling`: a user's cancel; `-> cancelled`: the cancel itself
+    ///   or the finalizer, once nothing is in flight.
     pub const fn can_become(self, to: Self) -> bool {
         use BatchStatus::*;
         matches!(
             (self, to),
-            (Validating, InProgress | Failed | Cancelling)
-                | (InProgress, Finalizing | Cancelling | Expired)
+            (Validating, InProgress | Failed | Cancelling | Expired)
+                | (InProgress, Finalizing | Completed | Cancelling | Expired)
                 | (Finalizing, Completed | Expired)
                 | (Cancelling, Cancelled)
         )
+    }
+
+    /// The status a batch is created in: validation happened at upload, so
+    /// it runs at once, unless its input was refused.
+    pub const fn initial(valid: bool) -> Self {
+        if valid {
+            Self::InProgress
+        } else {
+            Self::Failed
+        }
     }
 
     /// `Ok` when `self -> to` is legal, else the typed error.
@@ -333,6 +359,29 @@ mod tests {
             BatchStatus::sources_of(BatchStatus::Cancelling),
             vec!["validating", "in_progress"]
         );
+    }
+
+    #[test]
+    fn the_table_allows_every_change_the_finalizer_makes() {
+        // A running batch completes or expires without passing through
+        // `finalizing`, which is never written; nor is `validating`, but a
+        // batch found in it may still expire.
+        assert_eq!(
+            BatchStatus::sources_of(BatchStatus::Completed),
+            vec!["in_progress", "finalizing"]
+        );
+        assert_eq!(
+            BatchStatus::sources_of(BatchStatus::Expired),
+            vec!["validating", "in_progress", "finalizing"]
+        );
+        assert_eq!(
+            BatchStatus::sources_of(BatchStatus::Cancelled),
+            vec!["cancelling"]
+        );
+        // A cancelling batch is not expired: its cancel finishes it.
+        assert!(BatchStatus::Cancelling.check(BatchStatus::Expired).is_err());
+        assert_eq!(BatchStatus::initial(true), BatchStatus::InProgress);
+        assert_eq!(BatchStatus::initial(false), BatchStatus::Failed);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! silently (every enum has a test that its words round-trip).
 
 /// Defines an enum whose variants map one-to-one to lowercase words, with
-/// `as_str`, `ALL`, `Display`, `FromStr`, serde and sqlx (TEXT) support.
+/// `as_str`, `ALL`, `Display`, `FromStr` and serde support (the store says
+/// how each is kept in its database).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! text_enum {
@@ -55,37 +56,6 @@ macro_rules! text_enum {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
                 s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-
-        impl sqlx::Type<sqlx::Postgres> for $name {
-            fn type_info() -> sqlx::postgres::PgTypeInfo {
-                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
-            }
-            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
-                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
-            }
-        }
-
-        impl sqlx::postgres::PgHasArrayType for $name {
-            fn array_type_info() -> sqlx::postgres::PgTypeInfo {
-                <&str as sqlx::postgres::PgHasArrayType>::array_type_info()
-            }
-        }
-
-        impl<'q> sqlx::Encode<'q, sqlx::Postgres> for $name {
-            fn encode_by_ref(
-                &self,
-                buf: &mut sqlx::postgres::PgArgumentBuffer,
-            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
-            }
-        }
-
-        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $name {
-            fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-                let s = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
-                Ok(s.parse()?)
             }
         }
     };

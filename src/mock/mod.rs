@@ -40,7 +40,10 @@
 //! ```
 
 mod alarm;
+mod simulate;
 mod sse;
+
+pub use simulate::{LatencyDistribution, Simulation};
 
 use alarm::Alarm;
 use axum::Router;
@@ -431,7 +434,12 @@ impl MockUpstream {
 
     /// Starts a mock on this port of 127.0.0.1 (0 for any free one).
     pub async fn start_on(port: u16, behavior: MockBehavior) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], port)), behavior).await
+    }
+
+    /// Starts a mock on this address (port 0 for any free one).
+    pub async fn start_at(addr: SocketAddr, behavior: MockBehavior) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -1,13 +1,13 @@
 //! `batches`: created from a file with set-based SQL, listed, cancelled, counted.
 
-use super::ending::{end_as, error_param};
-use super::{BatchStore, MAX_PAGE, Owner, Page, PostgresStore, Result, StoreError};
+use super::guards::batch_word;
+use super::maintenance::{cancel_step, cancelled_error};
+use super::{BatchStore, MAX_PAGE, Owner, Page, PostgresStore, Result, StoreError, UniqueKey};
 use crate::domain::batch::{
     Batch, BatchCounts, BatchError, BatchId, BatchStatus, CompletionWindow, RequestCounts,
     check_metadata,
 };
 use crate::domain::file::{FileId, FileKind, LineError};
-use crate::domain::output::codes;
 use crate::domain::request::RequestState;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
@@ -426,17 +426,18 @@ impl BatchStore for PostgresStore {
                 // Another process made the same batch id in the same
                 // millisecond (one chance in 2^26, see domain::ids); its
                 // request ids would have been ours. Fresh bits fix it.
-                Err(StoreError::Database(sqlx::Error::Database(e)))
-                    if matches!(e.constraint(), Some("batches_pkey" | "requests_pkey"))
-                        && tries < 5 =>
-                {
+                Err(StoreError::Duplicate {
+                    key: UniqueKey::BatchId | UniqueKey::RequestId,
+                    ..
+                }) if tries < 5 => {
                     tries += 1;
                 }
                 // A concurrent create with the same key won the race: answer
                 // with its batch, as a repeat would get.
-                Err(StoreError::Database(sqlx::Error::Database(e)))
-                    if e.constraint() == Some("batches_idempotency") =>
-                {
+                Err(StoreError::Duplicate {
+                    key: UniqueKey::IdempotencyKey,
+                    ..
+                }) => {
                     let key = new.idempotency_key.unwrap_or_default();
                     return self
                         .find_batch_by_key(new.owner, key)
@@ -515,50 +516,24 @@ impl BatchStore for PostgresStore {
         }
         status.check(BatchStatus::Cancelling)?;
         sqlx::query(
-            "UPDATE batches SET status = 'cancelling', cancelling_at = now() \
+            "UPDATE batches SET status = $3, cancelling_at = now() \
              WHERE id = $1 AND status = ANY($2)",
         )
         .bind(id)
         .bind(BatchStatus::sources_of(BatchStatus::Cancelling))
+        .bind(BatchStatus::Cancelling)
         .execute(&mut *tx)
         .await?;
-        // Pending requests end now; in-flight ones are stopped by their daemon.
-        sqlx::query(&format!(
-            "WITH {} \
-                 UPDATE batches SET n_canceled = n_canceled + (SELECT count(*) FROM c) \
-                 WHERE id = $1",
-            end_as(
-                "c",
-                "",
-                "q.id BETWEEN fusillade_batch_lo($1) AND fusillade_batch_hi($1) \
-                     AND q.batch_id = $1 AND q.state = 'pending'",
-                "canceled",
-                "$2"
-            )
-        ))
+        // Pending requests end now; in-flight ones are stopped by their
+        // daemon, and the finalizer ends the cancel with the same statement.
+        sqlx::query(&cancel_step(&format!(
+            "SELECT id FROM batches WHERE id = $1 AND status = {}",
+            batch_word(BatchStatus::Cancelling)
+        )))
         .bind(id)
-        .bind(error_param(
-            codes::BATCH_CANCELLED,
-            "the batch was cancelled before this request ran",
-        ))
+        .bind(cancelled_error())
         .execute(&mut *tx)
         .await?;
-        let in_flight: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM requests WHERE batch_id = $1 \
-             AND state IN ('claimed', 'processing'))",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if !in_flight {
-            sqlx::query(
-                "UPDATE batches SET status = 'cancelled', cancelled_at = now() \
-                 WHERE id = $1 AND status = 'cancelling'",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
         let batch = fetch_batch(&mut *tx, owner, id)
             .await?
             .expect("the batch is locked by this transaction");

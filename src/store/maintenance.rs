@@ -2,11 +2,13 @@
 //! claim loop: rescuing claims of dead daemons, expiring batches past their
 //! deadline, and settling batches whose requests have all ended.
 
-use super::ending::end_as;
+use super::ending::{end_as, error_param};
+use super::guards::{batch_from, batch_word, in_flight, request_word};
 use super::{PostgresStore, Result};
-use crate::domain::batch::BatchId;
+use crate::domain::batch::{BatchId, BatchStatus};
 use crate::domain::ids::DaemonId;
 use crate::domain::output::{ResultError, codes};
+use crate::domain::request::RequestState;
 use sqlx::Row;
 use sqlx::types::Json;
 use std::future::Future;
@@ -68,8 +70,13 @@ pub trait MaintenanceStore: Send + Sync {
     /// nothing in flight -> `cancelled`; in progress with every request ended
     /// -> `completed`.
     fn finalize(&self, limit: i64) -> impl Future<Output = Result<FinalizeReport>> + Send;
-    /// Vacuums `requests` when it holds at least `min_dead` dead row versions,
-    /// unless another daemon is doing it; `true` when it ran. Every claim
+    /// The queue's own upkeep, which the finalizer runs on its tick: a
+    /// backend whose queue needs none does nothing and returns `false`.
+    /// `min_dead` is how much garbage makes it worth running; `true` when
+    /// it ran.
+    ///
+    /// PostgreSQL: vacuums `requests` when it holds at least `min_dead`
+    /// dead row versions, unless another daemon is doing it. Every claim
     /// and result leaves a dead version behind, and the claim's indexes slow
     /// down with each one until vacuum removes them: autovacuum (once a
     /// minute at best) is far too slow for a queue moving 10k rows a second.
@@ -79,6 +86,56 @@ pub trait MaintenanceStore: Send + Sync {
 /// The live requests of the batches in `b`, as a filter over `requests q`.
 const BATCH_LIVE: &str = "q.id BETWEEN fusillade_batch_lo(b.id) AND fusillade_batch_hi(b.id) \
      AND q.batch_id = b.id";
+
+/// The error line of a request that ended because its batch was cancelled.
+pub(super) fn cancelled_error() -> Json<ResultError> {
+    error_param(
+        codes::BATCH_CANCELLED,
+        "the batch was cancelled before this request ran",
+    )
+}
+
+/// The one statement that moves cancelling batches on, for the cancel
+/// itself and for the finalizer alike: over the batches that `batches`
+/// selects (ids of batches in `cancelling`, locked), it ends their pending
+/// requests as cancelled with the error bound as `$2`, counts them, and
+/// marks each batch `cancelled` once nothing of it is in flight. Yields the
+/// ids of the batches that became `cancelled`.
+pub(super) fn cancel_step(batches: &str) -> String {
+    format!(
+        "WITH b AS ({batches}),
+         {},
+         -- One UPDATE per batch row: a second one in the same statement
+         -- would be silently skipped.
+         moved AS (
+             UPDATE batches x
+             SET n_canceled = x.n_canceled + COALESCE(g.n, 0),
+                 status = CASE WHEN s.idle THEN {cancelled} ELSE x.status END,
+                 cancelled_at = CASE WHEN s.idle THEN now() ELSE x.cancelled_at END
+             FROM b
+             LEFT JOIN (SELECT batch_id, count(*) AS n FROM c GROUP BY batch_id) g
+                    ON g.batch_id = b.id
+             CROSS JOIN LATERAL (
+                 SELECT NOT EXISTS (SELECT 1 FROM requests q WHERE q.batch_id = b.id
+                                    AND q.state IN ({in_flight})) AS idle) s
+             WHERE x.id = b.id AND x.status IN ({cancellable})
+             RETURNING x.id, x.status)
+         SELECT id FROM moved WHERE status = {cancelled}",
+        end_as(
+            "c",
+            "USING b",
+            &format!(
+                "{BATCH_LIVE} AND q.state = {}",
+                request_word(RequestState::Pending)
+            ),
+            RequestState::Canceled.as_str(),
+            "$2"
+        ),
+        cancelled = batch_word(BatchStatus::Cancelled),
+        cancellable = batch_from(BatchStatus::Cancelled),
+        in_flight = in_flight(),
+    )
+}
 
 /// Key of the advisory lock that lets one daemon vacuum at a time.
 const VACUUM_LOCK: i64 = 0x66_75_73_76_61_63; // "fusvac"
@@ -91,15 +148,15 @@ impl MaintenanceStore for PostgresStore {
         fence_after: Duration,
     ) -> Result<RescueReport> {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "WITH dead AS (
                  UPDATE daemons SET status = 'dead', stopped_at = now(), in_flight = 0
                  WHERE status = 'running' AND id <> $2
                    AND last_heartbeat < now() - $1::bigint * interval '1 millisecond'
                  RETURNING id),
              freed AS (
-                 UPDATE requests q SET state = 'pending', daemon_id = NULL, started_at = NULL
-                 WHERE q.state IN ('claimed', 'processing')
+                 UPDATE requests q SET state = {pending}, daemon_id = NULL, started_at = NULL
+                 WHERE q.state IN ({in_flight})
                    AND (q.daemon_id IN (SELECT id FROM dead)
                         OR NOT EXISTS (SELECT 1 FROM daemons d
                                        WHERE d.id = q.daemon_id AND d.status = 'running'))
@@ -115,7 +172,9 @@ impl MaintenanceStore for PostgresStore {
              SELECT (SELECT count(*) FROM dead) AS dead, (SELECT count(*) FROM freed) AS freed,
                     CASE WHEN EXISTS (SELECT 1 FROM freed)
                          THEN (SELECT 1 FROM pg_notify('fusillade_work', '')) END AS notified",
-        )
+            pending = request_word(RequestState::Pending),
+            in_flight = in_flight(),
+        ))
         .bind(stale_after.map(ms))
         .bind(by)
         .bind(ms(fence_after))
@@ -128,18 +187,20 @@ impl MaintenanceStore for PostgresStore {
     }
 
     async fn retire_daemon(&self, id: DaemonId) -> Result<u64> {
-        let freed: i64 = sqlx::query_scalar(
+        let freed: i64 = sqlx::query_scalar(&format!(
             "WITH dead AS (
                  UPDATE daemons SET status = 'dead', stopped_at = now(), in_flight = 0
                  WHERE id = $1 AND status = 'running'),
              freed AS (
-                 UPDATE requests q SET state = 'pending', daemon_id = NULL, started_at = NULL
-                 WHERE q.state IN ('claimed', 'processing') AND q.daemon_id = $1
+                 UPDATE requests q SET state = {pending}, daemon_id = NULL, started_at = NULL
+                 WHERE q.state IN ({in_flight}) AND q.daemon_id = $1
                  RETURNING q.id)
              SELECT count(*) FROM freed,
                     (SELECT CASE WHEN EXISTS (SELECT 1 FROM freed)
                                  THEN (SELECT 1 FROM pg_notify('fusillade_work', '')) END) n(x)",
-        )
+            pending = request_word(RequestState::Pending),
+            in_flight = in_flight(),
+        ))
         .bind(id)
         .fetch_one(&self.background)
         .await?;
@@ -151,65 +212,45 @@ impl MaintenanceStore for PostgresStore {
             codes::BATCH_EXPIRED,
             "the batch's completion window ended before this request finished",
         ));
-        let cancelled_error = Json(ResultError::new(
-            codes::BATCH_CANCELLED,
-            "the batch was cancelled before this request ran",
-        ));
         let expired: Vec<BatchId> = sqlx::query_scalar(&format!(
             "WITH b AS (
                  SELECT id FROM batches
-                 WHERE status IN ('validating', 'in_progress', 'finalizing') AND expires_at <= now()
+                 WHERE status IN ({}) AND expires_at <= now()
                  ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED),
              {}
-             UPDATE batches x SET status = 'expired', expired_at = now(),
+             UPDATE batches x SET status = {}, expired_at = now(),
                                   n_failed = x.n_failed + COALESCE(g.n, 0)
              FROM b LEFT JOIN (SELECT batch_id, count(*) AS n FROM gone GROUP BY batch_id) g
                     ON g.batch_id = b.id
              WHERE x.id = b.id RETURNING x.id",
-            end_as("gone", "USING b", BATCH_LIVE, "failed", "$2")
+            batch_from(BatchStatus::Expired),
+            end_as(
+                "gone",
+                "USING b",
+                BATCH_LIVE,
+                RequestState::Failed.as_str(),
+                "$2"
+            ),
+            batch_word(BatchStatus::Expired),
         ))
         .bind(limit)
         .bind(&expired_error)
         .fetch_all(&self.background)
         .await?;
-        let cancelled: Vec<BatchId> = sqlx::query_scalar(&format!(
-            "WITH b AS (
-                 SELECT id FROM batches WHERE status = 'cancelling'
-                 ORDER BY cancelling_at LIMIT $1 FOR UPDATE SKIP LOCKED),
-             {},
-             -- One UPDATE per batch row: a second one in the same statement
-             -- would be silently skipped.
-             moved AS (
-                 UPDATE batches x
-                 SET n_canceled = x.n_canceled + COALESCE(g.n, 0),
-                     status = CASE WHEN s.idle THEN 'cancelled' ELSE x.status END,
-                     cancelled_at = CASE WHEN s.idle THEN now() ELSE x.cancelled_at END
-                 FROM b
-                 LEFT JOIN (SELECT batch_id, count(*) AS n FROM c GROUP BY batch_id) g
-                        ON g.batch_id = b.id
-                 CROSS JOIN LATERAL (
-                     SELECT NOT EXISTS (SELECT 1 FROM requests q WHERE q.batch_id = b.id
-                                        AND q.state IN ('claimed', 'processing')) AS idle) s
-                 WHERE x.id = b.id
-                 RETURNING x.id, x.status)
-             SELECT id FROM moved WHERE status = 'cancelled'",
-            end_as(
-                "c",
-                "USING b",
-                &format!("{BATCH_LIVE} AND q.state = 'pending'"),
-                "canceled",
-                "$2"
-            )
-        ))
+        let cancelled: Vec<BatchId> = sqlx::query_scalar(&cancel_step(&format!(
+            "SELECT id FROM batches WHERE status = {}
+             ORDER BY cancelling_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+            batch_word(BatchStatus::Cancelling)
+        )))
         .bind(limit)
-        .bind(&cancelled_error)
+        .bind(cancelled_error())
         .fetch_all(&self.background)
         .await?;
         // The counters say when a batch may be done; the queue confirms it.
-        let completed: Vec<BatchId> = sqlx::query_scalar(
+        let completed: Vec<BatchId> = sqlx::query_scalar(&format!(
             "WITH b AS (
                  SELECT id FROM batches x
-                 WHERE status IN ('in_progress', 'finalizing')
+                 WHERE status IN ({})
                    AND n_completed + n_failed + n_canceled >= total
                    AND NOT EXISTS (SELECT 1 FROM requests r
                                    WHERE r.id BETWEEN fusillade_batch_lo(x.id)
@@ -217,10 +258,12 @@ impl MaintenanceStore for PostgresStore {
                                      AND r.batch_id = x.id)
                  ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
              UPDATE batches x
-             SET status = 'completed', finalizing_at = COALESCE(finalizing_at, now()),
+             SET status = {}, finalizing_at = COALESCE(finalizing_at, now()),
                  completed_at = now()
              FROM b WHERE x.id = b.id RETURNING x.id",
-        )
+            batch_from(BatchStatus::Completed),
+            batch_word(BatchStatus::Completed),
+        ))
         .bind(limit)
         .fetch_all(&self.background)
         .await?;

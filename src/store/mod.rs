@@ -6,6 +6,15 @@
 //! (an embedded one is planned) can implement the same traits. Everything
 //! PostgreSQL-specific stays inside [`PostgresStore`].
 //!
+//! What every backend shares: [`StoreError`] (`error`), whose variants are
+//! all a caller matches (never a driver's error or a constraint's name);
+//! [`open`] (`open`), which picks the backend from the database URL; and
+//! the SQL guards derived from the domain's transition tables (`guards`).
+//! `postgres/` holds what only PostgreSQL knows: how domain types are
+//! encoded, how its errors sort into [`StoreError`], and how it connects.
+//! The per-table modules here are PostgreSQL's too and move under
+//! `postgres/` once the branches that change them have merged.
+//!
 //! Reads that serve the API go to the replica pool; anything that decides a
 //! write reads from the primary.
 //!
@@ -35,11 +44,15 @@ mod batches;
 mod copy;
 mod daemons;
 mod ending;
+mod error;
 mod files;
 mod fingerprints;
+mod guards;
 mod maintenance;
 mod notify;
+mod open;
 mod pools;
+mod postgres;
 mod queue;
 mod requests;
 mod response_steps;
@@ -47,9 +60,11 @@ mod settle;
 
 pub use batches::{BatchListQuery, NewBatch};
 pub use daemons::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
+pub use error::{BackendError, StoreError, UniqueKey};
 pub use files::{FileListQuery, NewFile, Order};
 pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
+pub use open::{OpenError, Store, open, redact};
 pub use pools::{API_ACQUIRE_TIMEOUT, API_CONNECTIONS, DbPools, TestDbPools};
 pub use queue::{
     CLAIM_SQL, Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue,
@@ -58,7 +73,6 @@ pub use queue::{
 pub use response_steps::ResponseStepStore;
 pub use settle::{FAILURES_BEFORE_SPLIT, Refused, RefusedEnd, Settled, Settlement, WriteKind};
 
-use crate::domain::IllegalTransition;
 use crate::domain::batch::{Batch, BatchId, RequestCounts};
 use crate::domain::file::{File, FileId, IngestLimits};
 use crate::domain::ids::DaemonId;
@@ -66,112 +80,6 @@ use crate::domain::request::{RequestId, RequestRecord};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use std::future::Future;
-
-/// Everything that can go wrong in the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database failed or refused a statement.
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    /// No such object (or not visible to this owner).
-    #[error("no {what} with id {id}")]
-    NotFound {
-        /// What was looked for.
-        what: &'static str,
-        /// The id asked for.
-        id: String,
-    },
-    /// The object is in a state that does not allow the change.
-    #[error(transparent)]
-    Conflict(#[from] IllegalTransition),
-    /// The input was refused; the message says why.
-    #[error("{0}")]
-    Invalid(String),
-    /// An upload exceeded the size limit.
-    #[error("file is larger than the limit of {limit} bytes")]
-    TooLarge {
-        /// The limit in bytes.
-        limit: u64,
-    },
-    /// Reading an upload failed.
-    #[error("reading the upload failed: {0}")]
-    Io(#[from] std::io::Error),
-    /// The database refused the rows' data itself (a data exception, a
-    /// broken constraint, a value over a limit): sent again as they are,
-    /// the same rows are refused again. Only the daemon's batched writes
-    /// report this (see [`StoreError::from_write`]); their callers split
-    /// the rows to find the one at fault.
-    #[error("the database refused the data: {0}")]
-    Rejected(#[source] sqlx::Error),
-}
-
-impl StoreError {
-    /// Sorts the error of a write of many rows: a refusal of the data is
-    /// [`StoreError::Rejected`], anything else (the database away, busy,
-    /// short of disk, a deadlock, ...) stays [`StoreError::Database`], worth
-    /// retrying as it is. The one place that says which failures a row's
-    /// own data can cause.
-    pub fn from_write(e: sqlx::Error) -> Self {
-        let rejected = match &e {
-            // SQLSTATE classes 22 (data exception: bad encoding, NUL, out
-            // of range), 23 (integrity constraint violation) and 54
-            // (program limit exceeded: a value too large).
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
-            // A value the driver cannot even encode.
-            sqlx::Error::Encode(_) => true,
-            _ => false,
-        };
-        if rejected {
-            StoreError::Rejected(e)
-        } else {
-            StoreError::Database(e)
-        }
-    }
-
-    /// Whether the database could not be reached at all, as opposed to
-    /// answering with an error: nothing can be written until it is back.
-    pub fn is_unreachable(&self) -> bool {
-        match self {
-            StoreError::Database(e) => match e {
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed => true,
-                // 08: connection exception; 57P01-57P03: the server is
-                // shutting down, crashed or starting.
-                sqlx::Error::Database(db) => db
-                    .code()
-                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-                _ => false,
-            },
-            _ => false,
-        }
-    }
-}
-
-impl StoreError {
-    /// Whether the database is out of reach (stopped, restarting, cut off,
-    /// or every connection taken) rather than refusing this statement:
-    /// the same call may succeed later.
-    pub fn is_unavailable(&self) -> bool {
-        let StoreError::Database(e) = self else {
-            return false;
-        };
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-            // Class 08 is a connection failure; 57P01-57P03 a server that
-            // is shutting down, crashed or starting; 53300 no free slot.
-            sqlx::Error::Database(d) => d.code().is_some_and(|c| {
-                c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-            }),
-            _ => false,
-        }
-    }
-}
 
 /// Shorthand for store results.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -560,6 +468,14 @@ impl PostgresStore {
     /// The upload limits in force.
     pub fn limits(&self) -> &IngestLimits {
         &self.limits
+    }
+
+    /// How many migrations have been applied to this database.
+    pub async fn migrations_applied(&self) -> Result<i64> {
+        let n = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pools.primary)
+            .await?;
+        Ok(n)
     }
 }
 

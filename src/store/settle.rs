@@ -16,7 +16,7 @@
 //! ([`FAILURES_BEFORE_SPLIT`]). A row whose failure cannot be written
 //! either is given up and reported: nothing is retried forever.
 
-use super::{Finished, QueueStore, Requeue, Result, StoreError};
+use super::{BackendError, Finished, QueueStore, Requeue, Result, StoreError};
 use crate::domain::output::{ResultError, codes};
 use crate::domain::request::{RequestId, RequestState};
 
@@ -200,7 +200,7 @@ impl Settlement {
             match written {
                 Ok(ids) => self.landed(chunk, ids),
                 Err(StoreError::Rejected(e)) => self.refused(chunk, &reason(&e)),
-                Err(e) if e.is_unreachable() => {
+                Err(e) if e.is_unavailable() => {
                     self.todo.push(chunk);
                     return Err(e);
                 }
@@ -363,14 +363,10 @@ fn failures_of(rows: &Rows, why: &str) -> Vec<Finished> {
 /// The database's reason for an error, fit for an error line: its message
 /// and SQLSTATE, without NUL (which the line's `jsonb` could not hold),
 /// and short.
-fn reason(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Database(db) => match db.code() {
-            Some(code) => clip(format!("{} (SQLSTATE {code})", db.message())),
-            None => clip(db.message().to_owned()),
-        },
-        other => clip(other.to_string()),
-    }
+/// The database's reason, as an error line shows it (its SQLSTATE
+/// included, where it gave one).
+fn reason(e: &BackendError) -> String {
+    clip(e.message().to_owned())
 }
 
 fn clip(mut text: String) -> String {

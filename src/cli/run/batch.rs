@@ -9,7 +9,7 @@
 use crate::cli::{CliError, runtime, usage};
 use anyhow::anyhow;
 use fusillade::domain::batch::{Batch, BatchStatus};
-use fusillade::store::{BatchStore, FileStore, NewBatch, NewFile, Owner, PostgresStore};
+use fusillade::store::{BatchStore, FileStore, NewBatch, NewFile, Owner, Store};
 use std::path::Path;
 
 /// A line for the user on stderr, unless `--quiet`.
@@ -54,7 +54,7 @@ fn key(base: &str, generation: u32) -> String {
 }
 
 /// The latest generation run of `base`, with its number (0: none).
-async fn latest(store: &PostgresStore, base: &str) -> Result<(u32, Option<Batch>), CliError> {
+async fn latest(store: &Store, base: &str) -> Result<(u32, Option<Batch>), CliError> {
     let mut found = (0, None);
     for g in 1..=MAX_GENERATIONS {
         match store
@@ -71,7 +71,7 @@ async fn latest(store: &PostgresStore, base: &str) -> Result<(u32, Option<Batch>
 
 /// Picks (and if needed creates) the batch for this run.
 pub async fn pick(
-    store: &PostgresStore,
+    store: &Store,
     base: &str,
     mode: Mode,
     quiet: bool,
@@ -143,7 +143,7 @@ pub async fn pick(
 
 /// Uploads the input and creates its batch under `key`.
 pub async fn start(
-    store: &PostgresStore,
+    store: &Store,
     input: &Path,
     name: &str,
     completion_window: &str,
@@ -165,7 +165,11 @@ pub async fn start(
             body,
         )
         .await
-        .map_err(runtime)?;
+        .map_err(|e| match e {
+            // The input breaks `[api]`'s limit, as an upload to `serve` would.
+            fusillade::StoreError::TooLarge { .. } => usage(anyhow!("{name}: {e}")),
+            e => runtime(e),
+        })?;
     let endpoint = match uploaded.urls.as_slice() {
         [one] => one.clone(),
         [] => fusillade::domain::file::DEFAULT_ENDPOINTS[0].to_owned(),

@@ -7,7 +7,7 @@ use crate::cli::{CliError, Kind, runtime};
 use anyhow::anyhow;
 use fusillade::daemon::{Daemon, Monitor, UpstreamFailure};
 use fusillade::domain::batch::Batch;
-use fusillade::store::{BatchStore, Owner, PostgresStore};
+use fusillade::store::{BatchStore, Owner, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ const FIRST_CALLS: i64 = 3;
 /// Runs `batch` with a daemon scoped to it until it ends, the upstream
 /// proves broken, or a signal stops it; returns the ended batch.
 pub async fn execute(
-    store: &PostgresStore,
+    store: &Store,
     config: fusillade::config::Config,
     batch: &Batch,
     quiet: bool,
@@ -94,7 +94,7 @@ pub async fn execute(
 /// broken upstream. While the database is away it says so once, keeps
 /// polling, and goes on when it is back (the daemon rides it out too).
 async fn watch(
-    store: &PostgresStore,
+    store: &Store,
     batch: &Batch,
     monitor: &Monitor,
     shutdown: &CancellationToken,
@@ -149,7 +149,7 @@ enum Read {
 
 /// The batch as stored, waiting at most [`DB_PATIENCE`] (a pool's own
 /// wait for a connection is half a minute).
-async fn read(store: &PostgresStore, batch: &Batch) -> Result<Batch, Read> {
+async fn read(store: &Store, batch: &Batch) -> Result<Batch, Read> {
     match tokio::time::timeout(DB_PATIENCE, store.get_batch(Owner::Any, batch.id)).await {
         Err(_) => Err(Read::Unavailable(format!(
             "no answer within {} s",

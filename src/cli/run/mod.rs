@@ -18,12 +18,12 @@ mod output;
 mod preflight;
 mod summary;
 
-use super::setup::{Common, database, load_config};
+use super::setup::{Common, load_config, store};
 use super::{CliError, usage};
 use anyhow::anyhow;
 use batch::Mode;
 use fusillade::domain::batch::BatchStatus;
-use fusillade::store::{PostgresStore, RequestStore};
+use fusillade::store::RequestStore;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -111,8 +111,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     let digest = input.digest().await?;
     preflight::reachable(&config).await?;
 
-    let pool = database(&args.common, &config).await?;
-    let store = PostgresStore::new(pool);
+    let store = store(&args.common, &config).await?;
     let mode = match (args.fresh, args.retry_failed) {
         (true, _) => Mode::Fresh,
         (_, true) => Mode::RetryFailed,
