@@ -262,7 +262,26 @@ impl Cluster {
     /// new ones are accepted by the kernel, but nothing ever answers, as
     /// with a server behind a black hole.
     pub fn freeze(&mut self) {
-        self.signal_all("STOP");
+        // A backend forked between the listing and the postmaster's stop
+        // would go on answering: list again until no process is new.
+        let mut stopped = std::collections::HashSet::new();
+        loop {
+            let new: Vec<u32> = self
+                .pids()
+                .into_iter()
+                .filter(|p| !stopped.contains(p))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for pid in new {
+                let _ = Command::new("kill")
+                    .arg("-STOP")
+                    .arg(pid.to_string())
+                    .status();
+                stopped.insert(pid);
+            }
+        }
         self.frozen = true;
     }
 
