@@ -203,10 +203,11 @@ impl Cluster {
     }
 
     /// Stops the server in immediate mode (no checkpoint, as a crash would)
-    /// and starts it again; returns how long it was down.
-    pub fn restart_immediate(&self) -> Result<Duration> {
+    /// and starts it again after `outage`; returns how long it was down.
+    pub fn restart_immediate(&self, outage: Duration) -> Result<Duration> {
         let began = Instant::now();
         self.stop_server("immediate")?;
+        std::thread::sleep(outage);
         self.start_server()
             .with_context(|| format!("restarting PostgreSQL: {}", self.log_tail()))?;
         Ok(began.elapsed())

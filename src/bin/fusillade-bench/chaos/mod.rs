@@ -68,6 +68,11 @@ pub struct Args {
     /// Share of the lines done when PostgreSQL is restarted.
     #[arg(long, default_value_t = 0.3)]
     pub restart_at: f64,
+    /// Seconds PostgreSQL stays stopped at that restart (0: started again
+    /// at once). Longer than the workers' stale window (5 s), the workers
+    /// find on its return that they were all declared dead.
+    #[arg(long, default_value_t = 0)]
+    pub outage_secs: u64,
     /// Share of the lines done when the rolling restart begins.
     #[arg(long, default_value_t = 0.6)]
     pub rolling_at: f64,
@@ -322,6 +327,7 @@ async fn session(a: &Args, guard: &Arc<guard::Guard>) -> Result<Vec<String>> {
         ),
         kill_until: 0.95,
         restart_at: a.restart_at,
+        outage: Duration::from_secs(a.outage_secs),
         rolling_at: a.rolling_at,
         stop_within: STOP_WITHIN,
         timeout: Duration::from_secs(a.timeout_secs),

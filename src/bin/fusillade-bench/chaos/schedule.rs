@@ -25,6 +25,8 @@ pub struct Timing {
     pub kill_until: f64,
     /// The database restarts once this share of the lines is done.
     pub restart_at: f64,
+    /// How long the database stays stopped at that restart.
+    pub outage: Duration,
     /// The rolling restart starts once this share is done (and the
     /// database restart is over).
     pub rolling_at: f64,
@@ -140,7 +142,7 @@ pub async fn run(
             replace_crashed(workers, &mut e)?;
             if !restarted && done >= t.restart_at && flood_done() {
                 restarted = true;
-                restart_database(api, cluster, &mut e).await?;
+                restart_database(api, cluster, t.outage, &mut e).await?;
             } else if !rolled && restarted && done >= t.rolling_at {
                 rolled = true;
                 rolling_restart(workers, t.stop_within, &mut e).await?;
@@ -185,11 +187,16 @@ fn replace_crashed(workers: &mut Workers, e: &mut Events) -> Result<()> {
 
 /// Stops PostgreSQL in immediate mode, starts it again, and waits for the
 /// API's `/healthz` to say so; API answers in between count apart.
-async fn restart_database(api: &Api, cluster: &Arc<Cluster>, e: &mut Events) -> Result<()> {
+async fn restart_database(
+    api: &Api,
+    cluster: &Arc<Cluster>,
+    outage: Duration,
+    e: &mut Events,
+) -> Result<()> {
     api.db_restarting.store(true, Ordering::SeqCst);
     e.marks.push((Instant::now(), "PostgreSQL restart"));
     let c = cluster.clone();
-    let restarted = tokio::task::spawn_blocking(move || c.restart_immediate()).await?;
+    let restarted = tokio::task::spawn_blocking(move || c.restart_immediate(outage)).await?;
     let back = Instant::now();
     let result = match restarted {
         Ok(down) => {
