@@ -9,6 +9,7 @@ use chrono::Utc;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -23,17 +24,71 @@ pub(super) struct Clients {
     /// Each route's base URL, parsed once: parsing (host checks included)
     /// on every call was a visible part of the daemon's CPU.
     base_urls: HashMap<String, reqwest::Url>,
+    /// The replica sets of the routes that have them, by the route's `url`.
+    replicas: HashMap<String, std::sync::Arc<Replicas>>,
     error: Option<String>,
+}
+
+/// A route's replicas and the calls each is making.
+#[derive(Debug)]
+struct Replicas {
+    urls: Vec<String>,
+    in_flight: Vec<AtomicU32>,
+    /// Calls one replica takes at once.
+    per_replica: u32,
+    turn: AtomicUsize,
+}
+
+impl Replicas {
+    /// The replica for a call: the group's own while it has room, else the
+    /// least busy; calls of no group in turn.
+    fn pick(&self, prefix_key: Option<i64>) -> usize {
+        let n = self.urls.len();
+        let Some(key) = prefix_key else {
+            return self.turn.fetch_add(1, Relaxed) % n;
+        };
+        let home = (key as u64 % n as u64) as usize;
+        if self.in_flight[home].load(Relaxed) < self.per_replica {
+            return home;
+        }
+        (0..n)
+            .min_by_key(|&i| self.in_flight[i].load(Relaxed))
+            .unwrap_or(home)
+    }
+}
+
+/// Counts a call against its replica until dropped.
+struct ReplicaCall<'a>(&'a AtomicU32);
+
+impl Drop for ReplicaCall<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Clients {
     pub(super) fn build(config: &Config) -> Self {
         let mut by_connect_timeout = HashMap::new();
         let mut base_urls = HashMap::new();
+        let mut replicas = HashMap::new();
         let mut error = None;
         for route in std::iter::once(&config.upstream).chain(config.models.values()) {
-            if let Ok(url) = reqwest::Url::parse(&route.url) {
-                base_urls.insert(route.url.clone(), url);
+            for u in std::iter::once(&route.url).chain(&route.replicas) {
+                if let Ok(url) = reqwest::Url::parse(u) {
+                    base_urls.insert(u.clone(), url);
+                }
+            }
+            if route.replicas.len() > 1 && !replicas.contains_key(&route.url) {
+                let n = route.replicas.len();
+                replicas.insert(
+                    route.url.clone(),
+                    std::sync::Arc::new(Replicas {
+                        urls: route.replicas.clone(),
+                        in_flight: (0..n).map(|_| AtomicU32::new(0)).collect(),
+                        per_replica: (route.concurrency / n as u32).max(1),
+                        turn: AtomicUsize::new(0),
+                    }),
+                );
             }
             if by_connect_timeout.contains_key(&route.connect_timeout) {
                 continue;
@@ -61,17 +116,37 @@ impl Clients {
         Self {
             by_connect_timeout,
             base_urls,
+            replicas,
             error,
         }
     }
 
-    /// `path` under the route's base URL, from the parsed base when there
-    /// is one and the path is a plain path.
-    fn url(&self, route: &Route, path: &str) -> Option<reqwest::Url> {
+    /// The base URL a call of this route goes to, and the count of the
+    /// replica it is made on (when the route has replicas).
+    fn base<'a>(
+        &'a self,
+        route: &'a Route,
+        prefix_key: Option<i64>,
+    ) -> (&'a str, Option<ReplicaCall<'a>>) {
+        match self.replicas.get(&route.url) {
+            None => (route.url.as_str(), None),
+            Some(r) => {
+                let i = r.pick(prefix_key);
+                r.in_flight[i].fetch_add(1, Relaxed);
+                metrics::counter!("fusillade_replica_calls_total", "url" => r.urls[i].clone())
+                    .increment(1);
+                (r.urls[i].as_str(), Some(ReplicaCall(&r.in_flight[i])))
+            }
+        }
+    }
+
+    /// `path` under the base URL, from the parsed base when there is one
+    /// and the path is a plain path.
+    fn url(&self, base: &str, path: &str) -> Option<reqwest::Url> {
         if path.contains(['?', '#']) {
             return None;
         }
-        let mut url = self.base_urls.get(&route.url)?.clone();
+        let mut url = self.base_urls.get(base)?.clone();
         let slash = if path.starts_with('/') { "" } else { "/" };
         let full = format!("{}{slash}{path}", url.path().trim_end_matches('/'));
         url.set_path(&full);
@@ -122,6 +197,7 @@ pub(super) async fn send(
     config: &Config,
     clients: &Clients,
     req: &UpstreamRequest<'_>,
+    prefix_key: Option<i64>,
 ) -> CallOutcome {
     let route = config.route(req.model);
     let client = match clients.get(route) {
@@ -149,8 +225,13 @@ pub(super) async fn send(
     } else {
         req.body.to_owned()
     };
+    let (route_base, _replica) = if req.endpoint_override.is_empty() {
+        clients.base(route, prefix_key)
+    } else {
+        (route.url.as_str(), None)
+    };
     let parsed = if req.endpoint_override.is_empty() {
-        clients.url(route, req.path)
+        clients.url(route_base, req.path)
     } else {
         None
     };
@@ -162,7 +243,7 @@ pub(super) async fn send(
         Some(url) => client.post(url),
         None => {
             let base = if req.endpoint_override.is_empty() {
-                route.url.as_str()
+                route_base
             } else {
                 req.endpoint_override
             };
@@ -388,6 +469,37 @@ fn scrub(message: String, route: &Route) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn replicas(n: usize, per_replica: u32) -> Replicas {
+        Replicas {
+            urls: (0..n).map(|i| format!("http://r{i}")).collect(),
+            in_flight: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            per_replica,
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn a_group_goes_home_while_its_replica_has_room() {
+        let r = replicas(3, 2);
+        let home = r.pick(Some(7));
+        assert_eq!(home, 7 % 3);
+        r.in_flight[home].store(1, Relaxed);
+        assert_eq!(r.pick(Some(7)), home);
+        // Full: the least busy other one takes it.
+        r.in_flight[home].store(2, Relaxed);
+        r.in_flight[(home + 1) % 3].store(1, Relaxed);
+        assert_eq!(r.pick(Some(7)), (home + 2) % 3);
+    }
+
+    #[test]
+    fn calls_of_no_group_go_round() {
+        let r = replicas(2, 5);
+        let picks: Vec<usize> = (0..4).map(|_| r.pick(None)).collect();
+        assert_eq!(picks, [0, 1, 0, 1]);
+        // Negative keys are keys too.
+        assert!(r.pick(Some(-3)) < 2);
+    }
 
     #[test]
     fn streaming_body_sets_stream_and_usage() {

@@ -80,7 +80,7 @@ impl CacheArgs {
 }
 
 /// Arguments of `fusillade-bench coalesce`.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args)]
 pub struct Args {
     /// Distinct system prompts (400-800 words each, behind one preamble).
     #[arg(long, default_value_t = 150)]
@@ -341,12 +341,13 @@ async fn run_mode(a: &Args, dir: &Path, input: &Path, lines: &[Line], on: bool) 
     let mut stats = Vec::new();
     let http = reqwest::Client::new();
     for m in &mocks {
-        let s: CacheStats = http
+        let text = http
             .get(format!("{}/_stats", m.url))
             .send()
             .await?
-            .json()
+            .text()
             .await?;
+        let s: CacheStats = serde_json::from_str(&text)?;
         stats.push(s);
     }
     for m in &mut mocks {
