@@ -95,17 +95,23 @@ async fn a_claim_takes_requests_of_one_prefix_together(pool: PgPool) {
     let store = store(&pool).await;
     batch_from_lines(&store, &interleaved(4, 5, 20)).await;
     let d = daemon_id(&store).await;
-    let claim = store.claim(&demand(d, 20, true)).await.unwrap();
-    let ids: Vec<String> = claim
-        .requests
-        .iter()
-        .map(|r| r.custom_id.clone().unwrap())
-        .collect();
-    assert_eq!(ids.len(), 20);
-    assert_eq!(group_changes(&ids), 3, "not grouped: {ids:?}");
+    let custom_ids = |c: &fusillade::store::Claim| -> Vec<String> {
+        c.requests
+            .iter()
+            .map(|r| r.custom_id.clone().unwrap())
+            .collect()
+    };
+    // Half the queue: two whole groups, though the file interleaves them.
+    let first = custom_ids(&store.claim(&demand(d, 10, true)).await.unwrap());
+    assert_eq!(first.len(), 10);
+    assert_eq!(group_changes(&first), 1, "not two whole groups: {first:?}");
+    let rest = custom_ids(&store.claim(&demand(d, 10, true)).await.unwrap());
+    assert_eq!(rest.len(), 10);
+    assert_eq!(group_changes(&rest), 1, "not two whole groups: {rest:?}");
     // Within a group, line order.
+    let all: Vec<String> = first.into_iter().chain(rest).collect();
     for p in 0..4 {
-        let mine: Vec<&String> = ids
+        let mine: Vec<&String> = all
             .iter()
             .filter(|i| prompt_of(i) == format!("p{p}"))
             .collect();

@@ -312,9 +312,14 @@ async fn run_mode(a: &Args, dir: &Path, input: &Path, lines: &[Line], on: bool) 
     std::fs::write(
         &config,
         format!(
-            "[upstream]\nurls = [{}]\nconcurrency = {}\n[daemon]\nprefix_grouping = {on}\n",
+            "[upstream]\nurls = [{}]\nconcurrency = {}\n{}[daemon]\nprefix_grouping = {on}\n",
             urls.join(", "),
-            a.concurrency
+            a.concurrency,
+            if on {
+                ""
+            } else {
+                "coalesce = \"never\"\nembeddings_pack = 1\n"
+            }
         ),
     )?;
     let out = dir.join("coalesce-out.jsonl");
