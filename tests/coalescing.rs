@@ -291,3 +291,27 @@ async fn grouping_raises_the_prefix_cache_hit_rate(pool: PgPool) {
         "hit rate grouped {on:.2}, in file order {off:.2}"
     );
 }
+
+#[sqlx::test]
+async fn a_replica_that_refuses_connections_is_left_out(pool: PgPool) {
+    let store = store(&pool).await;
+    let batch = batch_from_lines(&store, &interleaved(6, 6, 8)).await;
+    let seen = Arc::default();
+    let up = recording_mock(Arc::clone(&seen)).await;
+    // A port nobody listens on: connections are refused.
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let cfg = config(
+        &up.url(),
+        &format!("urls = [\"{gone}\", \"{}\"]\nconcurrency = 64", up.url()),
+        "",
+        "",
+    );
+    let daemon = start(&store, cfg);
+    let done = finished_batch(&store, batch, LONG).await;
+    daemon.stop().await;
+    assert_eq!(done.request_counts.completed, 36);
+    assert_eq!(seen.lock().unwrap().len(), 36);
+}

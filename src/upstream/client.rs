@@ -9,7 +9,7 @@ use chrono::Utc;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -37,32 +37,73 @@ struct Replicas {
     /// Calls one replica takes at once.
     per_replica: u32,
     turn: AtomicUsize,
+    /// When each replica may be used again after a connection failure or
+    /// timeout, in milliseconds after `epoch` (0: it may).
+    down_until: Vec<AtomicU64>,
+    epoch: std::time::Instant,
 }
+
+/// How long a replica that refused a connection or timed out is left out.
+const REPLICA_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Replicas {
     /// The replica for a call: the group's own while it has room, else the
     /// least busy; calls of no group in turn.
     fn pick(&self, prefix_key: Option<i64>) -> usize {
         let n = self.urls.len();
+        let now = self.now_ms();
+        let up = |i: usize| self.down_until[i].load(Relaxed) <= now;
+        // When every replica is out, they are all tried again.
+        let all_down = !(0..n).any(up);
+        let usable = |i: usize| all_down || up(i);
         let Some(key) = prefix_key else {
+            for _ in 0..n {
+                let i = self.turn.fetch_add(1, Relaxed) % n;
+                if usable(i) {
+                    return i;
+                }
+            }
             return self.turn.fetch_add(1, Relaxed) % n;
         };
         let home = (key as u64 % n as u64) as usize;
-        if self.in_flight[home].load(Relaxed) < self.per_replica {
+        if usable(home) && self.in_flight[home].load(Relaxed) < self.per_replica {
             return home;
         }
         (0..n)
+            .filter(|&i| usable(i))
             .min_by_key(|&i| self.in_flight[i].load(Relaxed))
             .unwrap_or(home)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Leaves replica `i` out for [`REPLICA_BACKOFF`].
+    fn failed(&self, i: usize) {
+        let until = self.now_ms() + REPLICA_BACKOFF.as_millis() as u64;
+        self.down_until[i].fetch_max(until, Relaxed);
+        metrics::counter!("fusillade_replica_failures_total", "url" => self.urls[i].clone())
+            .increment(1);
     }
 }
 
 /// Counts a call against its replica until dropped.
-struct ReplicaCall<'a>(&'a AtomicU32);
+struct ReplicaCall<'a> {
+    replicas: &'a Replicas,
+    index: usize,
+}
+
+impl ReplicaCall<'_> {
+    /// The replica refused the connection or did not answer in time.
+    fn failed(&self) {
+        self.replicas.failed(self.index);
+    }
+}
 
 impl Drop for ReplicaCall<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        self.replicas.in_flight[self.index].fetch_sub(1, Relaxed);
     }
 }
 
@@ -87,6 +128,8 @@ impl Clients {
                         in_flight: (0..n).map(|_| AtomicU32::new(0)).collect(),
                         per_replica: (route.concurrency / n as u32).max(1),
                         turn: AtomicUsize::new(0),
+                        down_until: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                        epoch: std::time::Instant::now(),
                     }),
                 );
             }
@@ -135,7 +178,13 @@ impl Clients {
                 r.in_flight[i].fetch_add(1, Relaxed);
                 metrics::counter!("fusillade_replica_calls_total", "url" => r.urls[i].clone())
                     .increment(1);
-                (r.urls[i].as_str(), Some(ReplicaCall(&r.in_flight[i])))
+                (
+                    r.urls[i].as_str(),
+                    Some(ReplicaCall {
+                        replicas: r,
+                        index: i,
+                    }),
+                )
             }
         }
     }
@@ -225,7 +274,7 @@ pub(super) async fn send(
     } else {
         req.body.to_owned()
     };
-    let (route_base, _replica) = if req.endpoint_override.is_empty() {
+    let (route_base, replica) = if req.endpoint_override.is_empty() {
         clients.base(route, prefix_key)
     } else {
         (route.url.as_str(), None)
@@ -254,12 +303,26 @@ pub(super) async fn send(
     };
     let sending = builder.headers(headers).body(body).send();
     let (at, phase) = limits.earliest(after(start, route.first_byte_timeout), "first_byte");
+    let replica_failed = || {
+        if let Some(r) = &replica {
+            r.failed();
+        }
+    };
     let response = match tokio::time::timeout_at(at, sending).await {
-        Err(_) => return CallOutcome::TimedOut { phase },
+        Err(_) => {
+            if phase == "first_byte" {
+                replica_failed();
+            }
+            return CallOutcome::TimedOut { phase };
+        }
         Ok(Err(e)) if e.is_connect() && e.is_timeout() => {
+            replica_failed();
             return CallOutcome::TimedOut { phase: "connect" };
         }
         Ok(Err(e)) => {
+            if e.is_connect() {
+                replica_failed();
+            }
             return CallOutcome::ConnectionFailed {
                 message: scrub(error_chain(e), route),
             };
@@ -476,7 +539,21 @@ mod tests {
             in_flight: (0..n).map(|_| AtomicU32::new(0)).collect(),
             per_replica,
             turn: AtomicUsize::new(0),
+            down_until: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            epoch: std::time::Instant::now(),
         }
+    }
+
+    #[test]
+    fn a_failed_replica_is_left_out_until_all_are() {
+        let r = replicas(2, 5);
+        let home = r.pick(Some(4));
+        r.failed(home);
+        assert_ne!(r.pick(Some(4)), home);
+        assert!((0..4).all(|_| r.pick(None) != home));
+        r.failed(1 - home);
+        // All out: the group's own again.
+        assert_eq!(r.pick(Some(4)), home);
     }
 
     #[test]
