@@ -66,6 +66,9 @@ pub struct CacheStats {
     pub embedding_calls: u64,
     /// Inputs of those calls.
     pub embedding_inputs: u64,
+    /// Calls refused (400) without being served.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 impl CacheStats {
@@ -120,6 +123,7 @@ pub(super) struct PrefixCache {
     cached_tokens: AtomicU64,
     embedding_calls: AtomicU64,
     embedding_inputs: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// What serving one call took.
@@ -143,7 +147,13 @@ impl PrefixCache {
             cached_tokens: AtomicU64::new(0),
             embedding_calls: AtomicU64::new(0),
             embedding_inputs: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a call refused before it was served.
+    pub(super) fn refuse(&self) {
+        self.refused.fetch_add(1, Relaxed);
     }
 
     pub(super) fn stats(&self) -> CacheStats {
@@ -153,6 +163,7 @@ impl PrefixCache {
             cached_tokens: self.cached_tokens.load(Relaxed),
             embedding_calls: self.embedding_calls.load(Relaxed),
             embedding_inputs: self.embedding_inputs.load(Relaxed),
+            refused: self.refused.load(Relaxed),
         }
     }
 

@@ -678,6 +678,7 @@ mod cached {
         bytes: &[u8],
     ) -> Response {
         let Ok(body) = serde_json::from_slice::<Value>(bytes) else {
+            cache.refuse();
             return error(400, "the body is not JSON");
         };
         let model = body.get("model").and_then(Value::as_str).unwrap_or("");
@@ -691,13 +692,18 @@ mod cached {
                 Some(Value::Array(a)) => {
                     let texts: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
                     if texts.len() != a.len() {
+                        cache.refuse();
                         return error(400, "every input must be a string");
                     }
                     texts
                 }
-                _ => return error(400, "input is missing"),
+                _ => {
+                    cache.refuse();
+                    return error(400, "input is missing");
+                }
             };
             if inputs.is_empty() || inputs.iter().any(|t| t.trim().is_empty()) {
+                cache.refuse();
                 return error(400, "an input is empty");
             }
             let due = cache.serve_embeddings(inputs.len());

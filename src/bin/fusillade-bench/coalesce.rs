@@ -31,10 +31,10 @@ pub struct CacheArgs {
     #[arg(long, default_value_t = 2048)]
     pub cache_blocks: usize,
     /// Prefill cost of one uncached token, in microseconds.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 10)]
     pub prefill_us_per_token: u64,
     /// Decode time of a call, in milliseconds.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 100)]
     pub decode_ms: u64,
     /// Sequences served at once.
     #[arg(long, default_value_t = 64)]
@@ -88,10 +88,11 @@ pub struct Args {
     /// Questions per system prompt.
     #[arg(long, default_value_t = 50)]
     questions: u64,
-    /// Share of lines added as exact temperature-0 duplicates.
+    /// Share of the file's lines that are exact temperature-0 copies of
+    /// other lines.
     #[arg(long, default_value_t = 0.10)]
     duplicates: f64,
-    /// Share of lines made temperature 0.7 and added twice.
+    /// Share of the file's lines that are copies of temperature-0.7 lines.
     #[arg(long, default_value_t = 0.01)]
     warm_duplicates: f64,
     /// Upstream replicas (one mock process each).
@@ -126,10 +127,6 @@ impl Rng {
 
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 }
 
@@ -182,24 +179,39 @@ fn chat_workload(a: &Args) -> Vec<Line> {
             });
         }
     }
+    // The shares are of the whole file: base lines plus the copies.
     let base = lines.len();
+    let total = (base as f64 / (1.0 - a.duplicates - a.warm_duplicates)).round() as usize;
+    let warm = (a.warm_duplicates * total as f64).round() as usize;
+    let dups = (a.duplicates * total as f64).round() as usize;
     let mut extra = Vec::new();
-    for i in 0..base {
-        if rng.chance(a.warm_duplicates) {
-            lines[i].body["temperature"] = json!(0.7);
-            lines[i].warm = true;
-            extra.push(Line {
-                custom_id: format!("{}-warm-dup", lines[i].custom_id),
-                body: lines[i].body.clone(),
-                warm: true,
-            });
-        } else if rng.chance(a.duplicates) {
-            extra.push(Line {
-                custom_id: format!("{}-dup", lines[i].custom_id),
-                body: lines[i].body.clone(),
-                warm: false,
-            });
+    let mut made_warm = 0;
+    while made_warm < warm.min(base) {
+        let i = rng.below(base as u64) as usize;
+        if lines[i].warm {
+            continue;
         }
+        lines[i].body["temperature"] = json!(0.7);
+        lines[i].warm = true;
+        extra.push(Line {
+            custom_id: format!("{}-warm-dup", lines[i].custom_id),
+            body: lines[i].body.clone(),
+            warm: true,
+        });
+        made_warm += 1;
+    }
+    let mut n = 0;
+    while n < dups {
+        let i = rng.below(base as u64) as usize;
+        if lines[i].warm {
+            continue;
+        }
+        extra.push(Line {
+            custom_id: format!("{}-dup{n}", lines[i].custom_id),
+            body: lines[i].body.clone(),
+            warm: false,
+        });
+        n += 1;
     }
     lines.extend(extra);
     for i in (1..lines.len()).rev() {
@@ -271,7 +283,11 @@ pub async fn run(a: Args) -> Result<()> {
     let mut walls = Vec::new();
     for on in modes {
         let o = run_mode(&a, &dir, &input, &lines, on).await?;
-        let calls: u64 = o.stats.iter().map(|s| s.calls + s.embedding_calls).sum();
+        let calls: u64 = o
+            .stats
+            .iter()
+            .map(|s| s.calls + s.embedding_calls + s.refused)
+            .sum();
         let prompt: u64 = o.stats.iter().map(|s| s.prompt_tokens).sum();
         let cached: u64 = o.stats.iter().map(|s| s.cached_tokens).sum();
         let hit = if prompt == 0 {
@@ -282,7 +298,7 @@ pub async fn run(a: Args) -> Result<()> {
         let per: Vec<String> = o
             .stats
             .iter()
-            .map(|s| (s.calls + s.embedding_calls).to_string())
+            .map(|s| (s.calls + s.embedding_calls + s.refused).to_string())
             .collect();
         println!(
             "coalescing {:<4}   {:.2} s wall, hit rate {:.1}%, upstream calls {calls} = {:.1}% of lines (per replica: {})",
