@@ -9,7 +9,10 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 /// Bytes of a lone prompt (one message, or a completions prompt) that make
-/// its key: prompts that differ only after them share a group.
+/// its key: prompts that differ only after them share a group. A shorter
+/// lone prompt has no prefix worth a cache, and is keyed by its model alone:
+/// such lines keep their line order, which is also the cheapest for the
+/// claim (one key, so the index is walked in id order).
 const LONE_PROMPT_BYTES: usize = 512;
 
 #[derive(Deserialize)]
@@ -22,8 +25,9 @@ struct PromptFields<'a> {
 
 /// The key of a line's body: a digest of the model and, for chat, every
 /// message but the last (the system prompt and the turns before the
-/// question); for a single message or a completions prompt, of its first
-/// 512 bytes. Other bodies (embeddings, say) are keyed by the model alone.
+/// question); for a single message or a completions prompt of at least 512
+/// bytes, of its first 512 bytes. Other bodies (short lone prompts,
+/// embeddings) are keyed by the model alone.
 /// Stable across processes and versions: it is stored at upload.
 pub fn prefix_key(model: &str, body: &str) -> i64 {
     let mut h = Sha256::new();
@@ -52,7 +56,10 @@ pub fn prefix_key(model: &str, body: &str) -> i64 {
 
 fn head(text: &str) -> &[u8] {
     let bytes = text.as_bytes();
-    &bytes[..bytes.len().min(LONE_PROMPT_BYTES)]
+    if bytes.len() < LONE_PROMPT_BYTES {
+        return &[];
+    }
+    &bytes[..LONE_PROMPT_BYTES]
 }
 
 #[cfg(test)]
@@ -102,7 +109,12 @@ mod tests {
         let one = |text: &str| {
             serde_json::json!({"messages": [{"role": "user", "content": text}]}).to_string()
         };
-        assert_ne!(prefix_key("m", &one("a")), prefix_key("m", &one("b")));
+        assert_ne!(
+            prefix_key("m", &one(&format!("a{long}"))),
+            prefix_key("m", &one(&format!("b{long}")))
+        );
+        // Short ones share their model's group, in line order.
+        assert_eq!(prefix_key("m", &one("a")), prefix_key("m", &one("b")));
         assert_eq!(
             prefix_key("m", "{\"input\":\"a\"}"),
             prefix_key("m", "{\"input\":\"b\"}")
