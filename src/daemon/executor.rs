@@ -37,7 +37,9 @@ pub(super) async fn run<S: DaemonBackend>(
         let model = job.req.model.clone();
         match packing(&shared, &job) {
             Some((partners, params, inputs)) => {
-                run_packed(&shared, job, partners, &params, &inputs, &outcomes).await;
+                let mut jobs = vec![job];
+                jobs.extend(partners);
+                run_packed(&shared, jobs, &params, inputs, &outcomes).await;
             }
             None => run_one(&shared, job.req, job.abort, &outcomes).await,
         }
@@ -89,20 +91,36 @@ fn packing<S>(shared: &Shared<S>, job: &Job) -> Option<(Vec<Job>, String, Vec<St
     (!partners.is_empty()).then_some((partners, first.params, inputs))
 }
 
-/// Sends `lead` and `partners` (single-input embeddings lines) as one call
-/// and gives each line its own part of the answer. A refused call (4xx)
-/// sends each line alone, so one bad input fails only its own line; any
-/// other failure is settled for each line by the retry rules.
-async fn run_packed<S: DaemonBackend>(
+/// Sends `jobs` (single-input embeddings lines, `inputs` theirs in order) as
+/// one call and gives each line its own part of the answer. A refused call
+/// (4xx) is split in two halves sent the same way, down to single lines, so
+/// one bad input fails only its own line (at the cost of about two calls
+/// per halving); any other failure is settled for each line by the retry
+/// rules.
+fn run_packed<'a, S: DaemonBackend>(
+    shared: &'a Shared<S>,
+    jobs: Vec<Job>,
+    params: &'a str,
+    inputs: Vec<String>,
+    outcomes: &'a UnboundedSender<Outcome>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    Box::pin(async move {
+        if jobs.len() == 1 {
+            let j = jobs.into_iter().next().expect("one job");
+            return run_one(shared, j.req, j.abort, outcomes).await;
+        }
+        run_pack(shared, jobs, params, inputs, outcomes).await;
+    })
+}
+
+/// The packed call of [`run_packed`], for two lines or more.
+async fn run_pack<S: DaemonBackend>(
     shared: &Shared<S>,
-    lead: Job,
-    partners: Vec<Job>,
+    mut jobs: Vec<Job>,
     params: &str,
-    inputs: &[String],
+    mut inputs: Vec<String>,
     outcomes: &UnboundedSender<Outcome>,
 ) {
-    let mut jobs = vec![lead];
-    jobs.extend(partners);
     let (config, client) = shared.current();
     if shared.monitor.tripped() {
         for j in jobs {
@@ -180,7 +198,10 @@ async fn run_packed<S: DaemonBackend>(
         CallOutcome::Answered { status, .. }
             if (400..500).contains(status) && !matches!(status, 408 | 409 | 429) =>
         {
-            one_by_one(shared, jobs, outcomes).await;
+            let half = jobs.len() / 2;
+            let (later_jobs, later_inputs) = (jobs.split_off(half), inputs.split_off(half));
+            run_packed(shared, jobs, params, inputs, outcomes).await;
+            run_packed(shared, later_jobs, params, later_inputs, outcomes).await;
         }
         _ => {
             for j in jobs {
