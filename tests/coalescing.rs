@@ -315,3 +315,29 @@ async fn a_replica_that_refuses_connections_is_left_out(pool: PgPool) {
     assert_eq!(done.request_counts.completed, 36);
     assert_eq!(seen.lock().unwrap().len(), 36);
 }
+
+#[sqlx::test]
+async fn a_scoped_claim_of_a_private_batch_takes_whole_prefix_groups(pool: PgPool) {
+    // `fusillade run`'s daemon, scoped to its own private batch.
+    let store = store(&pool).await;
+    let file = upload(&store, "", &jsonl(&interleaved(4, 5, 20))).await;
+    let mut nb = new_batch("", file.id, CHAT);
+    nb.private = true;
+    let batch = fusillade::store::BatchStore::create_batch(&store, nb)
+        .await
+        .unwrap()
+        .id;
+    let d = daemon_id(&store).await;
+    let mut req = demand(d, 10, true);
+    req.scope = Some(batch);
+    let ids: Vec<String> = store
+        .claim(&req)
+        .await
+        .unwrap()
+        .requests
+        .iter()
+        .map(|r| r.custom_id.clone().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 10);
+    assert_eq!(group_changes(&ids), 1, "not two whole groups: {ids:?}");
+}

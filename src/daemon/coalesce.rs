@@ -59,7 +59,7 @@ pub(super) enum Role {
     /// A twin is in flight: it was handed to it.
     Joined,
     /// A twin was answered a moment ago: this is the answer.
-    Answered(Follower, CallOutcome),
+    Answered(Box<(Follower, CallOutcome)>),
 }
 
 #[derive(Default)]
@@ -96,7 +96,7 @@ impl Coalescer {
         inner.expire(Instant::now());
         if let Some((_, o)) = inner.recent.get(key) {
             let o = o.clone();
-            return (Role::Answered(Follower { req, abort }, o), None);
+            return (Role::Answered(Box::new((Follower { req, abort }, o))), None);
         }
         match inner.in_flight.get_mut(key) {
             Some(followers) => {
@@ -235,7 +235,7 @@ mod tests {
         ));
         assert_eq!(c.end(&k, Some(&answer("a"))).len(), 2);
         match c.begin(&k, req(CHAT, body), Abort::new()).0 {
-            Role::Answered(_, o) => assert_eq!(o, answer("a")),
+            Role::Answered(b) => assert_eq!(b.1, answer("a")),
             _ => panic!("the answer was not reused"),
         }
     }

@@ -260,7 +260,8 @@ async fn run_one<S: DaemonBackend>(
         None => (req, abort),
         Some(k) => match shared.coalescer.begin(k, req, abort) {
             (Role::Leader, Some(mine)) => mine,
-            (Role::Answered(f, o), _) => {
+            (Role::Answered(answered), _) => {
+                let (f, o) = *answered;
                 settle_follower(&config, f, Some(o), outcomes);
                 return;
             }
