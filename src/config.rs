@@ -77,6 +77,7 @@ struct RawApi {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     url: Option<String>,
+    urls: Option<Vec<String>>,
     api_key_env: Option<String>,
     concurrency: Option<u32>,
     connect_timeout_ms: Option<u64>,
@@ -85,6 +86,9 @@ struct RawRoute {
     total_timeout_ms: Option<u64>,
     max_response_bytes: Option<u64>,
     stream_paths: Option<Vec<String>>,
+    coalesce: Option<String>,
+    embeddings_pack: Option<u32>,
+    embeddings_pack_tokens: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +98,7 @@ struct RawDaemon {
     backoff_ms: Option<u64>,
     max_backoff_ms: Option<u64>,
     claim_batch: Option<u32>,
+    prefix_grouping: Option<bool>,
     heartbeat_ms: Option<u64>,
     stale_after_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
@@ -108,11 +113,16 @@ struct RawAuth {
 /// Where and how requests for one model are sent.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Route {
-    /// Base URL; the request's path is appended.
+    /// Base URL; the request's path is appended. With several replicas,
+    /// the first of them.
     pub url: String,
+    /// The replicas' base URLs (`urls`), each taking the configured
+    /// `concurrency` calls at once; empty for a route with one `url`.
+    pub replicas: Vec<String>,
     /// Bearer key sent upstream, read from the environment.
     pub api_key: Option<String>,
-    /// Most requests of this model in flight, across all daemons.
+    /// Most requests of this model in flight, across all daemons (with
+    /// replicas: the `concurrency` of each, times their number).
     pub concurrency: u32,
     /// Time allowed to open a connection.
     pub connect_timeout: Duration,
@@ -126,6 +136,13 @@ pub struct Route {
     pub max_response_bytes: u64,
     /// Endpoint paths called with `"stream": true` and reassembled.
     pub stream_paths: Vec<String>,
+    /// Send identical deterministic requests once (`coalesce =
+    /// "deterministic"`, the default); `"never"` sends every line.
+    pub coalesce: bool,
+    /// Most single-input embeddings lines sent in one call (1: each alone).
+    pub embeddings_pack: u32,
+    /// Most input tokens (estimated as bytes / 4) of one packed call.
+    pub embeddings_pack_tokens: u64,
 }
 
 impl std::fmt::Debug for Route {
@@ -133,6 +150,7 @@ impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Route")
             .field("url", &self.url)
+            .field("replicas", &self.replicas)
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("concurrency", &self.concurrency)
             .field("total_timeout", &self.total_timeout)
@@ -152,6 +170,10 @@ pub struct DaemonSettings {
     pub retry: RetryPolicy,
     /// Most requests claimed in one statement.
     pub claim_batch: u32,
+    /// Claim requests in prefix-group order and send each group to one
+    /// replica (`prefix_grouping`, default true); false claims in line
+    /// order and deals calls to replicas in turn.
+    pub prefix_grouping: bool,
     /// How often a daemon says it is alive.
     pub heartbeat: Duration,
     /// After how long without a heartbeat a daemon is declared dead and its
@@ -169,6 +191,7 @@ impl Default for DaemonSettings {
         Self {
             retry: RetryPolicy::default(),
             claim_batch: 512,
+            prefix_grouping: true,
             heartbeat: Duration::from_secs(2),
             stale_after: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(20),
@@ -304,7 +327,7 @@ impl Config {
                 })
             })
             .transpose()?;
-        let upstream_url_given = raw.upstream.url.is_some();
+        let upstream_url_given = raw.upstream.url.is_some() || raw.upstream.urls.is_some();
         let base = RawRoute {
             url: Some(DEFAULT_UPSTREAM.into()),
             ..RawRoute::default()
@@ -337,6 +360,7 @@ impl Config {
                 max_backoff: d.max_backoff_ms.map_or(defaults.retry.max_backoff, ms),
             },
             claim_batch: d.claim_batch.unwrap_or(defaults.claim_batch),
+            prefix_grouping: d.prefix_grouping.unwrap_or(defaults.prefix_grouping),
             heartbeat: d.heartbeat_ms.map_or(defaults.heartbeat, ms),
             stale_after: d.stale_after_ms.map_or(defaults.stale_after, ms),
             shutdown_grace: d.shutdown_grace_ms.map_or(defaults.shutdown_grace, ms),
@@ -455,6 +479,11 @@ impl Config {
                 r.api_key = None;
             }
             r.url = url.clone();
+            if !r.replicas.is_empty() {
+                let n = u32::try_from(r.replicas.len()).unwrap_or(u32::MAX);
+                r.concurrency = (r.concurrency / n).max(1);
+                r.replicas.clear();
+            }
         }
         Ok(self)
     }
@@ -477,6 +506,7 @@ impl Config {
 fn merge(base: &RawRoute, o: &RawRoute) -> RawRoute {
     RawRoute {
         url: o.url.clone().or_else(|| base.url.clone()),
+        urls: o.urls.clone().or_else(|| base.urls.clone()),
         api_key_env: o.api_key_env.clone().or_else(|| base.api_key_env.clone()),
         concurrency: o.concurrency.or(base.concurrency),
         connect_timeout_ms: o.connect_timeout_ms.or(base.connect_timeout_ms),
@@ -485,6 +515,9 @@ fn merge(base: &RawRoute, o: &RawRoute) -> RawRoute {
         total_timeout_ms: o.total_timeout_ms.or(base.total_timeout_ms),
         max_response_bytes: o.max_response_bytes.or(base.max_response_bytes),
         stream_paths: o.stream_paths.clone().or_else(|| base.stream_paths.clone()),
+        coalesce: o.coalesce.clone().or_else(|| base.coalesce.clone()),
+        embeddings_pack: o.embeddings_pack.or(base.embeddings_pack),
+        embeddings_pack_tokens: o.embeddings_pack_tokens.or(base.embeddings_pack_tokens),
     }
 }
 
@@ -514,7 +547,24 @@ fn route(
     key: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Route, ConfigError> {
-    let url = r.url.clone().unwrap_or_else(|| DEFAULT_UPSTREAM.into());
+    let replicas: Vec<String> = match &r.urls {
+        None => Vec::new(),
+        Some(urls) if urls.is_empty() => {
+            return Err(invalid(format!("{key}.urls"), "must name at least one URL"));
+        }
+        Some(urls) => {
+            for u in urls {
+                check_url(u, &format!("{key}.urls"))?;
+            }
+            urls.iter()
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .collect()
+        }
+    };
+    let url = match replicas.first() {
+        Some(first) => first.clone(),
+        None => r.url.clone().unwrap_or_else(|| DEFAULT_UPSTREAM.into()),
+    };
     check_url(&url, &format!("{key}.url"))?;
     let api_key = match &r.api_key_env {
         None => None,
@@ -529,14 +579,30 @@ fn route(
     if concurrency == 0 {
         return Err(invalid(format!("{key}.concurrency"), "must be at least 1"));
     }
+    let concurrency =
+        concurrency.saturating_mul(u32::try_from(replicas.len().max(1)).unwrap_or(u32::MAX));
     let ms = |v: Option<u64>, default: u64, name: &str| -> Result<Duration, ConfigError> {
         match v.unwrap_or(default) {
             0 => Err(invalid(format!("{key}.{name}"), "must be more than 0")),
             n => Ok(Duration::from_millis(n)),
         }
     };
+    let embeddings_pack = r.embeddings_pack.unwrap_or(64);
+    if !(1..=2048).contains(&embeddings_pack) {
+        return Err(invalid(
+            format!("{key}.embeddings_pack"),
+            "must be from 1 to 2048 (the most inputs one embeddings call takes)",
+        ));
+    }
     Ok(Route {
+        embeddings_pack,
+        embeddings_pack_tokens: r.embeddings_pack_tokens.unwrap_or(8192).max(1),
         url: url.trim_end_matches('/').to_owned(),
+        replicas: if replicas.len() > 1 {
+            replicas
+        } else {
+            Vec::new()
+        },
         api_key,
         concurrency,
         connect_timeout: ms(r.connect_timeout_ms, 10_000, "connect_timeout_ms")?,
@@ -545,6 +611,16 @@ fn route(
         total_timeout: ms(r.total_timeout_ms, 1_800_000, "total_timeout_ms")?,
         max_response_bytes: r.max_response_bytes.unwrap_or(64 << 20),
         stream_paths: r.stream_paths.clone().unwrap_or_default(),
+        coalesce: match r.coalesce.as_deref() {
+            None | Some("deterministic") => true,
+            Some("never") => false,
+            Some(other) => {
+                return Err(invalid(
+                    format!("{key}.coalesce"),
+                    format!("is {other:?}; it must be \"deterministic\" or \"never\""),
+                ));
+            }
+        },
     })
 }
 
@@ -556,6 +632,22 @@ mod tests {
         Config::parse(text, "test.toml", &|k| {
             (k == "KEY").then(|| "sk-up".to_owned())
         })
+    }
+
+    #[test]
+    fn replicas_each_take_the_concurrency() {
+        let c = parse("[upstream]\nurls = [\"http://a:1/\", \"http://b:1\"]\nconcurrency = 8\n[daemon]\nprefix_grouping = false").unwrap();
+        assert_eq!(c.upstream.url, "http://a:1");
+        assert_eq!(c.upstream.replicas, ["http://a:1", "http://b:1"]);
+        assert_eq!(c.upstream.concurrency, 16);
+        assert!(c.upstream_url_given);
+        assert!(!c.daemon.prefix_grouping);
+        assert!(parse("").unwrap().daemon.prefix_grouping);
+        assert!(parse("[upstream]\nurls = []").is_err());
+        assert!(parse("[upstream]\nurls = [\"ftp://x\"]").is_err());
+        let one = c.with_upstream_url("http://c:1").unwrap();
+        assert!(one.upstream.replicas.is_empty());
+        assert_eq!(one.upstream.concurrency, 8);
     }
 
     #[test]

@@ -109,6 +109,7 @@ async fn claim<S: Backend>(store: &S, daemon: DaemonId, n: u32) -> Vec<ClaimedRe
             default_share: n,
             max_total: n,
             scope: None,
+            grouped: false,
         })
         .await
         .unwrap()

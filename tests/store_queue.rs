@@ -59,12 +59,14 @@ fn demand(daemon: DaemonId, models: &[(&str, u32, u32)], max_total: u32) -> Clai
                 share: limit,
                 in_flight: 0,
                 waiting: (2 * limit).saturating_sub(want),
+                per_call: 1,
             })
             .collect(),
         default_limit: 0,
         default_share: 0,
         max_total,
         scope: None,
+        grouped: false,
     }
 }
 
@@ -85,11 +87,13 @@ fn slots_demand(
             share,
             in_flight,
             waiting,
+            per_call: 1,
         }],
         default_limit: 0,
         default_share: 0,
         max_total: 1000,
         scope: None,
+        grouped: false,
     }
 }
 
@@ -287,6 +291,7 @@ async fn a_private_batch_is_claimed_only_by_its_scoped_daemon(pool: PgPool) {
     // Its own daemon takes all of it.
     let scoped = ClaimRequest {
         scope: Some(private),
+        grouped: false,
         ..demand(d, &[("m", 10, 10)], 100)
     };
     let mine = store.claim(&scoped).await.unwrap();
@@ -304,6 +309,7 @@ async fn a_scoped_claim_takes_only_its_batch(pool: PgPool) {
     let d = daemon(&store).await;
     let scoped = ClaimRequest {
         scope: Some(mine),
+        grouped: false,
         default_limit: 10,
         default_share: 10,
         ..demand(d, &[], 100)

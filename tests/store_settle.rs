@@ -43,11 +43,13 @@ async fn claimed_batch(store: &PostgresStore, n: usize) -> (BatchId, Vec<Claimed
                 share: limit,
                 in_flight: 0,
                 waiting: limit,
+                per_call: 1,
             }],
             default_limit: 0,
             default_share: 0,
             max_total: limit,
             scope: None,
+            grouped: false,
         })
         .await
         .unwrap();

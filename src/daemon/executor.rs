@@ -1,6 +1,8 @@
 //! One request: call the upstream, then decide (in `domain::retry`) what follows.
 
 use super::abort::{Abort, AbortReason};
+use super::coalesce::{self, Follower, Role};
+use super::pack;
 use super::slots::Job;
 use super::{DaemonBackend, Shared, jitter};
 use crate::domain::output::{ResultError, codes};
@@ -33,11 +35,197 @@ pub(super) async fn run<S: DaemonBackend>(
     let mut job = job;
     loop {
         let model = job.req.model.clone();
-        run_one(&shared, job.req, job.abort, &outcomes).await;
+        match packing(&shared, &job) {
+            Some((partners, params, inputs)) => {
+                let mut jobs = vec![job];
+                jobs.extend(partners);
+                run_packed(&shared, jobs, &params, inputs, &outcomes).await;
+            }
+            None => run_one(&shared, job.req, job.abort, &outcomes).await,
+        }
         match shared.slots.next_after(&model) {
             Some(next) => job = next,
             None => return,
         }
+    }
+}
+
+/// Estimated tokens of an embeddings input.
+fn est_tokens(input: &str) -> u64 {
+    (input.len() as u64).div_ceil(4).max(1)
+}
+
+/// For a single-input embeddings line on a route that packs them: the
+/// waiting lines of the same model, path and parameters taken to share its
+/// call (none: it goes alone), the parameters, and every input in order.
+fn packing<S>(shared: &Shared<S>, job: &Job) -> Option<(Vec<Job>, String, Vec<String>)> {
+    let (config, _) = shared.current();
+    let route = config.route(&job.req.model);
+    if route.embeddings_pack < 2 {
+        return None;
+    }
+    let first = pack::packable(&job.req.path, &job.req.body)?;
+    let budget = route.embeddings_pack_tokens;
+    let mut tokens = est_tokens(&first.input);
+    let mut inputs = vec![first.input];
+    let partners =
+        shared
+            .slots
+            .take_waiting(&job.req.model, route.embeddings_pack as usize - 1, |r| {
+                if r.path != job.req.path || r.endpoint != job.req.endpoint {
+                    return Some(false);
+                }
+                match pack::packable(&r.path, &r.body) {
+                    Some(p) if p.params == first.params => {
+                        let t = est_tokens(&p.input);
+                        if tokens + t > budget {
+                            return None;
+                        }
+                        tokens += t;
+                        inputs.push(p.input);
+                        Some(true)
+                    }
+                    _ => Some(false),
+                }
+            });
+    (!partners.is_empty()).then_some((partners, first.params, inputs))
+}
+
+/// Sends `jobs` (single-input embeddings lines, `inputs` theirs in order) as
+/// one call and gives each line its own part of the answer. A refused call
+/// (4xx) is split in two halves sent the same way, down to single lines, so
+/// one bad input fails only its own line (at the cost of about two calls
+/// per halving); any other failure is settled for each line by the retry
+/// rules.
+fn run_packed<'a, S: DaemonBackend>(
+    shared: &'a Shared<S>,
+    jobs: Vec<Job>,
+    params: &'a str,
+    inputs: Vec<String>,
+    outcomes: &'a UnboundedSender<Outcome>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    Box::pin(async move {
+        if jobs.len() == 1 {
+            let j = jobs.into_iter().next().expect("one job");
+            return run_one(shared, j.req, j.abort, outcomes).await;
+        }
+        run_pack(shared, jobs, params, inputs, outcomes).await;
+    })
+}
+
+/// The packed call of [`run_packed`], for two lines or more.
+async fn run_pack<S: DaemonBackend>(
+    shared: &Shared<S>,
+    mut jobs: Vec<Job>,
+    params: &str,
+    mut inputs: Vec<String>,
+    outcomes: &UnboundedSender<Outcome>,
+) {
+    let (config, client) = shared.current();
+    if shared.monitor.tripped() {
+        for j in jobs {
+            settle_with(&config, j.req, &j.abort, None, HOLD, outcomes);
+        }
+        return;
+    }
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let body = pack::packed_body(params, &refs);
+    let first = &jobs[0].req;
+    let call = UpstreamRequest {
+        request_id: first.id,
+        custom_id: None,
+        model: &first.model,
+        path: &first.path,
+        body: &body,
+        endpoint_override: &first.endpoint,
+        deadline: jobs.iter().filter_map(|j| j.req.deadline).min(),
+    };
+    let any_abort =
+        futures_util::future::select_all(jobs.iter().map(|j| Box::pin(j.abort.fired())));
+    let sent = std::time::Instant::now();
+    let outcome = tokio::select! {
+        biased;
+        _ = any_abort => None,
+        o = client.send_grouped(&call, None) => Some(o),
+    };
+    metrics::counter!("fusillade_packed_calls_total", "model" => first.model.clone()).increment(1);
+    let Some(o) = outcome else {
+        // One line was stopped: the others go back to the queue.
+        for j in jobs {
+            settle_with(&config, j.req, &j.abort, None, Duration::ZERO, outcomes);
+        }
+        return;
+    };
+    metrics::histogram!("fusillade_upstream_latency_seconds", "model" => first.model.clone())
+        .record(sent.elapsed().as_secs_f64());
+    if shared
+        .monitor
+        .record(|| called_url(&config, &jobs[0].req), &o)
+    {
+        for j in jobs {
+            settle_with(&config, j.req, &j.abort, None, HOLD, outcomes);
+        }
+        return;
+    }
+    match &o {
+        CallOutcome::Answered {
+            status,
+            body,
+            upstream_request_id,
+            ..
+        } if (200..300).contains(status) => {
+            let Some(parts) = pack::split(body, &refs) else {
+                return one_by_one(shared, jobs, outcomes).await;
+            };
+            for (j, part) in jobs.into_iter().zip(parts) {
+                let write = match j.abort.reason() {
+                    Some(AbortReason::Abandoned) => continue,
+                    Some(AbortReason::Cancelled) => cancelled(&j.req),
+                    _ => Outcome::Finish(Finished {
+                        id: j.req.id,
+                        attempt: j.req.attempt,
+                        state: RequestState::Completed,
+                        status_code: Some(i32::from(*status)),
+                        upstream_request_id: upstream_request_id.clone(),
+                        usage: crate::domain::usage::usage_of(&part),
+                        body: Some(part),
+                        error: None,
+                    }),
+                };
+                let _ = outcomes.send(write);
+            }
+        }
+        CallOutcome::Answered { status, .. }
+            if (400..500).contains(status) && !matches!(status, 408 | 409 | 429) =>
+        {
+            let half = jobs.len() / 2;
+            let (later_jobs, later_inputs) = (jobs.split_off(half), inputs.split_off(half));
+            run_packed(shared, jobs, params, inputs, outcomes).await;
+            run_packed(shared, later_jobs, params, later_inputs, outcomes).await;
+        }
+        _ => {
+            for j in jobs {
+                settle_with(
+                    &config,
+                    j.req,
+                    &j.abort,
+                    Some(o.clone()),
+                    Duration::ZERO,
+                    outcomes,
+                );
+            }
+        }
+    }
+}
+
+/// Sends each line alone, one after another, in the slot the pack held.
+async fn one_by_one<S: DaemonBackend>(
+    shared: &Shared<S>,
+    jobs: Vec<Job>,
+    outcomes: &UnboundedSender<Outcome>,
+) {
+    for j in jobs {
+        run_one(shared, j.req, j.abort, outcomes).await;
     }
 }
 
@@ -62,6 +250,25 @@ async fn run_one<S: DaemonBackend>(
         return;
     }
     let (config, client) = shared.current();
+    let grouped = config.daemon.prefix_grouping;
+    let key = if config.route(&req.model).coalesce {
+        coalesce::key(&req)
+    } else {
+        None
+    };
+    let (req, abort) = match &key {
+        None => (req, abort),
+        Some(k) => match shared.coalescer.begin(k, req, abort) {
+            (Role::Leader, Some(mine)) => mine,
+            (Role::Answered(answered), _) => {
+                let (f, o) = *answered;
+                settle_follower(&config, f, Some(o), outcomes);
+                return;
+            }
+            // Joined: its twin's call settles it.
+            _ => return,
+        },
+    };
     let call = UpstreamRequest {
         request_id: req.id,
         custom_id: req.custom_id.as_deref(),
@@ -76,22 +283,29 @@ async fn run_one<S: DaemonBackend>(
         // A switch thrown before the call starts stops it before it is sent.
         biased;
         why = abort.fired() => Err(why),
-        o = client.send(&call) => Ok(o),
+        o = client.send_grouped(&call, grouped.then_some(req.prefix_key)) => Ok(o),
     };
     if outcome.is_ok() {
         metrics::histogram!("fusillade_upstream_latency_seconds", "model" => req.model.clone())
             .record(sent.elapsed().as_secs_f64());
     }
+    // What twins waiting on this call are given (nothing: they go back to
+    // the queue).
+    let mut handed: Option<CallOutcome> = None;
     // This daemon lost its standing while the call ran: its claim is the
     // queue's again, and whatever came back is dropped unwritten.
     if abort.reason() == Some(AbortReason::Abandoned) {
         shared.abandoned.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("fusillade_upstream_requests_total", "model" => req.model.clone(), "outcome" => "abandoned")
             .increment(1);
+        hand_on(shared, &config, key.as_deref(), None, outcomes);
         return;
     }
     let write = match outcome {
-        Err(AbortReason::Abandoned) => return, // counted above
+        Err(AbortReason::Abandoned) => {
+            hand_on(shared, &config, key.as_deref(), None, outcomes);
+            return; // counted above
+        }
         Err(AbortReason::Released) => Outcome::Requeue(Requeue {
             id: req.id,
             attempt: req.attempt,
@@ -100,19 +314,7 @@ async fn run_one<S: DaemonBackend>(
         }),
         // The batch is being cancelled (or the lease is gone, in which case
         // this guarded write is simply rejected).
-        Err(AbortReason::Cancelled) => Outcome::Finish(Finished {
-            id: req.id,
-            attempt: req.attempt,
-            state: RequestState::Canceled,
-            status_code: None,
-            upstream_request_id: None,
-            body: None,
-            error: Some(ResultError::new(
-                codes::BATCH_CANCELLED,
-                "the batch was cancelled while this request was running",
-            )),
-            usage: None,
-        }),
+        Err(AbortReason::Cancelled) => cancelled(&req),
         Ok(o) if shared.monitor.record(|| called_url(&config, &req), &o) => {
             Outcome::Requeue(Requeue {
                 id: req.id,
@@ -122,6 +324,9 @@ async fn run_one<S: DaemonBackend>(
             })
         }
         Ok(o) => {
+            if key.is_some() {
+                handed = Some(o.clone());
+            }
             let deadline = req
                 .deadline
                 .unwrap_or_else(|| Utc::now() + chrono::Duration::days(3650));
@@ -136,6 +341,7 @@ async fn run_one<S: DaemonBackend>(
             decide_write(&req, o, decision)
         }
     };
+    hand_on(shared, &config, key.as_deref(), handed, outcomes);
     let (label, retried) = match &write {
         Outcome::Requeue(r) if r.is_retry => ("retried", true),
         Outcome::Requeue(_) => ("released", false),
@@ -148,6 +354,99 @@ async fn run_one<S: DaemonBackend>(
     }
     // The completer outlives every executor; a send error means it crashed.
     let _ = outcomes.send(write);
+}
+
+/// Ends a leader's call in the coalescer and settles its twins with
+/// `outcome` (`None`: the call gave nothing to share).
+fn hand_on<S>(
+    shared: &Shared<S>,
+    config: &crate::config::Config,
+    key: Option<&str>,
+    outcome: Option<CallOutcome>,
+    outcomes: &UnboundedSender<Outcome>,
+) {
+    let Some(key) = key else { return };
+    for f in shared.coalescer.end(key, outcome.as_ref()) {
+        settle_follower(config, f, outcome.clone(), outcomes);
+    }
+}
+
+/// Settles a request that was not sent alone: with `outcome` by the retry
+/// rules (without usage), or, with none, back to the queue after `delay`;
+/// its own abort comes first.
+fn settle_with(
+    config: &crate::config::Config,
+    req: ClaimedRequest,
+    abort: &Abort,
+    outcome: Option<CallOutcome>,
+    delay: Duration,
+    outcomes: &UnboundedSender<Outcome>,
+) {
+    let req = &req;
+    let write = match (abort.reason(), outcome) {
+        (Some(AbortReason::Abandoned), _) => return,
+        (Some(AbortReason::Cancelled), _) => cancelled(req),
+        (Some(AbortReason::Released), _) => Outcome::Requeue(Requeue {
+            id: req.id,
+            attempt: req.attempt,
+            delay: Duration::ZERO,
+            is_retry: false,
+        }),
+        (None, None) => Outcome::Requeue(Requeue {
+            id: req.id,
+            attempt: req.attempt,
+            delay,
+            is_retry: false,
+        }),
+        (None, Some(o)) => {
+            let deadline = req
+                .deadline
+                .unwrap_or_else(|| Utc::now() + chrono::Duration::days(3650));
+            let attempt_no = req.retries.max(0) as u32 + 1;
+            let decision = config.daemon.retry.decide(
+                &o.attempt(),
+                attempt_no,
+                Utc::now(),
+                deadline,
+                jitter(),
+            );
+            let mut w = decide_write(req, o, decision);
+            if let Outcome::Finish(done) = &mut w {
+                done.usage = None;
+            }
+            w
+        }
+    };
+    let _ = outcomes.send(write);
+}
+
+/// Settles a request that was not sent, with its twin's outcome: the same
+/// rules as its own call's, but no usage (the upstream billed the twin).
+fn settle_follower(
+    config: &crate::config::Config,
+    f: Follower,
+    outcome: Option<CallOutcome>,
+    outcomes: &UnboundedSender<Outcome>,
+) {
+    metrics::counter!("fusillade_coalesced_total", "model" => f.req.model.clone()).increment(1);
+    settle_with(config, f.req, &f.abort, outcome, Duration::ZERO, outcomes);
+}
+
+/// A request whose batch is being cancelled.
+fn cancelled(req: &ClaimedRequest) -> Outcome {
+    Outcome::Finish(Finished {
+        id: req.id,
+        attempt: req.attempt,
+        state: RequestState::Canceled,
+        status_code: None,
+        upstream_request_id: None,
+        body: None,
+        error: Some(ResultError::new(
+            codes::BATCH_CANCELLED,
+            "the batch was cancelled while this request was running",
+        )),
+        usage: None,
+    })
 }
 
 /// How long a call held back by the monitor waits before it may be claimed

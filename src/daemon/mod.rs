@@ -20,12 +20,14 @@
 //! tracked and awaited.
 
 mod abort;
+mod coalesce;
 mod completer;
 mod executor;
 mod finalizer;
 mod heartbeat;
 mod leases;
 mod monitor;
+mod pack;
 mod producer;
 mod rescuer;
 mod slots;
@@ -88,6 +90,8 @@ struct Shared<S> {
     done: AtomicU64,
     failed: AtomicU64,
     abandoned: AtomicU64,
+    /// Identical deterministic requests in flight, and answers to reuse.
+    coalescer: coalesce::Coalescer,
 }
 
 impl<S> Shared<S> {
@@ -201,6 +205,7 @@ impl<S: DaemonBackend> Daemon<S> {
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
+            coalescer: coalesce::Coalescer::default(),
         });
         if let Ok(n) = shared.store.live_daemons(initial.daemon.stale_after).await {
             shared.peers.store(n.max(1), Ordering::Relaxed);

@@ -38,14 +38,22 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
     let models = names
         .into_iter()
         .map(|m| {
-            let limit = config.route(m).concurrency;
+            let route = config.route(m);
+            let limit = route.concurrency;
             let state = local.get(m).copied().unwrap_or_default();
+            // Embeddings lines may go many to a call: claim for that many.
+            let per_call = if state.embeddings {
+                route.embeddings_pack
+            } else {
+                1
+            };
             ModelDemand {
                 model: m.clone(),
                 limit,
                 share: share(limit),
                 in_flight: state.in_flight,
-                waiting: state.waiting,
+                waiting: state.waiting.div_ceil(per_call),
+                per_call,
             }
         })
         .collect();
@@ -56,6 +64,7 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
         default_share: share(config.upstream.concurrency),
         max_total,
         scope: shared.scope,
+        grouped: config.daemon.prefix_grouping,
     }
 }
 

@@ -31,6 +31,8 @@ struct Model {
     in_flight: u32,
     /// Claimed, waiting for a slot, in claim order.
     waiting: VecDeque<Job>,
+    /// Its last claim had embeddings lines (which may share calls).
+    embeddings: bool,
 }
 
 /// What the claim needs to know of one model.
@@ -42,6 +44,8 @@ pub(super) struct ModelState {
     pub in_flight: u32,
     /// Requests waiting.
     pub waiting: u32,
+    /// Its lines are embeddings lines, which may share calls.
+    pub embeddings: bool,
 }
 
 /// Slots and waiting requests of every model.
@@ -76,6 +80,7 @@ impl Slots {
                     granted: m.granted,
                     in_flight: m.in_flight,
                     waiting: m.waiting.len() as u32,
+                    embeddings: m.embeddings,
                 };
                 (name.clone(), state)
             })
@@ -90,11 +95,9 @@ impl Slots {
             models.entry(name.clone()).or_default().granted = *n;
         }
         for job in claimed {
-            models
-                .entry(job.req.model.clone())
-                .or_default()
-                .waiting
-                .push_back(job);
+            let m = models.entry(job.req.model.clone()).or_default();
+            m.embeddings = job.req.path.trim_end_matches('/').ends_with("/embeddings");
+            m.waiting.push_back(job);
         }
         let mut start = Vec::new();
         for m in models.values_mut() {
@@ -133,6 +136,34 @@ impl Slots {
         };
         self.ended.notify_waiters();
         next
+    }
+
+    /// Takes up to `max` requests of `model` waiting for a slot that `fits`
+    /// (in claim order), to ride along with a call being made; `fits` sees
+    /// each candidate once and may stop taking by returning `None`.
+    pub fn take_waiting(
+        &self,
+        model: &str,
+        max: usize,
+        mut fits: impl FnMut(&ClaimedRequest) -> Option<bool>,
+    ) -> Vec<Job> {
+        let mut models = self.models.lock().expect("slots lock");
+        let Some(m) = models.get_mut(model) else {
+            return Vec::new();
+        };
+        let mut taken = Vec::new();
+        let mut i = 0;
+        while i < m.waiting.len() && taken.len() < max {
+            match fits(&m.waiting[i].req) {
+                None => break,
+                Some(true) => taken.push(m.waiting.remove(i).expect("in range")),
+                Some(false) => i += 1,
+            }
+        }
+        if (m.waiting.len() as u32) < m.granted.div_ceil(2) {
+            self.low.notify_one();
+        }
+        taken
     }
 
     /// Calls being made now, over all models.
@@ -196,6 +227,7 @@ mod tests {
                 path: "/v1/chat/completions".into(),
                 body: "{}".into(),
                 endpoint: String::new(),
+                prefix_key: 0,
             },
             abort: Abort::new(),
         }

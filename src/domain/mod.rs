@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod file;
 pub mod ids;
 pub mod output;
+pub mod prefix;
 pub mod request;
 pub mod retry;
 pub mod step;

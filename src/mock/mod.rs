@@ -40,9 +40,11 @@
 //! ```
 
 mod alarm;
+mod cache;
 mod simulate;
 mod sse;
 
+pub use cache::{CacheModel, CacheStats, answer_for, embedding_for, prompt_tokens};
 pub use simulate::{LatencyDistribution, Simulation};
 
 use alarm::Alarm;
@@ -75,6 +77,11 @@ pub struct MockBehavior {
     pub latency: Duration,
     /// Answers each call; `None` answers 200 with [`MockReply::ok_for`].
     pub responder: Option<Responder>,
+    /// Serve as a server with a prefix cache would (see [`CacheModel`]):
+    /// service times follow the cache, answers follow the prompt
+    /// ([`answer_for`]), and `GET /_stats` gives the [`CacheStats`]. The
+    /// latency and the responder are not used then.
+    pub cache: Option<CacheModel>,
 }
 
 impl MockBehavior {
@@ -82,7 +89,15 @@ impl MockBehavior {
     pub fn with_latency(latency: Duration) -> Self {
         Self {
             latency,
-            responder: None,
+            ..Self::default()
+        }
+    }
+
+    /// Serves as a server with this prefix cache and costs.
+    pub fn with_cache(model: CacheModel) -> Self {
+        Self {
+            cache: Some(model),
+            ..Self::default()
         }
     }
 
@@ -103,6 +118,7 @@ impl fmt::Debug for MockBehavior {
         f.debug_struct("MockBehavior")
             .field("latency", &self.latency)
             .field("responder", &self.responder.as_ref().map(|_| "Fn"))
+            .field("cache", &self.cache)
             .finish()
     }
 }
@@ -321,6 +337,8 @@ struct Shared {
     first_call: AtomicU64,
     /// Last answer, in nanoseconds after `epoch` (0: none yet).
     last_answer: AtomicU64,
+    /// The prefix cache, in cache-modelling mode.
+    cache: Option<cache::PrefixCache>,
 }
 
 impl Shared {
@@ -444,8 +462,10 @@ impl MockUpstream {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let cache = behavior.cache.map(cache::PrefixCache::new);
         let shared = Arc::new(Shared {
             behavior,
+            cache,
             stop: CancellationToken::new(),
             total: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -497,6 +517,11 @@ impl MockUpstream {
     /// copies every custom_id's call times.
     pub fn counters(&self) -> MockStats {
         self.shared.counters()
+    }
+
+    /// What the prefix cache has served (`None` unless in cache-modelling mode).
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.shared.cache.as_ref().map(cache::PrefixCache::stats)
     }
 
     /// Calls received so far (cheaper than [`MockUpstream::stats`]).
@@ -572,11 +597,19 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let arrived = Instant::now();
+    if let Some(cache) = &shared.cache
+        && req.uri().path() == "/_stats"
+    {
+        return json_response(serde_json::to_string(&cache.stats()).expect("serializes"));
+    }
     shared.first_call.fetch_min(shared.nanos(arrived), Relaxed);
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
         return plain(StatusCode::BAD_REQUEST, "unreadable body");
     };
+    if let Some(cache) = &shared.cache {
+        return cached::serve(&shared, cache, parts.uri.path(), &bytes).await;
+    }
     let model = serde_json::from_slice::<ModelOnly>(&bytes)
         .ok()
         .and_then(|m| m.model)
@@ -635,6 +668,109 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
 }
 
 const JSON: &str = "application/json";
+
+fn json_response(body: String) -> Response {
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+    r
+}
+
+/// The cache-modelling mode's answers.
+mod cached {
+    use super::*;
+
+    pub(super) async fn serve(
+        shared: &Shared,
+        cache: &cache::PrefixCache,
+        path: &str,
+        bytes: &[u8],
+    ) -> Response {
+        let Ok(body) = serde_json::from_slice::<Value>(bytes) else {
+            cache.refuse();
+            return error(400, "the body is not JSON");
+        };
+        let model = body.get("model").and_then(Value::as_str).unwrap_or("");
+        let counters = shared.model(model);
+        let _in_flight = InFlight::enter(shared, &counters);
+        shared.total.fetch_add(1, Relaxed);
+        let seq = shared.seq.fetch_add(1, Relaxed);
+        let answer = if path.ends_with("/embeddings") {
+            let inputs: Vec<&str> = match body.get("input") {
+                Some(Value::String(s)) => vec![s.as_str()],
+                Some(Value::Array(a)) => {
+                    let texts: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+                    if texts.len() != a.len() {
+                        cache.refuse();
+                        return error(400, "every input must be a string");
+                    }
+                    texts
+                }
+                _ => {
+                    cache.refuse();
+                    return error(400, "input is missing");
+                }
+            };
+            if inputs.is_empty() || inputs.iter().any(|t| t.trim().is_empty()) {
+                cache.refuse();
+                return error(400, "an input is empty");
+            }
+            let due = cache.serve_embeddings(inputs.len());
+            if wait(shared, due).await.is_err() {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "mock shutting down");
+            }
+            let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count()).sum();
+            let data: Vec<Value> = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    serde_json::json!({"object": "embedding", "index": i,
+                                       "embedding": cache::embedding_for(t)})
+                })
+                .collect();
+            serde_json::json!({"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        } else {
+            let tokens = cache::prompt_tokens(&body);
+            let (_slot, due, served) = cache.serve_completion(&tokens).await;
+            if wait(shared, due).await.is_err() {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "mock shutting down");
+            }
+            let p = served.prompt_tokens;
+            serde_json::json!({
+                "id": format!("chatcmpl-mock-{seq}"), "object": "chat.completion",
+                "created": shared.created, "model": model, "system_fingerprint": "fp_mock",
+                "choices": [{"index": 0, "message": {"role": "assistant",
+                    "content": cache::answer_for(&body)}, "logprobs": null,
+                    "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": p, "completion_tokens": MOCK_COMPLETION_TOKENS,
+                    "total_tokens": p + MOCK_COMPLETION_TOKENS,
+                    "prompt_tokens_details": {"cached_tokens": served.cached_tokens}}})
+        };
+        shared
+            .last_answer
+            .fetch_max(shared.nanos(Instant::now()), Relaxed);
+        let mut r = json_response(answer.to_string());
+        let id = HeaderValue::try_from(format!("mock-{seq}")).expect("ascii");
+        r.headers_mut().insert("x-request-id", id);
+        r
+    }
+
+    async fn wait(shared: &Shared, due: Instant) -> Result<(), ()> {
+        tokio::select! {
+            () = shared.alarm.until(due) => Ok(()),
+            () = shared.stop.cancelled() => Err(()),
+        }
+    }
+
+    fn error(status: u16, message: &str) -> Response {
+        let body = serde_json::json!({"error": {"message": message,
+            "type": "invalid_request_error", "code": null}});
+        let mut r = json_response(body.to_string());
+        *r.status_mut() = StatusCode::from_u16(status).expect("a valid status");
+        r
+    }
+}
 
 fn plain(status: StatusCode, text: &'static str) -> Response {
     let mut r = Response::new(Body::from(text));

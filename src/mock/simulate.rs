@@ -126,6 +126,7 @@ impl Simulation {
                 let n = calls.fetch_add(1, Ordering::Relaxed);
                 sim.reply(n, call)
             })),
+            cache: None,
         }
     }
 }

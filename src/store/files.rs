@@ -224,7 +224,7 @@ impl<'l> Ingest<'l> {
                     self.raw_pos = (start - self.raw_base) as usize + p.body.len();
                 }
                 let c = &mut self.copy;
-                c.row(8);
+                c.row(9);
                 c.uuid(TemplateId::new().0);
                 c.uuid(self.file_id.0);
                 c.int8(number as i64);
@@ -233,6 +233,7 @@ impl<'l> Ingest<'l> {
                 c.text(p.body);
                 c.text(&p.model);
                 c.int8(p.body.len() as i64);
+                c.int8(crate::domain::prefix::prefix_key(&p.model, p.body));
                 self.templates += 1;
             }
         }
@@ -256,7 +257,7 @@ impl<'l> Ingest<'l> {
 }
 
 const TEMPLATE_COPY: &str = "COPY request_templates \
-    (id, file_id, line_number, custom_id, path, body, model, body_byte_size) \
+    (id, file_id, line_number, custom_id, path, body, model, body_byte_size, prefix_key) \
     FROM STDIN (FORMAT binary)";
 
 /// Writes segments into the transaction as they come. A run of rows goes

@@ -31,8 +31,12 @@ pub struct ModelDemand {
     /// Calls of it this daemon is making now: the slots it holds never go
     /// below this.
     pub in_flight: u32,
-    /// Requests of it this daemon has claimed and not yet sent.
+    /// Requests of it this daemon has claimed and not yet sent, in calls
+    /// (see `per_call`).
     pub waiting: u32,
+    /// Requests one call takes (1, or more for embeddings lines sent many
+    /// to a call): the claim takes this many per call it wants.
+    pub per_call: u32,
 }
 
 /// What a claim asks for.
@@ -52,6 +56,11 @@ pub struct ClaimRequest {
     /// Claim only requests of this batch (`fusillade run`); `None` claims
     /// every batch's work.
     pub scope: Option<BatchId>,
+    /// Take requests in prefix-group order within each model and deadline
+    /// (see `domain::prefix`), so calls sharing a prompt prefix run close
+    /// together; `false` takes them in line order (for comparison: the
+    /// shared claim then sorts each deadline's pending rows).
+    pub grouped: bool,
 }
 
 /// What a claim returns.
@@ -95,6 +104,8 @@ pub struct ClaimedRequest {
     pub body: String,
     /// A base URL that overrides the configured route ("" for none).
     pub endpoint: String,
+    /// Its prompt's prefix group (see `domain::prefix`): replicas are chosen by it.
+    pub prefix_key: i64,
 }
 
 /// The final result of a request.
@@ -278,6 +289,7 @@ SET state = 'claimed', attempt = q.attempt + 1, daemon_id = $1, claimed_at = now
 FROM picked p, request_templates t
 WHERE q.id = p.id AND q.state = 'pending' AND t.id = q.template_id
 RETURNING q.id, q.batch_id, q.template_id, q.attempt, q.retries, q.model, q.custom_id,
+          q.prefix_key,
           CASE WHEN q.deadline = 'infinity' THEN NULL ELSE q.deadline END AS deadline,
           t.path, t.body, t.endpoint"
         )
@@ -290,6 +302,24 @@ pub const CLAIM_SQL: &str = claim_sql!(
     "
           AND NOT r.private",
     "r.deadline, r.id"
+);
+
+/// [`CLAIM_SQL`] in prefix-group order within each deadline: a batch with
+/// an earlier deadline still goes first, whatever its groups.
+#[doc(hidden)]
+pub const CLAIM_GROUPED_SQL: &str = claim_sql!(
+    "
+          AND NOT r.private",
+    "r.deadline, r.prefix_key, r.id"
+);
+
+/// [`CLAIM_SCOPED_SQL`] in prefix-group order, over the batch's pending rows
+/// in `requests_claim_private` (a scoped daemon runs a private batch).
+#[doc(hidden)]
+pub const CLAIM_SCOPED_GROUPED_SQL: &str = claim_sql!(
+    "
+          AND r.batch_id = $5 AND r.private",
+    "r.prefix_key, r.id"
 );
 
 /// [`CLAIM_SQL`] for a daemon scoped to the batch `$5`: the batch's own
@@ -408,6 +438,11 @@ impl QueueStore for PostgresStore {
             let held: i32 = r.try_get("usable")?;
             claim.peers = u32::try_from(r.try_get::<i64, _>("peers")?).unwrap_or(u32::MAX);
             let want: i32 = r.try_get("claim")?;
+            let per_call = m
+                .iter()
+                .find(|d| d.model == model)
+                .map_or(1, |d| d.per_call.max(1));
+            let want = want.saturating_mul(clamp_i32(per_call));
             if r.try_get("pending")? && held > 0 && want > 0 {
                 models.push(model.clone());
                 wants.push(want);
@@ -417,9 +452,11 @@ impl QueueStore for PostgresStore {
         }
         claim.asked = claim.asked.min(req.max_total);
         if !models.is_empty() {
-            let claim_sql = match req.scope {
-                None => CLAIM_SQL,
-                Some(_) => CLAIM_SCOPED_SQL,
+            let claim_sql = match (req.scope, req.grouped) {
+                (None, false) => CLAIM_SQL,
+                (None, true) => CLAIM_GROUPED_SQL,
+                (Some(_), false) => CLAIM_SCOPED_SQL,
+                (Some(_), true) => CLAIM_SCOPED_GROUPED_SQL,
             };
             let mut claiming = sqlx::query(claim_sql)
                 .bind(req.daemon)
@@ -445,9 +482,17 @@ impl QueueStore for PostgresStore {
                         path: r.try_get("path")?,
                         body: r.try_get("body")?,
                         endpoint: r.try_get("endpoint")?,
+                        prefix_key: r.try_get("prefix_key")?,
                     })
                 })
                 .collect::<Result<_>>()?;
+            if req.grouped {
+                // The UPDATE returns rows in no promised order; the daemon
+                // sends them in this one.
+                claim
+                    .requests
+                    .sort_by_key(|r| (r.deadline.is_none(), r.deadline, r.prefix_key, r.id));
+            }
         }
         tx.commit().await?;
         Ok(claim)

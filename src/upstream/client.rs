@@ -9,6 +9,7 @@ use chrono::Utc;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -23,17 +24,114 @@ pub(super) struct Clients {
     /// Each route's base URL, parsed once: parsing (host checks included)
     /// on every call was a visible part of the daemon's CPU.
     base_urls: HashMap<String, reqwest::Url>,
+    /// The replica sets of the routes that have them, by the route's `url`.
+    replicas: HashMap<String, std::sync::Arc<Replicas>>,
     error: Option<String>,
+}
+
+/// A route's replicas and the calls each is making.
+#[derive(Debug)]
+struct Replicas {
+    urls: Vec<String>,
+    in_flight: Vec<AtomicU32>,
+    /// Calls one replica takes at once.
+    per_replica: u32,
+    turn: AtomicUsize,
+    /// When each replica may be used again after a connection failure or
+    /// timeout, in milliseconds after `epoch` (0: it may).
+    down_until: Vec<AtomicU64>,
+    epoch: std::time::Instant,
+}
+
+/// How long a replica that refused a connection or timed out is left out.
+const REPLICA_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Replicas {
+    /// The replica for a call: the group's own while it has room, else the
+    /// least busy; calls of no group in turn.
+    fn pick(&self, prefix_key: Option<i64>) -> usize {
+        let n = self.urls.len();
+        let now = self.now_ms();
+        let up = |i: usize| self.down_until[i].load(Relaxed) <= now;
+        // When every replica is out, they are all tried again.
+        let all_down = !(0..n).any(up);
+        let usable = |i: usize| all_down || up(i);
+        let Some(key) = prefix_key else {
+            for _ in 0..n {
+                let i = self.turn.fetch_add(1, Relaxed) % n;
+                if usable(i) {
+                    return i;
+                }
+            }
+            return self.turn.fetch_add(1, Relaxed) % n;
+        };
+        let home = (key as u64 % n as u64) as usize;
+        if usable(home) && self.in_flight[home].load(Relaxed) < self.per_replica {
+            return home;
+        }
+        (0..n)
+            .filter(|&i| usable(i))
+            .min_by_key(|&i| self.in_flight[i].load(Relaxed))
+            .unwrap_or(home)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Leaves replica `i` out for [`REPLICA_BACKOFF`].
+    fn failed(&self, i: usize) {
+        let until = self.now_ms() + REPLICA_BACKOFF.as_millis() as u64;
+        self.down_until[i].fetch_max(until, Relaxed);
+        metrics::counter!("fusillade_replica_failures_total", "url" => self.urls[i].clone())
+            .increment(1);
+    }
+}
+
+/// Counts a call against its replica until dropped.
+struct ReplicaCall<'a> {
+    replicas: &'a Replicas,
+    index: usize,
+}
+
+impl ReplicaCall<'_> {
+    /// The replica refused the connection or did not answer in time.
+    fn failed(&self) {
+        self.replicas.failed(self.index);
+    }
+}
+
+impl Drop for ReplicaCall<'_> {
+    fn drop(&mut self) {
+        self.replicas.in_flight[self.index].fetch_sub(1, Relaxed);
+    }
 }
 
 impl Clients {
     pub(super) fn build(config: &Config) -> Self {
         let mut by_connect_timeout = HashMap::new();
         let mut base_urls = HashMap::new();
+        let mut replicas = HashMap::new();
         let mut error = None;
         for route in std::iter::once(&config.upstream).chain(config.models.values()) {
-            if let Ok(url) = reqwest::Url::parse(&route.url) {
-                base_urls.insert(route.url.clone(), url);
+            for u in std::iter::once(&route.url).chain(&route.replicas) {
+                if let Ok(url) = reqwest::Url::parse(u) {
+                    base_urls.insert(u.clone(), url);
+                }
+            }
+            if route.replicas.len() > 1 && !replicas.contains_key(&route.url) {
+                let n = route.replicas.len();
+                replicas.insert(
+                    route.url.clone(),
+                    std::sync::Arc::new(Replicas {
+                        urls: route.replicas.clone(),
+                        in_flight: (0..n).map(|_| AtomicU32::new(0)).collect(),
+                        per_replica: (route.concurrency / n as u32).max(1),
+                        turn: AtomicUsize::new(0),
+                        down_until: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                        epoch: std::time::Instant::now(),
+                    }),
+                );
             }
             if by_connect_timeout.contains_key(&route.connect_timeout) {
                 continue;
@@ -61,17 +159,43 @@ impl Clients {
         Self {
             by_connect_timeout,
             base_urls,
+            replicas,
             error,
         }
     }
 
-    /// `path` under the route's base URL, from the parsed base when there
-    /// is one and the path is a plain path.
-    fn url(&self, route: &Route, path: &str) -> Option<reqwest::Url> {
+    /// The base URL a call of this route goes to, and the count of the
+    /// replica it is made on (when the route has replicas).
+    fn base<'a>(
+        &'a self,
+        route: &'a Route,
+        prefix_key: Option<i64>,
+    ) -> (&'a str, Option<ReplicaCall<'a>>) {
+        match self.replicas.get(&route.url) {
+            None => (route.url.as_str(), None),
+            Some(r) => {
+                let i = r.pick(prefix_key);
+                r.in_flight[i].fetch_add(1, Relaxed);
+                metrics::counter!("fusillade_replica_calls_total", "url" => r.urls[i].clone())
+                    .increment(1);
+                (
+                    r.urls[i].as_str(),
+                    Some(ReplicaCall {
+                        replicas: r,
+                        index: i,
+                    }),
+                )
+            }
+        }
+    }
+
+    /// `path` under the base URL, from the parsed base when there is one
+    /// and the path is a plain path.
+    fn url(&self, base: &str, path: &str) -> Option<reqwest::Url> {
         if path.contains(['?', '#']) {
             return None;
         }
-        let mut url = self.base_urls.get(&route.url)?.clone();
+        let mut url = self.base_urls.get(base)?.clone();
         let slash = if path.starts_with('/') { "" } else { "/" };
         let full = format!("{}{slash}{path}", url.path().trim_end_matches('/'));
         url.set_path(&full);
@@ -122,6 +246,7 @@ pub(super) async fn send(
     config: &Config,
     clients: &Clients,
     req: &UpstreamRequest<'_>,
+    prefix_key: Option<i64>,
 ) -> CallOutcome {
     let route = config.route(req.model);
     let client = match clients.get(route) {
@@ -149,8 +274,13 @@ pub(super) async fn send(
     } else {
         req.body.to_owned()
     };
+    let (route_base, replica) = if req.endpoint_override.is_empty() {
+        clients.base(route, prefix_key)
+    } else {
+        (route.url.as_str(), None)
+    };
     let parsed = if req.endpoint_override.is_empty() {
-        clients.url(route, req.path)
+        clients.url(route_base, req.path)
     } else {
         None
     };
@@ -162,7 +292,7 @@ pub(super) async fn send(
         Some(url) => client.post(url),
         None => {
             let base = if req.endpoint_override.is_empty() {
-                route.url.as_str()
+                route_base
             } else {
                 req.endpoint_override
             };
@@ -173,12 +303,26 @@ pub(super) async fn send(
     };
     let sending = builder.headers(headers).body(body).send();
     let (at, phase) = limits.earliest(after(start, route.first_byte_timeout), "first_byte");
+    let replica_failed = || {
+        if let Some(r) = &replica {
+            r.failed();
+        }
+    };
     let response = match tokio::time::timeout_at(at, sending).await {
-        Err(_) => return CallOutcome::TimedOut { phase },
+        Err(_) => {
+            if phase == "first_byte" {
+                replica_failed();
+            }
+            return CallOutcome::TimedOut { phase };
+        }
         Ok(Err(e)) if e.is_connect() && e.is_timeout() => {
+            replica_failed();
             return CallOutcome::TimedOut { phase: "connect" };
         }
         Ok(Err(e)) => {
+            if e.is_connect() {
+                replica_failed();
+            }
             return CallOutcome::ConnectionFailed {
                 message: scrub(error_chain(e), route),
             };
@@ -388,6 +532,51 @@ fn scrub(message: String, route: &Route) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn replicas(n: usize, per_replica: u32) -> Replicas {
+        Replicas {
+            urls: (0..n).map(|i| format!("http://r{i}")).collect(),
+            in_flight: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            per_replica,
+            turn: AtomicUsize::new(0),
+            down_until: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_failed_replica_is_left_out_until_all_are() {
+        let r = replicas(2, 5);
+        let home = r.pick(Some(4));
+        r.failed(home);
+        assert_ne!(r.pick(Some(4)), home);
+        assert!((0..4).all(|_| r.pick(None) != home));
+        r.failed(1 - home);
+        // All out: the group's own again.
+        assert_eq!(r.pick(Some(4)), home);
+    }
+
+    #[test]
+    fn a_group_goes_home_while_its_replica_has_room() {
+        let r = replicas(3, 2);
+        let home = r.pick(Some(7));
+        assert_eq!(home, 7 % 3);
+        r.in_flight[home].store(1, Relaxed);
+        assert_eq!(r.pick(Some(7)), home);
+        // Full: the least busy other one takes it.
+        r.in_flight[home].store(2, Relaxed);
+        r.in_flight[(home + 1) % 3].store(1, Relaxed);
+        assert_eq!(r.pick(Some(7)), (home + 2) % 3);
+    }
+
+    #[test]
+    fn calls_of_no_group_go_round() {
+        let r = replicas(2, 5);
+        let picks: Vec<usize> = (0..4).map(|_| r.pick(None)).collect();
+        assert_eq!(picks, [0, 1, 0, 1]);
+        // Negative keys are keys too.
+        assert!(r.pick(Some(-3)) < 2);
+    }
 
     #[test]
     fn streaming_body_sets_stream_and_usage() {

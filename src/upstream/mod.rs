@@ -126,6 +126,18 @@ impl UpstreamClient {
     /// Makes one call. Never panics and never returns an error: every failure
     /// is an outcome.
     pub async fn send(&self, req: &UpstreamRequest<'_>) -> CallOutcome {
-        client::send(&self.config, &self.clients, req).await
+        client::send(&self.config, &self.clients, req, None).await
+    }
+
+    /// [`UpstreamClient::send`] for a request of this prefix group: on a
+    /// route with replicas, the group goes to the same replica while that
+    /// one has room (below its `concurrency`), else to the least busy; with
+    /// no group, calls are dealt to the replicas in turn.
+    pub async fn send_grouped(
+        &self,
+        req: &UpstreamRequest<'_>,
+        prefix_key: Option<i64>,
+    ) -> CallOutcome {
+        client::send(&self.config, &self.clients, req, prefix_key).await
     }
 }

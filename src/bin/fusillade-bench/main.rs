@@ -7,6 +7,8 @@
 //! fusillade-bench mock --latency-ms 50          # the mock upstream alone
 //! fusillade-bench api-load --scenario poll      # many API clients at once
 //! fusillade-bench chaos --lines 50000            # kills, restarts, faults; then checks
+//! fusillade-bench mock --cache                  # a mock with a prefix cache (GET /_stats)
+//! fusillade-bench coalesce --replicas 1         # mixed-prefix workload, coalescing off vs on
 //! ```
 //! `ingest` uploads the file through the store exactly as the API does
 //! (streamed from disk in 256 KiB chunks), creates a batch from it, and
@@ -15,6 +17,7 @@
 mod api;
 mod api_load;
 mod chaos;
+mod coalesce;
 mod procs;
 mod procstat;
 mod queue;
@@ -105,7 +108,13 @@ enum Command {
         /// (`calls N span_us S`: first arrival to last answer) as it stops.
         #[arg(long)]
         report_on_eof: bool,
+        #[command(flatten)]
+        cache: coalesce::CacheArgs,
     },
+    /// A mixed-prefix chat workload (and an embeddings one) through
+    /// `fusillade run` against cache-modelling mocks, with coalescing off
+    /// (file order, round-robin) and on; checks every answer.
+    Coalesce(coalesce::Args),
     /// Uploads a ~SIZE MB file through `fusillade serve --api-only` over
     /// HTTP, then downloads a batch output of it; prints MB/s and the
     /// server's peak RSS.
@@ -195,7 +204,9 @@ fn main() -> Result<()> {
             latency_ms,
             port,
             report_on_eof,
-        } => runtime()?.block_on(mock(latency_ms, port, report_on_eof)),
+            cache,
+        } => runtime()?.block_on(mock(latency_ms, port, report_on_eof, cache.model())),
+        Command::Coalesce(args) => runtime()?.block_on(coalesce::run(args)),
         Command::ApiUpload {
             size_mb,
             no_download,
@@ -217,9 +228,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn mock(latency_ms: u64, port: u16, report_on_eof: bool) -> Result<()> {
+async fn mock(
+    latency_ms: u64,
+    port: u16,
+    report_on_eof: bool,
+    cache: Option<fusillade::mock::CacheModel>,
+) -> Result<()> {
     use fusillade::mock::{MockBehavior, MockUpstream};
-    let behavior = MockBehavior::with_latency(std::time::Duration::from_millis(latency_ms));
+    let behavior = match cache {
+        Some(model) => MockBehavior::with_cache(model),
+        None => MockBehavior::with_latency(std::time::Duration::from_millis(latency_ms)),
+    };
     let server = MockUpstream::start_on(port, behavior).await?;
     println!("listening on {}", server.url());
     std::io::stdout().flush()?;

@@ -42,9 +42,14 @@ pub struct MockProcess {
 impl MockProcess {
     /// Starts `fusillade-bench mock --report-on-eof` with a fixed latency.
     pub fn start(latency_ms: u64) -> Result<Self> {
+        Self::start_with(&["--latency-ms".to_owned(), latency_ms.to_string()])
+    }
+
+    /// Starts `fusillade-bench mock --report-on-eof` with these flags.
+    pub fn start_with(flags: &[String]) -> Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["mock", "--report-on-eof", "--latency-ms"])
-            .arg(latency_ms.to_string())
+            .args(["mock", "--report-on-eof"])
+            .args(flags)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

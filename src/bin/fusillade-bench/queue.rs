@@ -142,11 +142,13 @@ pub async fn run(b: QueueBench) -> Result<()> {
             share: capacity,
             in_flight: held,
             waiting: capacity,
+            per_call: 1,
         }],
         default_limit: 0,
         default_share: 0,
         max_total: capacity,
         scope: None,
+        grouped: true,
     };
     let mut pg = GroupCpu::start("postgres");
     let mut claim_times: Vec<Duration> = Vec::new();
