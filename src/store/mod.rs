@@ -34,6 +34,7 @@
 mod batches;
 mod copy;
 mod daemons;
+mod dashboard;
 mod ending;
 mod files;
 mod fingerprints;
@@ -47,6 +48,10 @@ mod settle;
 
 pub use batches::{BatchListQuery, NewBatch};
 pub use daemons::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
+pub use dashboard::{
+    BODY_PREVIEW, BatchSample, DashboardStore, ERROR_SAMPLE, ErrorGroup, ModelLoad,
+    PENDING_COUNT_CAP, RequestDetail, ResultSample, STATS_SAMPLE,
+};
 pub use files::{FileListQuery, NewFile, Order};
 pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
