@@ -327,7 +327,8 @@ pub struct RequestObject {
     pub status_code: Option<i32>,
     /// Why it did not complete.
     pub error: Option<ResultError>,
-    /// Milliseconds from its last sending to its end.
+    /// Milliseconds from its last sending (or, when that is not recorded,
+    /// its last claim) to its end.
     pub latency_ms: Option<i64>,
 }
 
@@ -350,6 +351,7 @@ impl From<&RequestRecord> for RequestObject {
             error: r.error.clone(),
             latency_ms: r
                 .started_at
+                .or(r.claimed_at)
                 .zip(r.finished_at)
                 .map(|(s, f)| (f - s).num_milliseconds().max(0)),
         }

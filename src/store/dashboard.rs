@@ -52,7 +52,8 @@ pub struct ResultSample {
     pub ok: bool,
     /// When it ended.
     pub finished_at: DateTime<Utc>,
-    /// When it was last sent upstream (absent when it never was).
+    /// When it was last sent upstream, or else claimed (the daemon records
+    /// the sending only for some calls); absent when neither happened.
     pub started_at: Option<DateTime<Utc>>,
     /// The upstream's status, when it answered.
     pub status_code: Option<i32>,
@@ -239,7 +240,8 @@ impl DashboardStore for PostgresStore {
         .await?;
         // Lines 1, 1 + step, ...: one primary-key lookup each.
         let rows = sqlx::query(
-            "SELECT r.ok, r.finished_at, r.started_at, r.status_code \
+            "SELECT r.ok, r.finished_at, COALESCE(r.started_at, r.claimed_at) AS started_at, \
+                    r.status_code \
              FROM generate_series(1::bigint, GREATEST($2, 1), $3) g(line) \
              JOIN request_results r ON r.request_id = fusillade_request_id($1, g.line) \
              WHERE r.batch_id = $1",

@@ -36,6 +36,12 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+/// Replaces an element's children, leaving out empty ones (replaceChildren
+/// would print them as "null").
+function put(el, ...kids) {
+  el.replaceChildren(...kids.flat().filter((k) => k !== null && k !== undefined && k !== false && k !== ""));
+}
+
 function key() { return sessionStorage.getItem("fusillade-key") || ""; }
 
 class ApiError extends Error {
@@ -173,7 +179,7 @@ function pageLogin(main) {
   h("h1", {}, "Sign in"),
   h("p", { class: "muted" }, "Enter an API key. It stays in this browser tab only."),
   input, msg, h("button", { class: "primary", type: "submit", id: "login" }, "Open dashboard"));
-  main.replaceChildren(form);
+  put(main, form);
   input.focus();
 }
 
@@ -185,7 +191,7 @@ function pageBatches(main, params) {
   } }, h("option", { value: "" }, "All statuses"), STATUSES.map((s) => h("option", { value: s, selected: s === status }, s)));
   const body = h("tbody");
   const pager = h("div", { class: "row" });
-  main.replaceChildren(
+  put(main, 
     h("div", { class: "row" }, h("h1", {}, "Batches"), select,
       h("a", { href: "#/upload" }, h("button", { class: "primary", type: "button" }, "New batch"))),
     h("table", { id: "batches" }, h("thead", {}, h("tr", {},
@@ -196,7 +202,7 @@ function pageBatches(main, params) {
     if (status) q.set("status", status);
     if (after) q.set("after", after);
     const list = await api(`/v1/batches?${q}`);
-    body.replaceChildren(...list.data.map((b) => {
+    put(body, ...list.data.map((b) => {
       const p = progress(b);
       const { rate, eta } = pace(b);
       const left = LIVE.has(b.status) ? b.expires_at - Date.now() / 1000 : null;
@@ -213,7 +219,7 @@ function pageBatches(main, params) {
     }));
     if (!list.data.length) body.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No batches.")));
     const base = status ? `#/batches?status=${status}&` : "#/batches?";
-    pager.replaceChildren(
+    put(pager, 
       after ? h("a", { href: status ? `#/batches?status=${status}` : "#/batches" }, "« Newest") : "",
       list.has_more ? h("a", { href: `${base}after=${list.last_id}`, id: "next-page" }, "Older »") : "");
     return true;
@@ -268,9 +274,9 @@ function jsonBlock(v) {
 }
 
 async function showRequest(panel, batchId, rid) {
-  panel.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  put(panel, h("p", { class: "muted" }, "Loading…"));
   const r = await api(`/v1/batches/${batchId}/requests/${rid}`);
-  panel.replaceChildren(
+  put(panel, 
     h("h2", {}, `Request ${r.custom_id || r.id}`),
     h("p", {}, statusTag(r.state), " ", `attempts ${r.attempt}`,
       r.status_code ? ` · HTTP ${r.status_code}` : "", r.latency_ms !== null ? ` · ${fmtNum(r.latency_ms)} ms` : "",
@@ -302,7 +308,7 @@ function pageBatch(main, id, params) {
   const reqBody = h("tbody");
   const pager = h("div", { class: "row" });
   const detail = h("div", { id: "request-detail" });
-  main.replaceChildren(head, statsBox,
+  put(main, head, statsBox,
     h("div", { class: "row" }, h("h2", {}, "Requests"), stateSel),
     h("table", { id: "requests" }, h("thead", {}, h("tr", {},
       ["Line", "custom_id", "State", "Attempts", "Status", "Latency", "Model"].map((t) => h("th", {}, t)))), reqBody),
@@ -315,14 +321,14 @@ function pageBatch(main, id, params) {
     if (state) q.set("state", state);
     if (cursor) q.set("after", cursor);
     const list = await api(`/v1/batches/${id}/requests?${q}`);
-    reqBody.replaceChildren(...list.data.map((r) => h("tr", { class: "clickable", "data-id": r.id, "data-state": r.state,
+    put(reqBody, ...list.data.map((r) => h("tr", { class: "clickable", "data-id": r.id, "data-state": r.state,
       onclick: () => showRequest(detail, id, r.id).catch((e) => flash(e.message)) },
     h("td", {}, String(parseInt(r.id.slice(-12), 16))),
     h("td", {}, r.custom_id || "–"), h("td", {}, statusTag(r.state)), h("td", {}, r.attempt),
     h("td", {}, r.status_code || "–"), h("td", {}, r.latency_ms === null ? "–" : `${fmtNum(r.latency_ms)} ms`),
     h("td", {}, r.model))));
     if (!list.data.length) reqBody.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No requests.")));
-    pager.replaceChildren(list.has_more ? h("button", { id: "next-requests", onclick: () => { cursor = list.last_id; loadRequests(); } }, "Next page »") : "",
+    put(pager, list.has_more ? h("button", { id: "next-requests", onclick: () => { cursor = list.last_id; loadRequests(); } }, "Next page »") : "",
       cursor ? h("button", { onclick: () => { cursor = ""; loadRequests(); } }, "« First page") : "");
   };
 
@@ -333,7 +339,7 @@ function pageBatch(main, id, params) {
     const links = [];
     if (b.output_file_id && b.request_counts.completed > 0) links.push(h("button", { id: "download-output", onclick: () => download(b.output_file_id, `${b.id}_output.jsonl`) }, "Download output"));
     if (b.error_file_id && (b.request_counts.failed > 0 || b.status === "cancelled")) links.push(h("button", { id: "download-errors", onclick: () => download(b.error_file_id, `${b.id}_errors.jsonl`) }, "Download errors"));
-    head.replaceChildren(
+    put(head, 
       h("div", { class: "row" }, h("h1", {}, `Batch ${b.id}`), statusTag(b.status), batchActions(b, refresh), links),
       h("div", { class: "row" }, p.bar, h("span", { class: "pct", id: "progress-pct" }, `${p.pct}%`),
         h("span", { class: "muted" }, `${fmtNum(b.request_counts.completed)} completed · ${fmtNum(b.request_counts.failed)} failed · ${fmtNum(p.total - p.done)} left`)),
@@ -346,7 +352,7 @@ function pageBatch(main, id, params) {
   const renderStats = (s) => {
     const c = s.counts;
     const lat = s.latency_ms;
-    statsBox.replaceChildren(
+    put(statsBox, 
       h("div", { class: "cards" },
         ["pending", "in_progress", "completed", "failed", "canceled"].map((k) => h("div", { class: "card", "data-count": k }, h("b", {}, fmtNum(c[k])), k.replace("_", " "))),
         h("div", { class: "card" }, h("b", {}, fmtRate(s.rate_per_sec)), "last minute"),
@@ -386,15 +392,15 @@ function pageUpload(main) {
   const drop = h("div", { id: "drop" }, h("p", {}, "Drop a JSONL file here, or "), fileInput);
   const status = h("div", { id: "upload-status" });
   const form = h("div", { id: "create-form" });
-  main.replaceChildren(h("h1", {}, "New batch"), drop, status, form);
+  put(main, h("h1", {}, "New batch"), drop, status, form);
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); if (e.dataTransfer.files[0]) upload(e.dataTransfer.files[0]); });
   fileInput.addEventListener("change", () => { if (fileInput.files[0]) upload(fileInput.files[0]); });
 
   async function upload(file) {
-    form.replaceChildren();
-    status.replaceChildren(h("p", { class: "muted" }, `Uploading ${file.name} (${fmtNum(file.size)} bytes)…`));
+    put(form);
+    put(status, h("p", { class: "muted" }, `Uploading ${file.name} (${fmtNum(file.size)} bytes)…`));
     const data = new FormData();
     data.append("purpose", "batch");
     data.append("file", file, file.name);
@@ -404,10 +410,10 @@ function pageUpload(main) {
       f = await api("/v1/files", { method: "POST", body: data });
       v = await api(`/v1/files/${f.id}/validation`);
     } catch (e) {
-      status.replaceChildren(h("p", { class: "error" }, `Upload failed: ${e.message}`));
+      put(status, h("p", { class: "error" }, `Upload failed: ${e.message}`));
       return;
     }
-    status.replaceChildren(
+    put(status, 
       h("p", { class: v.error_count ? "error" : "ok", id: "upload-result" },
         `${f.filename}: ${fmtNum(v.valid_lines)} valid lines, ${fmtNum(v.error_count)} refused (${f.id})`),
       v.errors.length ? h("table", { id: "line-errors" }, h("tr", {}, h("th", {}, "Line"), h("th", {}, "Problem"), h("th", {}, "")),
@@ -417,7 +423,7 @@ function pageUpload(main) {
     const endpoint = h("select", { id: "endpoint" }, endpoints.map((e) => h("option", { value: e, selected: e === (v.endpoints[0] || endpoints[0]) }, e)));
     const windowIn = h("input", { id: "window", value: "24h", size: 6 });
     const msg = h("p", { class: "error" });
-    form.replaceChildren(h("div", { class: "row panel" },
+    put(form, h("div", { class: "row panel" },
       h("label", {}, "Endpoint ", endpoint), h("label", {}, "Window ", windowIn),
       h("button", { class: "primary", id: "create-batch", onclick: async () => {
         try {
@@ -430,13 +436,13 @@ function pageUpload(main) {
 
 function pageModels(main) {
   const body = h("tbody");
-  main.replaceChildren(h("h1", {}, "Models"),
+  put(main, h("h1", {}, "Models"),
     h("table", { id: "models" }, h("thead", {}, h("tr", {}, ["Model", "In flight / limit", "Slots held", "Pending", "Calls/s (this server)"].map((t) => h("th", {}, t)))), body));
   const last = new Map();
   poll(async () => {
     const list = await api("/v1/admin/models");
     const now = Date.now();
-    body.replaceChildren(...list.data.map((m) => {
+    put(body, ...list.data.map((m) => {
       const prev = last.get(m.model);
       const rate = prev ? (m.calls_total - prev.calls) / ((now - prev.at) / 1000) : null;
       last.set(m.model, { calls: m.calls_total, at: now });
@@ -444,7 +450,7 @@ function pageModels(main) {
       return h("tr", { "data-model": m.model }, h("td", {}, m.model),
         h("td", {}, h("div", { class: "row", style: "margin:0" }, h("div", { class: "bar" }, h("div", { class: "r", style: `width:${pct}%` })), `${fmtNum(m.in_flight)} / ${fmtNum(m.limit)}`)),
         h("td", {}, fmtNum(m.slots_held)), h("td", {}, fmtNum(m.pending) + (m.pending_capped ? "+" : "")),
-        h("td", {}, rate === null ? "…" : fmtRate(rate)));
+        h("td", {}, rate === null ? "…" : `${rate.toFixed(1)}/s`));
     }));
     if (!list.data.length) body.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No models yet.")));
   });
@@ -452,11 +458,11 @@ function pageModels(main) {
 
 function pageWorkers(main) {
   const body = h("tbody");
-  main.replaceChildren(h("h1", {}, "Workers"),
+  put(main, h("h1", {}, "Workers"),
     h("table", { id: "workers" }, h("thead", {}, h("tr", {}, ["Worker", "Host / pid", "Status", "Heartbeat", "In flight", "Done", "Failed", "Started"].map((t) => h("th", {}, t)))), body));
   poll(async () => {
     const list = await api("/v1/admin/workers");
-    body.replaceChildren(...list.data.map((w) => h("tr", { "data-worker": w.id },
+    put(body, ...list.data.map((w) => h("tr", { "data-worker": w.id },
       h("td", {}, w.id.slice(0, 8)), h("td", {}, `${w.hostname} / ${w.pid}`), h("td", {}, statusTag(w.status)),
       h("td", {}, `${(w.heartbeat_age_ms / 1000).toFixed(1)}s ago`), h("td", {}, fmtNum(w.in_flight)),
       h("td", {}, fmtNum(w.requests_done)), h("td", {}, fmtNum(w.requests_failed)), h("td", {}, fmtTime(w.started_at)))));
