@@ -19,7 +19,7 @@ const APP_CSS: &str = include_str!("ui/app.css");
 /// Scripts and styles only from this origin; the pages may not be framed.
 const CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'";
 
-fn asset(body: &'static str, kind: &'static str) -> Response {
+fn asset(body: impl Into<axum::body::Body>, kind: &'static str) -> Response {
     (
         [
             (CONTENT_TYPE, HeaderValue::from_static(kind)),
@@ -34,13 +34,20 @@ fn asset(body: &'static str, kind: &'static str) -> Response {
                 HeaderValue::from_static("nosniff"),
             ),
         ],
-        body,
+        body.into(),
     )
         .into_response()
 }
 
-async fn index() -> Response {
-    asset(INDEX, "text/html; charset=utf-8")
+/// The page, with whether keys are asked for written into it, so the app
+/// starts without a round trip to ask.
+async fn index<S: ApiBackend>(State(state): State<ApiState<S>>) -> Response {
+    let auth = if state.config().auth.is_some() {
+        "true"
+    } else {
+        "false"
+    };
+    asset(INDEX.replace("{{AUTH}}", auth), "text/html; charset=utf-8")
 }
 
 async fn app_js() -> Response {
@@ -51,8 +58,8 @@ async fn app_css() -> Response {
     asset(APP_CSS, "text/css; charset=utf-8")
 }
 
-/// `GET /ui/config.json`: whether keys are asked for, so the page knows
-/// before its first API call (a 401 would be logged as a console error).
+/// `GET /ui/config.json`: whether keys are asked for (also written into the
+/// page), for tools; asking through a 401 would log a console error.
 async fn config<S: ApiBackend>(State(state): State<ApiState<S>>) -> Json<Value> {
     Json(json!({"auth": state.config().auth.is_some()}))
 }
@@ -60,7 +67,7 @@ async fn config<S: ApiBackend>(State(state): State<ApiState<S>>) -> Json<Value> 
 /// The dashboard's routes (no key needed: they hold no data).
 pub fn routes<S: ApiBackend>() -> Router<ApiState<S>> {
     Router::new()
-        .route("/", get(index))
+        .route("/", get(index::<S>))
         .route("/ui/config.json", get(config::<S>))
         .route("/ui/app.js", get(app_js))
         .route("/ui/app.css", get(app_css))

@@ -42,6 +42,12 @@ function put(el, ...kids) {
   el.replaceChildren(...kids.flat().filter((k) => k !== null && k !== undefined && k !== false && k !== ""));
 }
 
+/// Marks the first time a page shows a kind of data, for load timing
+/// (tests/browser/page_timing.py reads the marks).
+function mark(name) {
+  if (!performance.getEntriesByName(name).length) performance.mark(name);
+}
+
 function key() { return sessionStorage.getItem("fusillade-key") || ""; }
 
 class ApiError extends Error {
@@ -218,6 +224,7 @@ function pageBatches(main, params) {
         h("td", {}, batchActions(b, load)));
     }));
     if (!list.data.length) body.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No batches.")));
+    mark("data");
     const base = status ? `#/batches?status=${status}&` : "#/batches?";
     put(pager, 
       after ? h("a", { href: status ? `#/batches?status=${status}` : "#/batches" }, "« Newest") : "",
@@ -328,6 +335,7 @@ function pageBatch(main, id, params) {
     h("td", {}, r.status_code || "–"), h("td", {}, r.latency_ms === null ? "–" : `${fmtNum(r.latency_ms)} ms`),
     h("td", {}, r.model))));
     if (!list.data.length) reqBody.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No requests.")));
+    mark("requests");
     put(pager, list.has_more ? h("button", { id: "next-requests", onclick: () => { cursor = list.last_id; loadRequests(); } }, "Next page »") : "",
       cursor ? h("button", { onclick: () => { cursor = ""; loadRequests(); } }, "« First page") : "");
   };
@@ -347,6 +355,7 @@ function pageBatch(main, id, params) {
         ` · average ${fmtRate(rate)}`, eta !== null ? ` · ETA ${fmtDur(eta)}` : "", ` · created ${fmtTime(b.created_at)}`),
       b.errors && b.errors.data && b.errors.data.length ? h("div", { class: "panel", id: "batch-errors" }, h("b", {}, "Validation errors"),
         h("ul", {}, b.errors.data.map((e) => h("li", {}, e.line ? `line ${e.line}: ` : "", `${e.code}: ${e.message}`)))) : null);
+    mark("head");
   };
 
   const renderStats = (s) => {
@@ -368,21 +377,24 @@ function pageBatch(main, id, params) {
           h("h2", {}, "Errors"),
           s.errors.groups.length ? h("table", { id: "error-breakdown" }, h("tr", {}, h("th", {}, "Code"), h("th", {}, "HTTP"), h("th", {}, "Count")),
             s.errors.groups.map((g) => h("tr", {}, h("td", {}, g.code), h("td", {}, g.status_code || "–"), h("td", {}, fmtNum(g.count))))) : h("p", { class: "muted" }, "No errors."))));
+    mark("stats");
   };
 
   let statsGen = 0;
   async function refresh() {
-    batch = await api(`/v1/batches/${id}`);
-    renderHead(batch);
-    // Statistics come after the first paint, never before it.
+    // All at once: the head paints as soon as the batch arrives, without
+    // waiting for the statistics (the slowest call) or the requests.
     const mine = ++statsGen;
     api(`/v1/batches/${id}/stats`).then((s) => { if (mine === statsGen) renderStats(s); }).catch((e) => flash(e.message));
+    batch = await api(`/v1/batches/${id}`);
+    renderHead(batch);
     return LIVE.has(batch.status);
   }
-  let first = true;
+  let live = true;
   poll(async () => {
-    const live = await refresh();
-    if (first || live) { first = false; await loadRequests(); }
+    const requests = live ? loadRequests() : null;
+    live = await refresh();
+    if (requests) await requests;
     return live;
   });
 }
@@ -453,6 +465,7 @@ function pageModels(main) {
         h("td", {}, rate === null ? "…" : `${rate.toFixed(1)}/s`));
     }));
     if (!list.data.length) body.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No models yet.")));
+    mark("data");
   });
 }
 
@@ -467,6 +480,7 @@ function pageWorkers(main) {
       h("td", {}, `${(w.heartbeat_age_ms / 1000).toFixed(1)}s ago`), h("td", {}, fmtNum(w.in_flight)),
       h("td", {}, fmtNum(w.requests_done)), h("td", {}, fmtNum(w.requests_failed)), h("td", {}, fmtTime(w.started_at)))));
     if (!list.data.length) body.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No workers.")));
+    mark("data");
   });
 }
 
@@ -478,6 +492,15 @@ function signOut() {
   if (authOn && location.hash !== "#/login") { location.hash = "#/login"; }
 }
 
+function header(page) {
+  $("#who").textContent = me ? (me.owner ? `${me.owner}${me.admin ? " (admin)" : ""}` : (me.admin ? "local (admin)" : "")) : "";
+  $("#logout").hidden = !(authOn && me);
+  for (const a of document.querySelectorAll("nav a")) {
+    a.classList.toggle("active", a.dataset.page === page || (a.dataset.page === "batches" && page === "batch"));
+    if (a.classList.contains("admin")) a.hidden = !(me && me.admin);
+  }
+}
+
 async function route() {
   generation++;
   clearTimeout(timer);
@@ -486,15 +509,12 @@ async function route() {
   const params = new URLSearchParams(query || "");
   const parts = path.split("/").filter(Boolean);
   if (authOn && !key()) { parts[0] = "login"; }
+  // Who the key is only changes the header: the page's own data is asked
+  // for at the same time, not after it.
   if (parts[0] !== "login" && !me) {
-    try { me = await api("/v1/me"); } catch (e) { if (!authOn) flash(e.message); return; }
+    api("/v1/me").then((m) => { me = m; header(parts[0]); }).catch((e) => { if (!authOn) flash(e.message); });
   }
-  $("#who").textContent = me ? (me.owner ? `${me.owner}${me.admin ? " (admin)" : ""}` : (me.admin ? "local (admin)" : "")) : "";
-  $("#logout").hidden = !(authOn && me);
-  for (const a of document.querySelectorAll("nav a")) {
-    a.classList.toggle("active", a.dataset.page === parts[0] || (a.dataset.page === "batches" && parts[0] === "batch"));
-    if (a.classList.contains("admin")) a.hidden = !(me && me.admin);
-  }
+  header(parts[0]);
   document.title = `fusillade · ${parts[0] || "batches"}`;
   switch (parts[0]) {
     case "login": return pageLogin(main);
@@ -506,9 +526,9 @@ async function route() {
   }
 }
 
-async function start() {
-  const cfg = await (await fetch("/ui/config.json")).json();
-  authOn = cfg.auth;
+function start() {
+  // The server writes whether keys are asked for into the page itself.
+  authOn = document.body.dataset.auth !== "false";
   $("#logout").addEventListener("click", () => { signOut(); route(); });
   window.addEventListener("hashchange", route);
   route();

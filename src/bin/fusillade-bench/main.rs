@@ -7,6 +7,7 @@
 //! fusillade-bench mock --latency-ms 50          # the mock upstream alone
 //! fusillade-bench api-load --scenario poll      # many API clients at once
 //! fusillade-bench chaos --lines 50000            # kills, restarts, faults; then checks
+//! fusillade-bench dashboard [--browser]          # page loads: 1,000 batches + a 1M batch
 //! ```
 //! `ingest` uploads the file through the store exactly as the API does
 //! (streamed from disk in 256 KiB chunks), creates a batch from it, and
@@ -15,6 +16,7 @@
 mod api;
 mod api_load;
 mod chaos;
+mod dashboard;
 mod procs;
 mod procstat;
 mod queue;
@@ -126,6 +128,9 @@ enum Command {
     /// restart, a rolling restart, upstream faults and bad requests; then
     /// checks every line and prints the figures (exit 1 on any violation).
     Chaos(chaos::Args),
+    /// Times the dashboard's pages with 1,000 batches and a
+    /// 1,000,000-request batch in the database.
+    Dashboard(dashboard::Args),
     /// Internal: the cleanup guard of `chaos`.
     #[command(hide = true)]
     ChaosGuard,
@@ -208,6 +213,7 @@ fn main() -> Result<()> {
         Command::ApiLoad(args) => runtime()?.block_on(api_load::run(args)),
         Command::Chaos(args) => runtime()?.block_on(chaos::run(args)),
         Command::ChaosGuard => chaos::guard::serve(),
+        Command::Dashboard(args) => runtime()?.block_on(dashboard::run(args)),
     }
 }
 
