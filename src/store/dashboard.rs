@@ -25,7 +25,7 @@ pub const ERROR_SAMPLE: i64 = 5000;
 /// Bytes of an input or answer body returned for display, at most.
 pub const BODY_PREVIEW: i32 = 256 * 1024;
 /// Pending requests counted per model, at most (the count says when it stopped).
-pub const PENDING_COUNT_CAP: i64 = 100_000;
+pub const PENDING_COUNT_CAP: i64 = 10_000;
 
 /// One request with what it ran and what came back.
 #[derive(Debug, Clone, PartialEq)]
@@ -297,8 +297,11 @@ impl DashboardStore for PostgresStore {
 
     async fn model_loads(&self) -> Result<Vec<ModelLoad>> {
         // The models come from the slots of running daemons and the claim
-        // index (a skip scan over its leading column would be better; the
-        // recursive walk below reads one index entry per model).
+        // index (the recursive walk reads one index entry per model). The
+        // pending count walks the claim index in its own order: without the
+        // ORDER BY the planner may pick a sequential scan for the LIMIT,
+        // which first reads every page the ended requests left empty (60 ms
+        // at a million requests instead of 9).
         let rows = sqlx::query(
             "WITH RECURSIVE m(model) AS ( \
                  (SELECT model FROM requests WHERE state = 'pending' AND NOT private \
@@ -320,7 +323,8 @@ impl DashboardStore for PostgresStore {
                        JOIN daemons d ON d.id = s.daemon_id \
                      WHERE s.model = n.model AND d.status = 'running') AS slots_held, \
                     (SELECT count(*) FROM (SELECT 1 FROM requests q WHERE q.model = n.model \
-                       AND q.state = 'pending' AND NOT q.private LIMIT $1) p) AS pending \
+                       AND q.state = 'pending' AND NOT q.private \
+                       ORDER BY q.deadline, q.id LIMIT $1) p) AS pending \
              FROM names n ORDER BY n.model",
         )
         .bind(PENDING_COUNT_CAP)
