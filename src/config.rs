@@ -4,7 +4,7 @@
 
 use crate::domain::retry::RetryPolicy;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -108,6 +108,8 @@ struct RawDaemon {
 #[serde(deny_unknown_fields)]
 struct RawAuth {
     keys: BTreeMap<String, String>,
+    #[serde(default)]
+    admins: Vec<String>,
 }
 
 /// Where and how requests for one model are sent.
@@ -262,6 +264,8 @@ pub struct Config {
     pub daemon: DaemonSettings,
     /// Bearer key -> owner; `None` means no auth.
     pub auth: Option<BTreeMap<String, String>>,
+    /// Owners who may read the models and workers pages (`[auth] admins`).
+    pub admins: BTreeSet<String>,
     /// HTTP API settings.
     pub api: ApiSettings,
 }
@@ -275,6 +279,7 @@ impl std::fmt::Debug for Config {
             .field("models", &self.models)
             .field("daemon", &self.daemon)
             .field("auth_keys", &self.auth.as_ref().map(|k| k.len()))
+            .field("admins", &self.admins)
             .field("api", &self.api)
             .finish_non_exhaustive()
     }
@@ -388,15 +393,23 @@ impl Config {
                 ),
             ));
         }
-        let auth = match raw.auth {
-            None => None,
+        let (auth, admins) = match raw.auth {
+            None => (None, BTreeSet::new()),
             Some(a) if a.keys.is_empty() => {
                 return Err(invalid(
                     "auth.keys",
                     "must hold at least one key; remove [auth] to turn auth off",
                 ));
             }
-            Some(a) => Some(a.keys),
+            Some(a) => {
+                if let Some(bad) = a.admins.iter().find(|o| !a.keys.values().any(|k| k == *o)) {
+                    return Err(invalid(
+                        "auth.admins",
+                        format!("names {bad:?}, which is no owner of a key in auth.keys"),
+                    ));
+                }
+                (Some(a.keys), a.admins.into_iter().collect())
+            }
         };
         let api_defaults = ApiSettings::default();
         let api = ApiSettings {
@@ -458,6 +471,7 @@ impl Config {
             models,
             daemon,
             auth,
+            admins,
             api,
         })
     }
@@ -771,6 +785,10 @@ api_key_env = "KEY"
             message("[daemon]\nbackoff_ms = 10\nmax_backoff_ms = 5").contains("max_backoff_ms")
         );
         assert!(message("[auth]\nkeys = {}").contains("auth.keys"));
+        assert!(
+            message("[auth]\nkeys = { \"sk-a\" = \"alice\" }\nadmins = [\"bob\"]")
+                .contains("auth.admins")
+        );
         assert!(message("[daemon]\nheartbeat_ms = 0").contains("daemon.heartbeat_ms"));
         assert!(message("[models.m]\nconcurrency = -1").contains("concurrency"));
         // One line, so the binary can print it as is.

@@ -7,7 +7,8 @@
 //!   JSONL parsing and validation, output lines). No SQL, no I/O.
 //! - [`store`]: every SQL statement, one module per table, behind traits.
 //! - `migrations/`: the PostgreSQL schema, the only place it changes.
-//! - [`api`]: the OpenAI-compatible HTTP API (axum): `api::router(state)`.
+//! - [`api`]: the OpenAI-compatible HTTP API (axum): `api::router(state)`,
+//!   with the dashboard (a static app at `/`) and the `/v1` extensions it reads.
 //! - `cli` (in the binary): one module per subcommand.
 //! - [`fuzzing`]: entry points that feed arbitrary input to every parser of
 //!   outside input, for the property tests and the fuzz targets.

@@ -17,8 +17,9 @@ use super::wire::{
     parse_file_id, parse_request_id,
 };
 use super::{ApiBackend, ApiBody, ApiPath, ApiQuery, ApiState, page_limit, parse_json};
-use crate::domain::batch::{BatchId, CompletionWindow, check_metadata};
+use crate::domain::batch::{BatchId, BatchStatus, CompletionWindow, check_metadata};
 use crate::domain::file::FileKind;
+use crate::domain::request::RequestState;
 use crate::store::{BatchListQuery, NewBatch, Owner, StoreError, UniqueKey};
 use axum::Json;
 use axum::extract::{Extension, State};
@@ -193,9 +194,11 @@ pub async fn retrieve<S: ApiBackend>(
 pub struct ListParams {
     after: Option<String>,
     limit: Option<i64>,
+    /// Only batches in this status (extension).
+    status: Option<String>,
 }
 
-/// `GET /v1/batches`: newest first.
+/// `GET /v1/batches`: newest first; `status` (extension) keeps one status.
 pub async fn list<S: ApiBackend>(
     State(state): State<ApiState<S>>,
     Extension(caller): Extension<Caller>,
@@ -208,11 +211,17 @@ pub async fn list<S: ApiBackend>(
             ApiError::invalid_param("after", format!("after must be a batch id, not {a:?}"))
         })?),
     };
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<BatchStatus>().map_err(|_| {
+            ApiError::invalid_param("status", format!("status {s:?} is not a batch status"))
+        })?),
+    };
     let page = state
         .store()
         .list_batches(BatchListQuery {
             owner: Owner::Only(&caller.owner),
-            status: None,
+            status,
             after,
             limit,
         })
@@ -282,10 +291,13 @@ pub async fn retry<S: ApiBackend>(
 pub struct RequestListParams {
     after: Option<String>,
     limit: Option<i64>,
+    /// Only requests in this state.
+    state: Option<String>,
 }
 
 /// `GET /v1/batches/{id}/requests` (extension): the batch's requests in
-/// input-line order, with their state, attempts and outcome.
+/// input-line order, with their state, attempts and outcome; `state` keeps
+/// those in one state.
 pub async fn requests<S: ApiBackend>(
     State(state): State<ApiState<S>>,
     Extension(caller): Extension<Caller>,
@@ -299,8 +311,22 @@ pub async fn requests<S: ApiBackend>(
             ApiError::invalid_param("after", format!("after must be a request id, not {a:?}"))
         })?),
     };
+    let filter = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<RequestState>().map_err(|_| {
+            ApiError::invalid_param("state", format!("state {s:?} is not a request state"))
+        })?),
+    };
     let batch = own_batch(&state, &caller, &id).await?;
-    let page = state.store().list_requests(batch.id, after, limit).await?;
+    let page = match filter {
+        None => state.store().list_requests(batch.id, after, limit).await?,
+        Some(s) => {
+            state
+                .store()
+                .list_requests_in_state(batch.id, s, after, limit)
+                .await?
+        }
+    };
     let data = page.items.iter().map(RequestObject::from).collect();
     Ok(Json(ListObject::new(
         data,

@@ -2,7 +2,8 @@
 //! envelope: `{"error": {"message", "type", "param", "code"}}`.
 //!
 //! Statuses follow what the SDKs expect: 400 for a malformed or invalid
-//! request, 401 for a missing or unknown key, 404 for anything the caller
+//! request, 401 for a missing or unknown key, 403 for a non-admin key on an
+//! admin route, 404 for anything the caller
 //! cannot see (another owner's object included, and ids that cannot be
 //! ids), 408 for an upload whose client stopped sending, 409 for a state
 //! conflict, 413 for an upload over the limit, 422 for a well-formed request
@@ -96,6 +97,11 @@ impl ApiError {
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
             .with_code("invalid_api_key")
+    }
+
+    /// 403: a known key asking for what only an admin may see.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", message).with_code("forbidden")
     }
 
     /// 404 for an object the caller cannot see.

@@ -8,6 +8,9 @@
 //! - [`uploads`]: how many uploads run at once; the cut-off for stalled ones.
 //! - [`batches`]: create, get, list, cancel, and the extensions
 //!   `GET /v1/batches/{id}/requests` and `POST /v1/batches/{id}/retry`.
+//! - [`dashboard`]: the `/v1` extensions the dashboard reads (`/v1/me`,
+//!   batch stats, one request, admin models and workers).
+//! - [`ui`]: the dashboard itself, a static app served at `/`.
 //! - [`auth`]: bearer keys mapped to owners.
 //! - [`health`]: `/healthz` and `/metrics` (Prometheus text).
 //! - [`error`]: the one error type, rendered in OpenAI's envelope.
@@ -19,15 +22,17 @@
 pub mod auth;
 pub mod batch_reads;
 pub mod batches;
+pub mod dashboard;
 pub mod error;
 pub mod files;
 pub mod health;
 pub mod spool;
+pub mod ui;
 pub mod uploads;
 pub mod wire;
 
 use crate::config::{ApiSettings, Config};
-use crate::store::{BatchStore, FileStore, HealthStore, RequestStore};
+use crate::store::{BatchStore, DaemonStore, DashboardStore, FileStore, HealthStore, RequestStore};
 use auth::AuthTable;
 use axum::Router;
 use axum::body::Bytes;
@@ -46,11 +51,29 @@ use tokio::sync::watch;
 
 /// Everything the API needs from storage.
 pub trait ApiBackend:
-    FileStore + BatchStore + RequestStore + HealthStore + Clone + Send + Sync + 'static
+    FileStore
+    + BatchStore
+    + RequestStore
+    + HealthStore
+    + DashboardStore
+    + DaemonStore
+    + Clone
+    + Send
+    + Sync
+    + 'static
 {
 }
 impl<T> ApiBackend for T where
-    T: FileStore + BatchStore + RequestStore + HealthStore + Clone + Send + Sync + 'static
+    T: FileStore
+        + BatchStore
+        + RequestStore
+        + HealthStore
+        + DashboardStore
+        + DaemonStore
+        + Clone
+        + Send
+        + Sync
+        + 'static
 {
 }
 
@@ -173,6 +196,10 @@ pub fn router<S: ApiBackend>(state: ApiState<S>) -> Router {
         )
         .route("/v1/files/{id}/content", get(files::content::<S>))
         .route(
+            "/v1/files/{id}/validation",
+            get(dashboard::file_validation::<S>),
+        )
+        .route(
             "/v1/batches",
             post(batches::create::<S>)
                 .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
@@ -182,11 +209,20 @@ pub fn router<S: ApiBackend>(state: ApiState<S>) -> Router {
         .route("/v1/batches/{id}/cancel", post(batches::cancel::<S>))
         .route("/v1/batches/{id}/retry", post(batches::retry::<S>))
         .route("/v1/batches/{id}/requests", get(batches::requests::<S>))
+        .route(
+            "/v1/batches/{id}/requests/{request_id}",
+            get(dashboard::request_detail::<S>),
+        )
+        .route("/v1/batches/{id}/stats", get(dashboard::stats::<S>))
+        .route("/v1/me", get(dashboard::me::<S>))
+        .route("/v1/admin/models", get(dashboard::admin_models::<S>))
+        .route("/v1/admin/workers", get(dashboard::admin_workers::<S>))
         .route_layer(from_fn_with_state(state.clone(), auth::require::<S>));
     Router::new()
         .merge(v1)
         .route("/healthz", get(health::healthz::<S>))
         .route("/metrics", get(health::metrics::<S>))
+        .merge(ui::routes::<S>())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(from_fn(health::track))

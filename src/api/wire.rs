@@ -327,6 +327,9 @@ pub struct RequestObject {
     pub status_code: Option<i32>,
     /// Why it did not complete.
     pub error: Option<ResultError>,
+    /// Milliseconds from its last sending (or, when that is not recorded,
+    /// its last claim) to its end.
+    pub latency_ms: Option<i64>,
 }
 
 impl From<&RequestRecord> for RequestObject {
@@ -346,6 +349,11 @@ impl From<&RequestRecord> for RequestObject {
             not_before: unix(r.not_before),
             status_code: r.status_code,
             error: r.error.clone(),
+            latency_ms: r
+                .started_at
+                .or(r.claimed_at)
+                .zip(r.finished_at)
+                .map(|(s, f)| (f - s).num_milliseconds().max(0)),
         }
     }
 }

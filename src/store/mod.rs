@@ -43,6 +43,7 @@
 mod batches;
 mod copy;
 mod daemons;
+mod dashboard;
 mod ending;
 mod error;
 mod files;
@@ -60,6 +61,10 @@ mod settle;
 
 pub use batches::{BatchListQuery, NewBatch};
 pub use daemons::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
+pub use dashboard::{
+    BODY_PREVIEW, BatchSample, DashboardStore, ERROR_SAMPLE, ErrorGroup, ModelLoad,
+    PENDING_COUNT_CAP, RequestDetail, ResultSample, STATS_SAMPLE,
+};
 pub use error::{BackendError, StoreError, UniqueKey};
 pub use files::{FileListQuery, NewFile, Order};
 pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};

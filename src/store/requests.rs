@@ -26,7 +26,7 @@ const RESULT_PAGE: i64 = 2000;
 const RESULT_PAGE_BYTES: i64 = 4 << 20;
 
 /// Live requests' records (from `requests`) chosen by `filter`.
-fn live_records(filter: &str) -> String {
+pub(super) fn live_records(filter: &str) -> String {
     format!(
         "SELECT id, batch_id, template_id, model, custom_id, state, attempt, not_before, \
                 daemon_id, created_at, claimed_at, started_at, NULL::timestamptz AS finished_at, \
@@ -36,7 +36,7 @@ fn live_records(filter: &str) -> String {
 }
 
 /// Ended requests' records (from `request_results`), in the same columns.
-fn ended_records(filter: &str) -> String {
+pub(super) fn ended_records(filter: &str) -> String {
     format!(
         "SELECT request_id AS id, batch_id, template_id, model, custom_id, state, attempt, \
                 not_before, NULL::uuid AS daemon_id, created_at, claimed_at, started_at, \
@@ -47,11 +47,11 @@ fn ended_records(filter: &str) -> String {
 
 /// Just before the first request id of a batch: its ids are the batch id
 /// with the last six bytes replaced by the line number.
-fn before_batch(batch: BatchId) -> Uuid {
+pub(super) fn before_batch(batch: BatchId) -> Uuid {
     Uuid::from_u128((batch.0.as_u128() & !0xffff_ffff_ffff).wrapping_sub(1))
 }
 
-fn request_from_row(row: &PgRow) -> Result<RequestRecord> {
+pub(super) fn request_from_row(row: &PgRow) -> Result<RequestRecord> {
     let error: Option<Json<ResultError>> = row.try_get("error")?;
     Ok(RequestRecord {
         id: row.try_get("id")?,

@@ -9,6 +9,7 @@
 //! fusillade-bench chaos --lines 50000            # kills, restarts, faults; then checks
 //! fusillade-bench mock --cache                  # a mock with a prefix cache (GET /_stats)
 //! fusillade-bench coalesce --replicas 1         # mixed-prefix workload, coalescing off vs on
+//! fusillade-bench dashboard [--browser]          # page loads: 1,000 batches + a 1M batch
 //! ```
 //! `ingest` uploads the file through the store exactly as the API does
 //! (streamed from disk in 256 KiB chunks), creates a batch from it, and
@@ -18,6 +19,7 @@ mod api;
 mod api_load;
 mod chaos;
 mod coalesce;
+mod dashboard;
 mod procs;
 mod procstat;
 mod queue;
@@ -135,6 +137,9 @@ enum Command {
     /// restart, a rolling restart, upstream faults and bad requests; then
     /// checks every line and prints the figures (exit 1 on any violation).
     Chaos(chaos::Args),
+    /// Times the dashboard's pages with 1,000 batches and a
+    /// 1,000,000-request batch in the database.
+    Dashboard(dashboard::Args),
     /// Internal: the cleanup guard of `chaos`.
     #[command(hide = true)]
     ChaosGuard,
@@ -219,6 +224,7 @@ fn main() -> Result<()> {
         Command::ApiLoad(args) => runtime()?.block_on(api_load::run(args)),
         Command::Chaos(args) => runtime()?.block_on(chaos::run(args)),
         Command::ChaosGuard => chaos::guard::serve(),
+        Command::Dashboard(args) => runtime()?.block_on(dashboard::run(args)),
     }
 }
 
