@@ -240,7 +240,7 @@ impl Default for ApiSettings {
             max_concurrent_uploads: 8,
             upload_idle_timeout: Duration::from_secs(30),
             upload_spool_dir: None,
-            batch_read_interval: Duration::from_millis(25),
+            batch_read_interval: Duration::from_millis(20),
         }
     }
 }
@@ -834,7 +834,7 @@ api_key_env = "KEY"
         assert_eq!(paced.api.batch_read_interval, Duration::ZERO);
         assert_eq!(
             parse("").unwrap().api.batch_read_interval,
-            Duration::from_millis(25)
+            Duration::from_millis(20)
         );
     }
 

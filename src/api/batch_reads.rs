@@ -9,7 +9,7 @@
 //! is rendered once per query and shared as well.
 //!
 //! While readers overlap, a batch's queries also start at most once per
-//! interval (`[api] batch_read_interval_ms`, 25 ms by default). Sharing the
+//! interval (`[api] batch_read_interval_ms`, 20 ms by default). Sharing the
 //! query alone leaves each read's HTTP work: clients that poll without pause
 //! then read as fast as the server answers, thousands of times a second,
 //! and take that CPU from the batch they watch. Pacing the queries paces
