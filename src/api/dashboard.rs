@@ -84,23 +84,6 @@ async fn own_batch<S: ApiBackend>(
         .ok_or_else(not_found)
 }
 
-/// A batch's requests by state.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct StateCounts {
-    /// Lines in the batch.
-    pub total: i64,
-    /// Waiting to be claimed (retries in backoff included).
-    pub pending: i64,
-    /// Claimed or being sent.
-    pub in_progress: i64,
-    /// Answered successfully.
-    pub completed: i64,
-    /// Ended with an error.
-    pub failed: i64,
-    /// Ended by a cancel or before running.
-    pub canceled: i64,
-}
-
 /// One interval of the throughput chart.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Bucket {
@@ -138,7 +121,7 @@ fn quantile(sorted: &[i64], q: f64) -> i64 {
 pub fn batch_stats(batch: &Batch, sample: &BatchSample, now: DateTime<Utc>) -> Value {
     let c = &batch.request_counts;
     let in_progress = sample.claimed + sample.processing;
-    let counts = StateCounts {
+    let counts = crate::domain::batch::RequestCounts {
         total: c.total,
         pending: (c.total - c.completed - c.failed - c.canceled - in_progress).max(0),
         in_progress,

@@ -327,18 +327,7 @@ async fn run_one<S: DaemonBackend>(
             if key.is_some() {
                 handed = Some(o.clone());
             }
-            let deadline = req
-                .deadline
-                .unwrap_or_else(|| Utc::now() + chrono::Duration::days(3650));
-            let attempt_no = req.retries.max(0) as u32 + 1;
-            let decision = config.daemon.retry.decide(
-                &o.attempt(),
-                attempt_no,
-                Utc::now(),
-                deadline,
-                jitter(),
-            );
-            decide_write(&req, o, decision)
+            decided(&config, &req, o)
         }
     };
     hand_on(shared, &config, key.as_deref(), handed, outcomes);
@@ -399,18 +388,7 @@ fn settle_with(
             is_retry: false,
         }),
         (None, Some(o)) => {
-            let deadline = req
-                .deadline
-                .unwrap_or_else(|| Utc::now() + chrono::Duration::days(3650));
-            let attempt_no = req.retries.max(0) as u32 + 1;
-            let decision = config.daemon.retry.decide(
-                &o.attempt(),
-                attempt_no,
-                Utc::now(),
-                deadline,
-                jitter(),
-            );
-            let mut w = decide_write(req, o, decision);
+            let mut w = decided(config, req, o);
             if let Outcome::Finish(done) = &mut w {
                 done.usage = None;
             }
@@ -462,6 +440,20 @@ fn called_url(config: &crate::config::Config, req: &ClaimedRequest) -> String {
     };
     let slash = if req.path.starts_with('/') { "" } else { "/" };
     format!("{}{slash}{}", base.trim_end_matches('/'), req.path)
+}
+
+/// The write for `o`, the outcome of `req`'s call, by the retry rules.
+fn decided(config: &crate::config::Config, req: &ClaimedRequest, o: CallOutcome) -> Outcome {
+    let deadline = req
+        .deadline
+        .unwrap_or_else(|| Utc::now() + chrono::Duration::days(3650));
+    let attempt_no = req.retries.max(0) as u32 + 1;
+    let decision =
+        config
+            .daemon
+            .retry
+            .decide(&o.attempt(), attempt_no, Utc::now(), deadline, jitter());
+    decide_write(req, o, decision)
 }
 
 fn decide_write(req: &ClaimedRequest, o: CallOutcome, decision: Decision) -> Outcome {
