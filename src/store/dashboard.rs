@@ -298,7 +298,8 @@ impl DashboardStore for PostgresStore {
     async fn model_loads(&self) -> Result<Vec<ModelLoad>> {
         // The models come from the slots of running daemons and the claim
         // index (the recursive walk reads one index entry per model). The
-        // pending count walks the claim index in its own order: without the
+        // pending count walks the claim index in its own order (its columns
+        // after the model, migrations/0008): without the
         // ORDER BY the planner may pick a sequential scan for the LIMIT,
         // which first reads every page the ended requests left empty (60 ms
         // at a million requests instead of 9).
@@ -324,7 +325,7 @@ impl DashboardStore for PostgresStore {
                      WHERE s.model = n.model AND d.status = 'running') AS slots_held, \
                     (SELECT count(*) FROM (SELECT 1 FROM requests q WHERE q.model = n.model \
                        AND q.state = 'pending' AND NOT q.private \
-                       ORDER BY q.deadline, q.id LIMIT $1) p) AS pending \
+                       ORDER BY q.deadline, q.prefix_key, q.id LIMIT $1) p) AS pending \
              FROM names n ORDER BY n.model",
         )
         .bind(PENDING_COUNT_CAP)
