@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use fusillade::domain::batch::{BatchId, BatchStatus};
-use fusillade::domain::daemon::{DaemonStats, NewDaemon};
+use fusillade::domain::daemon::DaemonStats;
 use fusillade::domain::ids::DaemonId;
 use fusillade::domain::output::ResultError;
 use fusillade::domain::request::{RequestId, RequestState};
@@ -28,19 +28,6 @@ async fn batch_of(store: &PostgresStore, model: &str, n: usize, window: &str) ->
     let b = store.create_batch(nb).await.unwrap();
     assert_eq!(b.status, BatchStatus::InProgress);
     b.id
-}
-
-async fn daemon(store: &PostgresStore) -> DaemonId {
-    store
-        .register_daemon(NewDaemon {
-            hostname: "test".into(),
-            pid: 1,
-            version: "0".into(),
-            config: serde_json::json!({}),
-        })
-        .await
-        .unwrap()
-        .id
 }
 
 /// A claim of `want` requests of each `(model, limit, want)` by a daemon
@@ -143,7 +130,7 @@ async fn slots_of_all_daemons_stay_within_each_models_limit(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "a", 10, "24h").await;
     batch_of(&store, "b", 5, "24h").await;
-    let (d1, d2) = (daemon(&store).await, daemon(&store).await);
+    let (d1, d2) = (common::daemon(&store).await, common::daemon(&store).await);
 
     // Alone with work: the whole limit, its free slots filled plus its
     // slots' worth claimed ahead (3 + 3 of a; all 5 of b).
@@ -199,7 +186,7 @@ async fn slots_of_all_daemons_stay_within_each_models_limit(pool: PgPool) {
 async fn slots_never_drop_below_calls_in_flight(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "a", 20, "24h").await;
-    let (d1, d2) = (daemon(&store).await, daemon(&store).await);
+    let (d1, d2) = (common::daemon(&store).await, common::daemon(&store).await);
     let first = store
         .claim(&slots_demand(d1, "a", 4, 4, 0, 0))
         .await
@@ -236,7 +223,7 @@ async fn claim_honours_the_total_cap_and_defaults(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "a", 10, "24h").await;
     batch_of(&store, "other", 10, "24h").await;
-    let d = daemon(&store).await;
+    let d = common::daemon(&store).await;
     let got = store
         .claim(&demand(d, &[("a", 100, 2)], 100))
         .await
@@ -275,7 +262,7 @@ async fn a_private_batch_is_claimed_only_by_its_scoped_daemon(pool: PgPool) {
         .await
         .unwrap()
         .id;
-    let d = daemon(&store).await;
+    let d = common::daemon(&store).await;
     // A worker or `serve` takes the shared work, never the private batch's.
     let all = store
         .claim(&demand(d, &[("m", 10, 10)], 100))
@@ -306,7 +293,7 @@ async fn a_scoped_claim_takes_only_its_batch(pool: PgPool) {
     let mine = batch_of(&store, "m", 3, "24h").await;
     // A model only the other batch has pending is not work for this daemon.
     let only_other = batch_of(&store, "x", 2, "1h").await;
-    let d = daemon(&store).await;
+    let d = common::daemon(&store).await;
     let scoped = ClaimRequest {
         scope: Some(mine),
         grouped: false,
@@ -338,7 +325,7 @@ async fn claim_prefers_the_earlier_deadline(pool: PgPool) {
     let store = store(&pool).await;
     let late = batch_of(&store, "m", 3, "24h").await;
     let soon = batch_of(&store, "m", 3, "1h").await;
-    let d = daemon(&store).await;
+    let d = common::daemon(&store).await;
     let got = claim(&store, d, "m", 100, 3, 100).await;
     assert_eq!(got.len(), 3);
     assert!(
@@ -352,7 +339,7 @@ async fn claim_prefers_the_earlier_deadline(pool: PgPool) {
 async fn finish_writes_results_once_and_rejects_stale_attempts(pool: PgPool) {
     let store = store(&pool).await;
     let batch = batch_of(&store, "m", 2, "24h").await;
-    let d = daemon(&store).await;
+    let d = common::daemon(&store).await;
     let got = claim(&store, d, "m", 10, 10, 10).await;
     let (ok, bad) = (&got[0], &got[1]);
     let failed = Finished {
@@ -394,7 +381,7 @@ async fn finish_writes_results_once_and_rejects_stale_attempts(pool: PgPool) {
 async fn requeue_delays_retries_and_counts_them(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "m", 2, "24h").await;
-    let d = daemon(&store).await;
+    let d = common::daemon(&store).await;
     let got = claim(&store, d, "m", 10, 10, 10).await;
     let accepted = store
         .requeue(&[
@@ -443,7 +430,7 @@ async fn requeue_delays_retries_and_counts_them(pool: PgPool) {
 async fn rescue_returns_claims_of_dead_daemons_only(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "m", 4, "24h").await;
-    let (alive, dying) = (daemon(&store).await, daemon(&store).await);
+    let (alive, dying) = (common::daemon(&store).await, common::daemon(&store).await);
     // Half the limit each; 8 said to wait leaves room to claim 2 each.
     let mine = store
         .claim(&slots_demand(alive, "m", 10, 5, 0, 8))
@@ -496,7 +483,7 @@ async fn rescue_returns_claims_of_dead_daemons_only(pool: PgPool) {
     assert!(ghost_claim.requests.is_empty());
     assert!(ghost_claim.slots.iter().all(|(_, n)| *n == 0));
     // Claims of a daemon whose row is gone are rescued too.
-    let vanishing = daemon(&store).await;
+    let vanishing = common::daemon(&store).await;
     // (The dead daemon's 5 slots still count: a limit of 20 leaves room.)
     let claimed = store
         .claim(&slots_demand(vanishing, "m", 20, 10, 0, 0))
@@ -548,7 +535,7 @@ async fn status_of(pool: &PgPool, d: DaemonId) -> String {
 async fn a_dead_daemon_claims_nothing_and_its_slots_count_until_forgotten(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "m", 20, "24h").await;
-    let (slow, other) = (daemon(&store).await, daemon(&store).await);
+    let (slow, other) = (common::daemon(&store).await, common::daemon(&store).await);
     let first = store
         .claim(&slots_demand(slow, "m", 4, 4, 0, 0))
         .await
@@ -598,7 +585,7 @@ async fn a_dead_daemon_claims_nothing_and_its_slots_count_until_forgotten(pool: 
 #[sqlx::test]
 async fn a_rescuer_never_declares_itself_dead_nor_anyone_without_a_window(pool: PgPool) {
     let store = store(&pool).await;
-    let (me, them) = (daemon(&store).await, daemon(&store).await);
+    let (me, them) = (common::daemon(&store).await, common::daemon(&store).await);
     go_silent(&pool, me).await;
     go_silent(&pool, them).await;
     let minute = Duration::from_secs(60);
@@ -618,7 +605,7 @@ async fn a_rescuer_never_declares_itself_dead_nor_anyone_without_a_window(pool: 
 async fn a_retired_daemon_returns_its_claims_at_once_and_its_slots_a_window_later(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "m", 20, "24h").await;
-    let (fenced, other) = (daemon(&store).await, daemon(&store).await);
+    let (fenced, other) = (common::daemon(&store).await, common::daemon(&store).await);
     let mine = store
         .claim(&slots_demand(fenced, "m", 4, 4, 0, 0))
         .await
@@ -665,7 +652,7 @@ async fn a_retired_daemon_returns_its_claims_at_once_and_its_slots_a_window_late
 #[sqlx::test]
 async fn finalize_completes_expires_and_cancels(pool: PgPool) {
     let store = store(&pool).await;
-    let d = daemon(&store).await;
+    let d = common::daemon(&store).await;
 
     // Completed: every request ended.
     let b1 = batch_of(&store, "one", 2, "24h").await;
@@ -746,7 +733,7 @@ async fn a_new_batch_wakes_listeners(pool: PgPool) {
 async fn the_queue_is_vacuumed_only_when_worth_it(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "m", 3, "24h").await;
-    let d = daemon(&store).await;
+    let d = common::daemon(&store).await;
     let got = claim(&store, d, "m", 10, 10, 10).await;
     store
         .finish(&got.iter().map(done).collect::<Vec<_>>())

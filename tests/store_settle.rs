@@ -32,7 +32,7 @@ async fn claimed_batch(store: &PostgresStore, n: usize) -> (BatchId, Vec<Claimed
         .create_batch(new_batch("", file.id, CHAT))
         .await
         .unwrap();
-    let daemon = daemon(store).await;
+    let daemon = common::daemon(store).await;
     let limit = u32::try_from(n).unwrap();
     let claim = store
         .claim(&ClaimRequest {
@@ -57,19 +57,6 @@ async fn claimed_batch(store: &PostgresStore, n: usize) -> (BatchId, Vec<Claimed
     assert_eq!(got.len(), n);
     got.sort_by_key(|c| c.id.0);
     (batch.id, got)
-}
-
-async fn daemon(store: &PostgresStore) -> DaemonId {
-    store
-        .register_daemon(NewDaemon {
-            hostname: "test".into(),
-            pid: 1,
-            version: "0".into(),
-            config: serde_json::json!({}),
-        })
-        .await
-        .unwrap()
-        .id
 }
 
 fn completed(c: &ClaimedRequest, body: &[u8]) -> Finished {

@@ -41,10 +41,14 @@
 
 mod alarm;
 mod cache;
+mod cached;
+mod reply;
+use reply::REPLY_SEQ;
 mod simulate;
 mod sse;
 
 pub use cache::{CacheModel, CacheStats, answer_for, embedding_for, prompt_tokens};
+pub use reply::{MOCK_COMPLETION_TOKENS, MOCK_CONTENT, MOCK_PROMPT_TOKENS, MockReply};
 pub use simulate::{LatencyDistribution, Simulation};
 
 use alarm::Alarm;
@@ -146,125 +150,6 @@ impl MockCall {
     /// The body as JSON (the same as [`MockCall::body`]).
     pub fn json(&self) -> &Value {
         &self.body
-    }
-}
-
-/// A scripted answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MockReply {
-    /// HTTP status.
-    pub status: u16,
-    /// Extra headers (the content type is set unless given here).
-    pub headers: Vec<(String, String)>,
-    /// The body.
-    pub body: String,
-    /// Bytes sent instead of `body` when set (for answers that are not
-    /// UTF-8); not with `sse`.
-    pub raw_body: Option<Vec<u8>>,
-    /// Wait before answering; overrides [`MockBehavior::latency`].
-    pub delay: Option<Duration>,
-    /// Never answer: the connection stays open until the client gives up
-    /// (or the mock shuts down).
-    pub hang: bool,
-    /// Answer as `text/event-stream`: a `chat.completion` body is sent as
-    /// `chat.completion.chunk` events ending in `[DONE]`; any other body is
-    /// sent as is (write the SSE text yourself).
-    pub sse: bool,
-    /// Break the connection after the status line and the first half of
-    /// the body: the client sees its answer cut off.
-    pub reset: bool,
-}
-
-impl Default for MockReply {
-    fn default() -> Self {
-        Self {
-            status: 200,
-            headers: Vec::new(),
-            body: String::new(),
-            raw_body: None,
-            delay: None,
-            hang: false,
-            sse: false,
-            reset: false,
-        }
-    }
-}
-
-/// The text of every mock answer.
-pub const MOCK_CONTENT: &str = "This is a mock answer from fusillade.";
-/// Prompt tokens reported in every mock answer's usage.
-pub const MOCK_PROMPT_TOKENS: u64 = 10;
-/// Completion tokens reported in every mock answer's usage.
-pub const MOCK_COMPLETION_TOKENS: u64 = 7;
-
-static REPLY_SEQ: AtomicU64 = AtomicU64::new(1);
-
-impl MockReply {
-    /// 200 with an OpenAI `chat.completion` echoing the call's model, with
-    /// usage `{prompt_tokens: 10, completion_tokens: 7, total_tokens: 17}`.
-    pub fn ok_for(call: &MockCall) -> Self {
-        Self::ok_for_model(&call.model)
-    }
-
-    /// 200 with an OpenAI `chat.completion` for `model` (see [`MockReply::ok_for`]).
-    pub fn ok_for_model(model: &str) -> Self {
-        Self {
-            body: completion_json(model),
-            ..Self::default()
-        }
-    }
-
-    /// This status and body.
-    pub fn status(code: u16, body: impl Into<String>) -> Self {
-        Self {
-            status: code,
-            body: body.into(),
-            ..Self::default()
-        }
-    }
-
-    /// This status and these bytes as the body, whatever they are.
-    pub fn bytes(code: u16, body: impl Into<Vec<u8>>) -> Self {
-        Self {
-            status: code,
-            raw_body: Some(body.into()),
-            ..Self::default()
-        }
-    }
-
-    /// A call that never gets an answer.
-    pub fn hanging() -> Self {
-        Self::default().hang()
-    }
-
-    /// The same reply with one more header.
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// The same reply, never sent.
-    pub fn hang(mut self) -> Self {
-        self.hang = true;
-        self
-    }
-
-    /// The same reply after `delay`.
-    pub fn with_delay(mut self, delay: Duration) -> Self {
-        self.delay = Some(delay);
-        self
-    }
-
-    /// The same reply as an SSE stream (see [`MockReply::sse`]).
-    pub fn with_sse(mut self) -> Self {
-        self.sse = true;
-        self
-    }
-
-    /// The same reply, cut off halfway (see [`MockReply::reset`]).
-    pub fn with_reset(mut self) -> Self {
-        self.reset = true;
-        self
     }
 }
 
@@ -674,102 +559,6 @@ fn json_response(body: String) -> Response {
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
     r
-}
-
-/// The cache-modelling mode's answers.
-mod cached {
-    use super::*;
-
-    pub(super) async fn serve(
-        shared: &Shared,
-        cache: &cache::PrefixCache,
-        path: &str,
-        bytes: &[u8],
-    ) -> Response {
-        let Ok(body) = serde_json::from_slice::<Value>(bytes) else {
-            cache.refuse();
-            return error(400, "the body is not JSON");
-        };
-        let model = body.get("model").and_then(Value::as_str).unwrap_or("");
-        let counters = shared.model(model);
-        let _in_flight = InFlight::enter(shared, &counters);
-        shared.total.fetch_add(1, Relaxed);
-        let seq = shared.seq.fetch_add(1, Relaxed);
-        let answer = if path.ends_with("/embeddings") {
-            let inputs: Vec<&str> = match body.get("input") {
-                Some(Value::String(s)) => vec![s.as_str()],
-                Some(Value::Array(a)) => {
-                    let texts: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
-                    if texts.len() != a.len() {
-                        cache.refuse();
-                        return error(400, "every input must be a string");
-                    }
-                    texts
-                }
-                _ => {
-                    cache.refuse();
-                    return error(400, "input is missing");
-                }
-            };
-            if inputs.is_empty() || inputs.iter().any(|t| t.trim().is_empty()) {
-                cache.refuse();
-                return error(400, "an input is empty");
-            }
-            let due = cache.serve_embeddings(inputs.len());
-            if wait(shared, due).await.is_err() {
-                return plain(StatusCode::SERVICE_UNAVAILABLE, "mock shutting down");
-            }
-            let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count()).sum();
-            let data: Vec<Value> = inputs
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    serde_json::json!({"object": "embedding", "index": i,
-                                       "embedding": cache::embedding_for(t)})
-                })
-                .collect();
-            serde_json::json!({"object": "list", "data": data, "model": model,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
-        } else {
-            let tokens = cache::prompt_tokens(&body);
-            let (_slot, due, served) = cache.serve_completion(&tokens).await;
-            if wait(shared, due).await.is_err() {
-                return plain(StatusCode::SERVICE_UNAVAILABLE, "mock shutting down");
-            }
-            let p = served.prompt_tokens;
-            serde_json::json!({
-                "id": format!("chatcmpl-mock-{seq}"), "object": "chat.completion",
-                "created": shared.created, "model": model, "system_fingerprint": "fp_mock",
-                "choices": [{"index": 0, "message": {"role": "assistant",
-                    "content": cache::answer_for(&body)}, "logprobs": null,
-                    "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": p, "completion_tokens": MOCK_COMPLETION_TOKENS,
-                    "total_tokens": p + MOCK_COMPLETION_TOKENS,
-                    "prompt_tokens_details": {"cached_tokens": served.cached_tokens}}})
-        };
-        shared
-            .last_answer
-            .fetch_max(shared.nanos(Instant::now()), Relaxed);
-        let mut r = json_response(answer.to_string());
-        let id = HeaderValue::try_from(format!("mock-{seq}")).expect("ascii");
-        r.headers_mut().insert("x-request-id", id);
-        r
-    }
-
-    async fn wait(shared: &Shared, due: Instant) -> Result<(), ()> {
-        tokio::select! {
-            () = shared.alarm.until(due) => Ok(()),
-            () = shared.stop.cancelled() => Err(()),
-        }
-    }
-
-    fn error(status: u16, message: &str) -> Response {
-        let body = serde_json::json!({"error": {"message": message,
-            "type": "invalid_request_error", "code": null}});
-        let mut r = json_response(body.to_string());
-        *r.status_mut() = StatusCode::from_u16(status).expect("a valid status");
-        r
-    }
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {

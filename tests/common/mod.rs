@@ -294,3 +294,18 @@ async fn end(
         "the store refused the result"
     );
 }
+
+/// A daemon registered in `store`, as a running one would be.
+pub async fn daemon(store: &PostgresStore) -> fusillade::domain::ids::DaemonId {
+    use fusillade::store::{DaemonStore, NewDaemon};
+    store
+        .register_daemon(NewDaemon {
+            hostname: "test".into(),
+            pid: 1,
+            version: "0".into(),
+            config: serde_json::json!({}),
+        })
+        .await
+        .unwrap()
+        .id
+}
