@@ -8,14 +8,11 @@ mod common;
 use common::daemon::json_lines;
 use common::*;
 use fusillade::domain::batch::{BatchId, BatchStatus};
-use fusillade::domain::daemon::NewDaemon;
-use fusillade::domain::ids::DaemonId;
 use fusillade::domain::output::ResultError;
 use fusillade::domain::request::{RequestId, RequestState};
 use fusillade::store::{
-    BatchStore, ClaimRequest, ClaimedRequest, DaemonStore, Finished, ModelDemand, Owner,
-    PostgresStore, QueueStore, RefusedEnd, RequestStore, Requeue, Settlement, StoreError,
-    WriteKind,
+    BatchStore, ClaimRequest, ClaimedRequest, Finished, ModelDemand, Owner, PostgresStore,
+    QueueStore, RefusedEnd, RequestStore, Requeue, Settlement, StoreError, WriteKind,
 };
 use serde_json::Value;
 use sqlx::PgPool;
