@@ -191,29 +191,51 @@ async fn recording_mock(seen: Arc<Mutex<Vec<String>>>) -> MockUpstream {
     .await
 }
 
+/// Runs 6 prompts × 6 questions of model `m` on two replicas; returns what
+/// each replica was sent.
 async fn run_on_two_replicas(pool: &PgPool, grouping: bool) -> (Vec<String>, Vec<String>) {
+    run_on_replicas(pool, grouping, Where::Upstream).await.0
+}
+
+/// Where the replicas' `urls` are configured.
+enum Where {
+    /// `[upstream] urls`, the route of every model.
+    Upstream,
+    /// `[models."m"] urls`, while `[upstream]` names a third server.
+    Model,
+}
+
+/// [`run_on_two_replicas`], with the `urls` where `at` says; also returns
+/// what the `[upstream]` server was sent when it is not a replica.
+async fn run_on_replicas(
+    pool: &PgPool,
+    grouping: bool,
+    at: Where,
+) -> ((Vec<String>, Vec<String>), Vec<String>) {
     let store = store(pool).await;
     let batch = batch_from_lines(&store, &interleaved(6, 6, 8)).await;
-    let (a_seen, b_seen) = (Arc::default(), Arc::default());
+    let (a_seen, b_seen, c_seen) = (Arc::default(), Arc::default(), Arc::default());
     let a = recording_mock(Arc::clone(&a_seen)).await;
     let b = recording_mock(Arc::clone(&b_seen)).await;
-    let cfg = config(
-        &a.url(),
-        &format!(
-            "urls = [\"{}\", \"{}\"]\nconcurrency = 64",
-            a.url(),
-            b.url()
-        ),
-        &format!("prefix_grouping = {grouping}"),
-        "",
+    let c = recording_mock(Arc::clone(&c_seen)).await;
+    let urls = format!(
+        "urls = [\"{}\", \"{}\"]\nconcurrency = 64",
+        a.url(),
+        b.url()
     );
+    let grouping = format!("prefix_grouping = {grouping}");
+    let cfg = match at {
+        Where::Upstream => config(&a.url(), &urls, &grouping, ""),
+        Where::Model => config(&c.url(), "", &grouping, &format!("[models.\"m\"]\n{urls}")),
+    };
     let daemon = start(&store, cfg);
     let done = finished_batch(&store, batch, LONG).await;
     daemon.stop().await;
     assert_eq!(done.request_counts.completed, 36);
     let a_seen = a_seen.lock().unwrap().clone();
     let b_seen = b_seen.lock().unwrap().clone();
-    (a_seen, b_seen)
+    let c_seen = c_seen.lock().unwrap().clone();
+    ((a_seen, b_seen), c_seen)
 }
 
 #[sqlx::test]
@@ -231,6 +253,18 @@ async fn a_prefix_group_sticks_to_one_replica(pool: PgPool) {
 #[sqlx::test]
 async fn without_grouping_calls_are_dealt_to_the_replicas_in_turn(pool: PgPool) {
     let (a, b) = run_on_two_replicas(&pool, false).await;
+    assert_eq!(a.len(), 18);
+    assert_eq!(b.len(), 18);
+}
+
+#[sqlx::test]
+async fn a_models_own_urls_replace_the_upstream_route(pool: PgPool) {
+    let ((a, b), upstream) = run_on_replicas(&pool, false, Where::Model).await;
+    assert!(
+        upstream.is_empty(),
+        "the [upstream] server was sent {} calls",
+        upstream.len()
+    );
     assert_eq!(a.len(), 18);
     assert_eq!(b.len(), 18);
 }
