@@ -22,6 +22,26 @@ mod conformance;
 macro_rules! for_each_case {
     ($run:ident) => {
         $run! {
+            batches: [
+                a_valid_file_gives_a_running_batch_with_one_request_per_line,
+                the_window_sets_the_deadline,
+                a_file_with_refused_lines_gives_a_failed_batch,
+                only_the_first_errors_are_listed_with_a_note,
+                endpoint_mismatches_beyond_the_cap_are_noted_too,
+                lines_for_another_endpoint_fail_the_batch,
+                an_empty_file_gives_a_failed_batch,
+                bad_parameters_are_refused_before_anything_is_stored,
+                the_input_file_must_be_the_owners_live_input_file,
+                an_idempotency_key_returns_the_first_batch,
+                concurrent_creates_with_one_key_make_one_batch,
+                batches_of_one_file_have_their_own_requests,
+            ],
+            file_access: [
+                owners_see_only_their_files,
+                delete_hides_a_file_once,
+                list_files_filters_orders_and_paginates,
+                list_files_by_purpose,
+            ],
             files: [
                 a_valid_file_becomes_templates,
                 each_refused_line_is_numbered_and_the_other_lines_are_kept,
@@ -46,6 +66,12 @@ macro_rules! for_each_case {
                 cancel_with_nothing_in_flight_ends_the_batch_at_once,
                 cancel_with_a_call_in_flight_is_finished_by_the_finalizer,
                 finished_requests_complete_the_batch_and_fill_its_files,
+                get_batch_respects_the_owner,
+                list_batches_filters_and_paginates,
+                cancel_ends_pending_requests_at_once,
+                cancel_with_a_request_in_flight_waits_for_it,
+                cancel_of_an_ended_batch_is_a_conflict,
+                request_counts_by_state,
             ],
         }
     };

@@ -2,6 +2,8 @@
 //! the helpers they share. Everything here speaks through the store traits
 //! and fusillade's public API only, so that every backend runs it as is.
 
+pub mod batches;
+pub mod file_access;
 pub mod files;
 pub mod lifecycle;
 
@@ -11,7 +13,7 @@ use fusillade::domain::batch::Batch;
 use fusillade::domain::file::File;
 use fusillade::domain::ids::{BatchId, DaemonId};
 use fusillade::domain::output::ResultError;
-use fusillade::domain::request::{RequestId, RequestState};
+use fusillade::domain::request::{RequestId, RequestRecord, RequestState};
 use fusillade::store::Owner;
 use fusillade::store::{
     BatchStore, ClaimRequest, ClaimedRequest, DaemonStore, FileStore, Finished, HealthStore,
@@ -132,6 +134,13 @@ pub async fn lines_of(stream: fusillade::store::ByteStream) -> usize {
 /// A batch, read back.
 pub async fn batch<S: Backend>(store: &S, id: BatchId) -> Batch {
     store.get_batch(Owner::Any, id).await.unwrap().unwrap()
+}
+
+/// Every request of a batch, in line order.
+pub async fn requests_of<S: Backend>(store: &S, batch: BatchId) -> Vec<RequestRecord> {
+    let page = store.list_requests(batch, None, 10_000).await.unwrap();
+    assert!(!page.has_more);
+    page.items
 }
 
 /// A request template as a daemon sees it, with its input line number.
