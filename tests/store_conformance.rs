@@ -73,6 +73,14 @@ macro_rules! for_each_case {
                 cancel_of_an_ended_batch_is_a_conflict,
                 request_counts_by_state,
             ],
+            requests: [
+                get_request_shows_the_request_and_then_its_result,
+                list_requests_pages_in_line_order,
+                output_and_error_lines_have_openai_shapes,
+                streams_cross_pages_and_give_every_line_once,
+                streams_without_results_are_empty,
+                large_results_stream_in_pages_bounded_by_bytes,
+            ],
         }
     };
 }

@@ -6,6 +6,7 @@ pub mod batches;
 pub mod file_access;
 pub mod files;
 pub mod lifecycle;
+pub mod requests;
 
 use crate::common::{CHAT, chunked, collect, jsonl, line, new_batch};
 use fusillade::IngestLimits;
@@ -17,7 +18,7 @@ use fusillade::domain::request::{RequestId, RequestRecord, RequestState};
 use fusillade::store::Owner;
 use fusillade::store::{
     BatchStore, ClaimRequest, ClaimedRequest, DaemonStore, FileStore, Finished, HealthStore,
-    MaintenanceStore, NewDaemon, NewFile, QueueStore, RequestStore, WorkNotifier,
+    MaintenanceStore, NewDaemon, NewFile, QueueStore, RequestStore, Requeue, WorkNotifier,
 };
 use std::collections::HashMap;
 
@@ -111,6 +112,60 @@ pub fn outcome(c: &ClaimedRequest, state: RequestState) -> Finished {
         upstream_request_id: None,
         body: ok.then(|| br#"{"ok":true}"#.to_vec()),
         error: (!ok).then(|| ResultError::new("test", "ended by the test")),
+        usage: None,
+    }
+}
+
+/// Claims every request of a batch for a daemon of its own (each line of
+/// [`batch_of`] has a model of its own), in line order.
+pub async fn claim_all<S: Backend>(store: &S, batch: BatchId) -> Vec<ClaimedRequest> {
+    let n = store.request_counts(batch).await.unwrap().pending as u32;
+    let d = daemon(store).await;
+    let mut got = store
+        .claim(&claim_request(d, n, Some(batch)))
+        .await
+        .unwrap()
+        .requests;
+    assert_eq!(got.len(), n as usize, "every pending request claimed");
+    got.sort_by_key(|c| c.id);
+    got
+}
+
+/// Returns claimed requests to pending at once, as a release would.
+pub async fn release<S: Backend>(store: &S, claimed: &[ClaimedRequest]) {
+    let items: Vec<Requeue> = claimed
+        .iter()
+        .map(|c| Requeue {
+            id: c.id,
+            attempt: c.attempt,
+            delay: std::time::Duration::ZERO,
+            is_retry: false,
+        })
+        .collect();
+    assert_eq!(store.requeue(&items).await.unwrap().len(), items.len());
+}
+
+/// A result for a claimed request: `completed` without an error, else
+/// `failed`, with the upstream's request id `upstream-<id>` when it answered.
+pub fn result(
+    c: &ClaimedRequest,
+    status_code: Option<i32>,
+    body: Option<&str>,
+    error: Option<serde_json::Value>,
+) -> Finished {
+    let state = if error.is_none() {
+        RequestState::Completed
+    } else {
+        RequestState::Failed
+    };
+    Finished {
+        id: c.id,
+        attempt: c.attempt,
+        state,
+        status_code,
+        upstream_request_id: status_code.map(|_| format!("upstream-{}", c.id.0.simple())),
+        body: body.map(|b| b.as_bytes().to_vec()),
+        error: error.map(|e| serde_json::from_value(e).expect("an error object")),
         usage: None,
     }
 }
