@@ -36,6 +36,15 @@ macro_rules! for_each_case {
                 concurrent_creates_with_one_key_make_one_batch,
                 batches_of_one_file_have_their_own_requests,
             ],
+            daemons: [
+                register_records_a_running_daemon,
+                heartbeat_updates_counters_and_time,
+                a_stopped_daemon_cannot_heartbeat_or_stop_again,
+                a_dead_daemon_gets_a_conflict,
+                an_unknown_daemon_is_not_found,
+                list_daemons_puts_running_ones_first_newest_first,
+                live_daemons_counts_running_ones_with_fresh_heartbeats,
+            ],
             file_access: [
                 owners_see_only_their_files,
                 delete_hides_a_file_once,

@@ -3,6 +3,7 @@
 //! and fusillade's public API only, so that every backend runs it as is.
 
 pub mod batches;
+pub mod daemons;
 pub mod file_access;
 pub mod files;
 pub mod lifecycle;
