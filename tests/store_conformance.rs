@@ -22,6 +22,13 @@ mod conformance;
 macro_rules! for_each_case {
     ($run:ident) => {
         $run! {
+            api: [
+                retry_reopens_a_completed_batch_and_requeues_only_failed_requests,
+                retry_is_a_conflict_unless_completed_or_expired,
+                retry_of_a_completed_batch_without_failures_changes_nothing,
+                live_counts_come_from_unfinished_requests_only,
+                file_expiry_can_be_set_after_upload,
+            ],
             batches: [
                 a_valid_file_gives_a_running_batch_with_one_request_per_line,
                 the_window_sets_the_deadline,

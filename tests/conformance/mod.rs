@@ -2,6 +2,7 @@
 //! the helpers they share. Everything here speaks through the store traits
 //! and fusillade's public API only, so that every backend runs it as is.
 
+pub mod api;
 pub mod batches;
 pub mod daemons;
 pub mod file_access;
@@ -80,12 +81,14 @@ pub async fn daemon<S: Backend>(store: &S) -> DaemonId {
         .id
 }
 
-/// A claim of up to `n` requests of any model, of one batch or of all.
+/// A claim of up to `n` requests of any model, of one batch or of all. The
+/// models' limit is far above what any case holds, so that the slots of
+/// other daemons leave room.
 pub fn claim_request(daemon: DaemonId, n: u32, scope: Option<BatchId>) -> ClaimRequest {
     ClaimRequest {
         daemon,
         models: Vec::new(),
-        default_limit: n,
+        default_limit: 1_000_000,
         default_share: n,
         max_total: n,
         scope,
