@@ -8,6 +8,7 @@ pub mod daemons;
 pub mod file_access;
 pub mod files;
 pub mod lifecycle;
+pub mod queue;
 pub mod requests;
 
 use crate::common::{CHAT, chunked, collect, jsonl, line, new_batch};
