@@ -112,6 +112,7 @@ macro_rules! for_each_case {
                 streams_cross_pages_and_give_every_line_once,
                 streams_without_results_are_empty,
                 large_results_stream_in_pages_bounded_by_bytes,
+                bodies_text_cannot_hold_are_stored_byte_for_byte,
             ],
         }
     };
