@@ -43,6 +43,14 @@ macro_rules! for_each_case {
                 concurrent_creates_with_one_key_make_one_batch,
                 batches_of_one_file_have_their_own_requests,
             ],
+            daemon_runtime: [
+                one_daemon_fills_each_model_to_its_limit_and_no_further,
+                outcomes_are_retried_or_final_as_the_rules_say,
+                cancel_aborts_calls_in_flight_and_ends_the_batch_within_two_seconds,
+                a_reloaded_limit_applies_while_running,
+                stopping_lets_calls_finish_within_the_grace_period,
+                stopping_releases_calls_still_running_after_the_grace_period,
+            ],
             daemons: [
                 register_records_a_running_daemon,
                 heartbeat_updates_counters_and_time,

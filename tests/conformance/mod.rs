@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod batches;
+pub mod daemon_runtime;
 pub mod daemons;
 pub mod file_access;
 pub mod files;
