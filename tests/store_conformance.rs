@@ -22,6 +22,10 @@ mod conformance;
 macro_rules! for_each_case {
     ($run:ident) => {
         $run! {
+            answers: [
+                answers_text_cannot_hold_land_exactly_and_never_block_the_batch,
+                an_oversized_answer_fails_its_line_without_a_retry,
+            ],
             api: [
                 retry_reopens_a_completed_batch_and_requeues_only_failed_requests,
                 retry_is_a_conflict_unless_completed_or_expired,

@@ -2,6 +2,7 @@
 //! the helpers they share. Everything here speaks through the store traits
 //! and fusillade's public API only, so that every backend runs it as is.
 
+pub mod answers;
 pub mod api;
 pub mod batches;
 pub mod daemon_runtime;
