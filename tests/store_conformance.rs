@@ -47,6 +47,22 @@ macro_rules! for_each_case {
                 concurrent_creates_with_one_key_make_one_batch,
                 batches_of_one_file_have_their_own_requests,
             ],
+            coalescing: [
+                a_claim_takes_requests_of_one_prefix_together,
+                without_grouping_a_claim_takes_line_order,
+                a_tight_window_batch_goes_before_a_large_day_long_one,
+                a_prefix_group_sticks_to_one_replica,
+                without_grouping_calls_are_dealt_to_the_replicas_in_turn,
+                grouping_raises_the_prefix_cache_hit_rate,
+                a_replica_that_refuses_connections_is_left_out,
+                a_scoped_claim_of_a_private_batch_takes_whole_prefix_groups,
+            ],
+            coalescing_identical: [
+                identical_temperature_zero_lines_are_sent_once_and_each_answered,
+                lines_at_a_temperature_are_always_sent,
+                coalesce_never_sends_every_line,
+                single_input_embeddings_share_calls_and_a_bad_input_fails_alone,
+            ],
             daemon_runtime: [
                 one_daemon_fills_each_model_to_its_limit_and_no_further,
                 outcomes_are_retried_or_final_as_the_rules_say,

@@ -5,6 +5,8 @@
 pub mod answers;
 pub mod api;
 pub mod batches;
+pub mod coalescing;
+pub mod coalescing_identical;
 pub mod daemon_runtime;
 pub mod daemons;
 pub mod file_access;
