@@ -80,6 +80,12 @@ macro_rules! for_each_case {
                 list_daemons_puts_running_ones_first_newest_first,
                 live_daemons_counts_running_ones_with_fresh_heartbeats,
             ],
+            dashboard: [
+                requests_in_one_state_page_in_line_order,
+                a_request_detail_shows_its_input_and_answer,
+                a_batch_sample_counts_calls_in_flight_and_groups_failures,
+                model_loads_show_waiting_and_running_work,
+            ],
             file_access: [
                 owners_see_only_their_files,
                 delete_hides_a_file_once,

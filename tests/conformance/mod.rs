@@ -9,6 +9,7 @@ pub mod coalescing;
 pub mod coalescing_identical;
 pub mod daemon_runtime;
 pub mod daemons;
+pub mod dashboard;
 pub mod file_access;
 pub mod files;
 pub mod lifecycle;
@@ -24,8 +25,9 @@ use fusillade::domain::output::ResultError;
 use fusillade::domain::request::{RequestId, RequestRecord, RequestState};
 use fusillade::store::Owner;
 use fusillade::store::{
-    BatchStore, ClaimRequest, ClaimedRequest, DaemonStore, FileStore, Finished, HealthStore,
-    MaintenanceStore, NewDaemon, NewFile, QueueStore, RequestStore, Requeue, WorkNotifier,
+    BatchStore, ClaimRequest, ClaimedRequest, DaemonStore, DashboardStore, FileStore, Finished,
+    HealthStore, MaintenanceStore, NewDaemon, NewFile, QueueStore, RequestStore, Requeue,
+    WorkNotifier,
 };
 use std::collections::HashMap;
 
@@ -39,6 +41,7 @@ pub trait Backend:
     + QueueStore
     + MaintenanceStore
     + HealthStore
+    + DashboardStore
     + WorkNotifier
     + Clone
     + Send
