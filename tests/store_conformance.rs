@@ -148,6 +148,11 @@ macro_rules! for_each_case {
                 large_results_stream_in_pages_bounded_by_bytes,
                 bodies_text_cannot_hold_are_stored_byte_for_byte,
             ],
+            response_steps: [
+                steps_are_read_back_and_listed_by_chain_and_scope,
+                a_step_ends_once_and_a_retry_goes_back_to_pending,
+                a_second_successor_of_one_kind_is_refused,
+            ],
         }
     };
 }

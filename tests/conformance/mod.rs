@@ -15,6 +15,7 @@ pub mod files;
 pub mod lifecycle;
 pub mod queue;
 pub mod requests;
+pub mod response_steps;
 
 use crate::common::{CHAT, chunked, collect, jsonl, line, new_batch};
 use fusillade::IngestLimits;
@@ -27,7 +28,7 @@ use fusillade::store::Owner;
 use fusillade::store::{
     BatchStore, ClaimRequest, ClaimedRequest, DaemonStore, DashboardStore, FileStore, Finished,
     HealthStore, MaintenanceStore, NewDaemon, NewFile, QueueStore, RequestStore, Requeue,
-    WorkNotifier,
+    ResponseStepStore, WorkNotifier,
 };
 use std::collections::HashMap;
 
@@ -42,6 +43,7 @@ pub trait Backend:
     + MaintenanceStore
     + HealthStore
     + DashboardStore
+    + ResponseStepStore
     + WorkNotifier
     + Clone
     + Send
