@@ -258,8 +258,9 @@ fn summary(
         ));
     }
     s.push_str(&format!(
-        "results: {}, failed lines: {}\n",
+        "results: {} ({} lines), failed lines: {} ({failed} lines)\n",
         targets.output.describe(),
+        c.completed,
         targets.errors.describe()
     ));
     s.push_str(&format!(

@@ -2,7 +2,6 @@
 //! asking for more tokens than the simulated server allows, so that they
 //! fail (a 400, never retried) the way a real server refuses them.
 
-use serde_json::json;
 use std::io::Write;
 use std::path::Path;
 
@@ -43,6 +42,13 @@ const ASKS: [&str; 4] = [
     "Explain {} to a new engineer in two sentences.",
 ];
 
+/// The system prompt every line starts with.
+const SYSTEM: &str = "You are a concise assistant for software engineers.";
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
 /// What was written.
 #[derive(Debug)]
 pub struct Sample {
@@ -78,19 +84,12 @@ pub fn write(path: &Path, lines: u64) -> std::io::Result<Sample> {
         } else {
             (FAST, 16, ASKS[i as usize % ASKS.len()].replace("{}", topic))
         };
-        let line = json!({
-            "custom_id": custom_id,
-            "method": "POST",
-            "url": "/v1/chat/completions",
-            "body": {
-                "model": model,
-                "messages": [
-                    {"role": "system", "content": "You are a concise assistant for software engineers."},
-                    {"role": "user", "content": ask},
-                ],
-                "max_tokens": max_tokens,
-            },
-        });
+        // Written by hand, so the keys come in the order people write them.
+        let line = format!(
+            r#"{{"custom_id":"{custom_id}","method":"POST","url":"/v1/chat/completions","body":{{"model":"{model}","messages":[{{"role":"system","content":{system}}},{{"role":"user","content":{ask}}}],"max_tokens":{max_tokens}}}}}"#,
+            system = json_string(SYSTEM),
+            ask = json_string(&ask),
+        );
         writeln!(out, "{line}")?;
     }
     out.flush()?;
