@@ -57,7 +57,9 @@ mod postgres;
 mod queue;
 mod requests;
 mod response_steps;
+mod rules;
 mod settle;
+mod sqlite;
 
 pub use batches::{BatchListQuery, NewBatch};
 pub use daemons::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
@@ -77,6 +79,7 @@ pub use queue::{
 };
 pub use response_steps::ResponseStepStore;
 pub use settle::{FAILURES_BEFORE_SPLIT, Refused, RefusedEnd, Settled, Settlement, WriteKind};
+pub use sqlite::{SQLITE_MIGRATOR, SqliteStore};
 
 use crate::domain::batch::{Batch, BatchId, RequestCounts};
 use crate::domain::file::{File, FileId, IngestLimits};
