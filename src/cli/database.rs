@@ -53,22 +53,19 @@ impl Database {
     }
 
     /// The embedded database's file, if this is one (`sqlite://PATH` or
-    /// `sqlite:PATH`, any `?options` left out).
-    pub fn embedded_path(&self) -> Option<&str> {
-        let rest = self
-            .url
-            .strip_prefix("sqlite://")
-            .or_else(|| self.url.strip_prefix("sqlite:"))?;
-        Some(rest.split_once('?').map_or(rest, |(p, _)| p))
+    /// `sqlite:PATH`, as the store reads it).
+    pub fn embedded_path(&self) -> Option<PathBuf> {
+        fusillade::store::sqlite_path(&self.url)
     }
 
     /// How the first line of `run` and `serve` names it, the password hidden.
     pub fn describe(&self) -> String {
         match self.embedded_path() {
             Some(path) if self.default => format!(
-                "store: embedded sqlite at {path} (the default; --database-url or DATABASE_URL picks another)"
+                "store: embedded sqlite at {} (the default; --database-url or DATABASE_URL picks another)",
+                path.display()
             ),
-            Some(path) => format!("store: embedded sqlite at {path}"),
+            Some(path) => format!("store: embedded sqlite at {}", path.display()),
             None => format!("store: postgres at {}", fusillade::store::redact(&self.url)),
         }
     }
@@ -80,7 +77,10 @@ impl Database {
             None => Ok(()),
             Some(path) => {
                 let which = if self.default {
-                    format!("no database is configured, so it would use the embedded one at {path}")
+                    format!(
+                        "no database is configured, so it would use the embedded one at {}",
+                        path.display()
+                    )
                 } else {
                     format!("{} is an embedded database", self.url)
                 };
@@ -147,7 +147,7 @@ mod tests {
         let mut config = Config::default();
         config.database_url = Some("postgres://c/db".into());
         let db = Database::resolve(Some("sqlite:///x/y.db"), &config).unwrap();
-        assert_eq!(db.embedded_path(), Some("/x/y.db"));
+        assert_eq!(db.embedded_path(), Some(PathBuf::from("/x/y.db")));
         assert!(!db.default);
         let db = Database::resolve(Some(""), &config).unwrap();
         assert_eq!(db.url, "postgres://c/db");
@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn embedded_databases_are_refused_for_scale_out() {
         let db = Database::at("sqlite:rel.db?mode=rwc".into());
-        assert_eq!(db.embedded_path(), Some("rel.db"));
+        assert_eq!(db.embedded_path(), Some(PathBuf::from("rel.db")));
         let err = db.require_shared("fusillade worker").unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(format!("{:#}", err.error).contains("scale-out needs PostgreSQL"));

@@ -71,7 +71,7 @@ pub use error::{BackendError, StoreError, UniqueKey};
 pub use files::{FileListQuery, NewFile, Order};
 pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
-pub use open::{OpenError, Store, open, redact};
+pub use open::{OpenError, Store, open, redact, sqlite_path};
 pub use pools::{API_ACQUIRE_TIMEOUT, API_CONNECTIONS, DbPools, TestDbPools};
 pub use queue::{
     CLAIM_SQL, Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue,
