@@ -232,13 +232,13 @@ fn summary(
     let c = &b.request_counts;
     let failed = c.failed + c.canceled;
     let why = if failed == planned {
-        "as planned"
+        "as planned: they".to_owned()
     } else {
-        "where only these were meant to"
+        format!("where {planned} were meant to: the lines that")
     };
     let mut s = format!(
-        "\ndemo finished in {:.1} s: {} of {} lines succeeded, {failed} failed ({why}: {planned} \
-         lines ask for more than the server's {}-token limit, answered 400)\n",
+        "\ndemo finished in {:.1} s: {} of {} lines succeeded, {failed} failed ({why} ask for \
+         more than the server's {}-token limit, answered 400)\n",
         elapsed.as_secs_f64(),
         c.completed,
         c.total,
