@@ -144,8 +144,10 @@ mod tests {
 
     #[test]
     fn the_flag_wins_over_the_config_and_the_default() {
-        let mut config = Config::default();
-        config.database_url = Some("postgres://c/db".into());
+        let config = Config {
+            database_url: Some("postgres://c/db".into()),
+            ..Config::default()
+        };
         let db = Database::resolve(Some("sqlite:///x/y.db"), &config).unwrap();
         assert_eq!(db.embedded_path(), Some(PathBuf::from("/x/y.db")));
         assert!(!db.default);
