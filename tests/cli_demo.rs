@@ -277,3 +277,43 @@ async fn worker_and_serve_api_only_refuse_an_embedded_database() {
     assert!(!tmp.join("x.db").exists());
     assert!(!default_db(&tmp).exists());
 }
+
+#[tokio::test]
+async fn serve_uses_the_embedded_default_and_migrate_migrates_it() {
+    let tmp = TempDir::new("embedded-serve");
+    let log = tmp.join("serve.log");
+    let mut cmd = fusillade_in(&tmp);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .stderr(std::fs::File::create(&log).unwrap());
+    let served = process::serve(cmd, LONG).await;
+    let health = reqwest::get(format!("{}/healthz", served.base))
+        .await
+        .expect("serve answers");
+    assert_eq!(health.status(), 200);
+    // The store is named before the address is printed.
+    let said = std::fs::read_to_string(&log).unwrap();
+    let path = default_db(&tmp);
+    assert!(
+        said.lines()
+            .next()
+            .unwrap_or("")
+            .contains(&format!("store: embedded sqlite at {}", path.display())),
+        "{said}"
+    );
+    assert!(path.exists());
+    drop(served);
+
+    let mut migrate = fusillade_in(&tmp);
+    let other = tmp.join("other/x.db");
+    migrate
+        .arg("migrate")
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", other.display()));
+    let out = process::output(migrate, LONG).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("up to date"),
+        "{out:?}"
+    );
+    assert!(other.exists());
+}
