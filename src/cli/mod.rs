@@ -28,19 +28,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs a sample file against the built-in simulator on an embedded
+    /// database: the whole tool in one command, with no server and no network.
+    Demo(demo::Args),
     /// Serves the OpenAI-compatible HTTP API and runs the daemon (`--api-only`: the API alone).
     Serve(serve::Args),
     /// Applies the database schema (safe to run any number of times).
     Migrate(migrate::Args),
-    /// Runs the daemon alone: claims and executes requests (scale-out).
+    /// Runs the daemon alone: claims and executes requests (scale-out; needs PostgreSQL).
     Worker(worker::Args),
     /// Runs one input file to completion and writes its output and error files.
     Run(run::Args),
-    /// Runs a sample file against the built-in simulator on an embedded
-    /// database: the whole tool in one command, with no server and no network.
-    Demo(demo::Args),
     /// Serves the built-in model simulator: an OpenAI-compatible upstream
-    /// with set latency and faults, to try fusillade without a model server.
+    /// with set latency and faults (or a modelled prefix cache, --cache),
+    /// to try fusillade without a model server.
     Mock(mock::Args),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
