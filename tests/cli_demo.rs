@@ -186,7 +186,7 @@ fn run_cmd(tmp: &TempDir, upstream: &str) -> Command {
 #[tokio::test]
 async fn run_with_no_database_setting_uses_the_embedded_default_and_resumes_after_kill_9() {
     let mut mock = process::fusillade();
-    mock.args(["mock", "--listen", "127.0.0.1:0", "--latency-ms", "20"])
+    mock.args(["mock", "--listen", "127.0.0.1:0", "--latency-ms", "40"])
         .stderr(Stdio::null());
     let mock = process::serve(mock, LONG).await;
     let tmp = TempDir::new("embedded-run");
@@ -194,7 +194,7 @@ async fn run_with_no_database_setting_uses_the_embedded_default_and_resumes_afte
     std::fs::write(tmp.join("in.jsonl"), jsonl(&lines_for("m", "line-", lines))).unwrap();
 
     // Killed once a good part of the lines were answered (4 at a time,
-    // 20 ms each: the whole file takes seconds).
+    // 40 ms each: the whole file takes seconds).
     let log = tmp.join("first.log");
     let mut first = run_cmd(&tmp, &mock.base);
     first
