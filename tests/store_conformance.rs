@@ -5,9 +5,9 @@
 //! backend has (several daemons, LISTEN/NOTIFY, read replicas) stays in the
 //! other `store_*` files.
 //!
-//! Today the only backend is PostgreSQL: the tests are named
-//! `postgres::CASE`, so `cargo nextest run --test store_conformance` shows
-//! the count per backend.
+//! The backends are PostgreSQL and the embedded SQLite: the tests are named
+//! `postgres::CASE` and `sqlite::CASE`, so `cargo nextest run --test
+//! store_conformance` shows the count per backend.
 
 mod common;
 
@@ -61,7 +61,23 @@ macro_rules! on_postgres {
     };
 }
 
+/// SQLite: each case on a fresh database file in a temp dir of its own.
+macro_rules! on_sqlite {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = crate::common::sqlite::TempDb::new();
+                    super::$case(&db.store().await).await;
+                }
+            )+
+        }
+    };
+}
+
 for_each_case!(on_postgres);
+for_each_case!(on_sqlite);
 
 // Helpers, over the traits only.
 
