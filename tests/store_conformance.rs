@@ -1,258 +1,158 @@
-//! One set of store tests for every backend (the pattern of River's driver
-//! tests): each case is a generic function that speaks to the store through
-//! its traits only, and each backend runs every case through a macro, so a
-//! new backend gets the whole suite by adding one line. Behaviour only one
-//! backend has (several daemons, LISTEN/NOTIFY, read replicas) stays in the
-//! other `store_*` files.
+//! One set of store and daemon tests for every backend (the pattern of
+//! River's driver tests): each case is a generic function that speaks to the
+//! store through its traits only (and to the daemon through
+//! `fusillade::daemon`), and each backend runs every case through a macro, so
+//! a new backend gets the whole suite by adding one arm. Behaviour only
+//! PostgreSQL has (several daemons, LISTEN/NOTIFY, read replicas, pools,
+//! constraint names, raw rows) stays in the other `store_*` and `daemon_*`
+//! files.
 //!
-//! Today the only backend is PostgreSQL: the tests are named
-//! `postgres::CASE`, so `cargo nextest run --test store_conformance` shows
-//! the count per backend.
+//! The backends are PostgreSQL and the embedded SQLite. Tests are named
+//! `BACKEND::SUBJECT::CASE` (`postgres::files::...`, `sqlite::files::...`), so
+//! `cargo nextest run --test store_conformance` shows the count per backend.
+//!
+//! A backend arm is a macro like [`on_postgres`]: it takes the list of
+//! [`for_each_case`] and expands each case on a fresh store of its own, and
+//! the backend implements [`conformance::Backend`].
 
 mod common;
+mod conformance;
 
-use common::{CHAT, chunked, collect, jsonl, line, new_batch};
-use fusillade::domain::batch::{Batch, BatchStatus};
-use fusillade::domain::file::File;
-use fusillade::domain::ids::DaemonId;
-use fusillade::domain::output::ResultError;
-use fusillade::domain::request::RequestState;
-use fusillade::store::{
-    BatchStore, ClaimRequest, ClaimedRequest, DaemonStore, FileStore, Finished, MaintenanceStore,
-    NewBatch, NewDaemon, NewFile, Owner, QueueStore, RequestStore,
-};
-
-/// Everything a backend must implement to run the suite.
-trait Backend:
-    FileStore + BatchStore + RequestStore + DaemonStore + QueueStore + MaintenanceStore
-{
-}
-
-impl<S> Backend for S where
-    S: FileStore + BatchStore + RequestStore + DaemonStore + QueueStore + MaintenanceStore
-{
-}
-
-/// Every case, by name: the one list each backend's module expands.
+/// Every case, by subject (a module of `tests/conformance/`): the one list
+/// each backend's arm expands.
 macro_rules! for_each_case {
     ($run:ident) => {
-        $run!(
-            an_upload_reads_back_byte_for_byte,
-            a_batch_has_one_request_per_line,
-            an_idempotency_key_answers_with_the_first_batch,
-            cancel_with_nothing_in_flight_ends_the_batch_at_once,
-            cancel_with_a_call_in_flight_is_finished_by_the_finalizer,
-            finished_requests_complete_the_batch_and_fill_its_files,
-        );
+        $run! {
+            api: [
+                retry_reopens_a_completed_batch_and_requeues_only_failed_requests,
+                retry_is_a_conflict_unless_completed_or_expired,
+                retry_of_a_completed_batch_without_failures_changes_nothing,
+                live_counts_come_from_unfinished_requests_only,
+                file_expiry_can_be_set_after_upload,
+            ],
+            batches: [
+                a_valid_file_gives_a_running_batch_with_one_request_per_line,
+                the_window_sets_the_deadline,
+                a_file_with_refused_lines_gives_a_failed_batch,
+                only_the_first_errors_are_listed_with_a_note,
+                endpoint_mismatches_beyond_the_cap_are_noted_too,
+                lines_for_another_endpoint_fail_the_batch,
+                an_empty_file_gives_a_failed_batch,
+                bad_parameters_are_refused_before_anything_is_stored,
+                the_input_file_must_be_the_owners_live_input_file,
+                an_idempotency_key_returns_the_first_batch,
+                concurrent_creates_with_one_key_make_one_batch,
+                batches_of_one_file_have_their_own_requests,
+            ],
+            daemons: [
+                register_records_a_running_daemon,
+                heartbeat_updates_counters_and_time,
+                a_stopped_daemon_cannot_heartbeat_or_stop_again,
+                a_dead_daemon_gets_a_conflict,
+                an_unknown_daemon_is_not_found,
+                list_daemons_puts_running_ones_first_newest_first,
+                live_daemons_counts_running_ones_with_fresh_heartbeats,
+            ],
+            file_access: [
+                owners_see_only_their_files,
+                delete_hides_a_file_once,
+                list_files_filters_orders_and_paginates,
+                list_files_by_purpose,
+            ],
+            files: [
+                a_valid_file_becomes_templates,
+                each_refused_line_is_numbered_and_the_other_lines_are_kept,
+                a_duplicate_custom_id_refuses_the_later_line,
+                an_empty_file_is_one_error_without_a_line,
+                blank_lines_are_skipped_but_counted,
+                crlf_endings_bom_and_a_last_line_without_newline_are_accepted,
+                body_text_is_stored_exactly_as_written,
+                escaped_custom_id_and_model_are_unescaped,
+                a_line_over_the_limit_is_refused_and_parsing_goes_on,
+                invalid_utf8_is_refused_by_line,
+                a_file_over_the_size_limit_stores_nothing,
+                only_the_first_errors_are_kept_but_all_are_counted,
+                content_of_a_large_input_file_is_the_exact_upload,
+                a_bom_does_not_count_towards_the_line_limit,
+                every_kind_of_line_downloads_exactly_at_any_chunk_size,
+            ],
+            lifecycle: [
+                an_upload_reads_back_byte_for_byte,
+                a_batch_has_one_request_per_line,
+                an_idempotency_key_answers_with_the_first_batch,
+                cancel_with_nothing_in_flight_ends_the_batch_at_once,
+                cancel_with_a_call_in_flight_is_finished_by_the_finalizer,
+                finished_requests_complete_the_batch_and_fill_its_files,
+                get_batch_respects_the_owner,
+                list_batches_filters_and_paginates,
+                cancel_ends_pending_requests_at_once,
+                cancel_with_a_request_in_flight_waits_for_it,
+                cancel_of_an_ended_batch_is_a_conflict,
+                request_counts_by_state,
+            ],
+            requests: [
+                get_request_shows_the_request_and_then_its_result,
+                list_requests_pages_in_line_order,
+                output_and_error_lines_have_openai_shapes,
+                streams_cross_pages_and_give_every_line_once,
+                streams_without_results_are_empty,
+                large_results_stream_in_pages_bounded_by_bytes,
+            ],
+        }
     };
 }
 
 /// PostgreSQL: each case on a fresh database of its own.
 macro_rules! on_postgres {
-    ($($case:ident),+ $(,)?) => {
+    ($($subject:ident: [$($case:ident),* $(,)?]),* $(,)?) => {
         mod postgres {
             $(
-                #[sqlx::test]
-                async fn $case(pool: sqlx::PgPool) {
-                    super::$case(&crate::common::store(&pool).await).await;
+                mod $subject {
+                    $(
+                        #[sqlx::test]
+                        async fn $case(pool: sqlx::PgPool) {
+                            let store = crate::common::store(&pool).await;
+                            crate::conformance::$subject::$case(&store).await;
+                        }
+                    )*
                 }
-            )+
+            )*
+        }
+    };
+}
+
+/// SQLite: each case on a fresh database file in a temp dir of its own
+/// (removed when the case ends).
+macro_rules! on_sqlite {
+    ($($subject:ident: [$($case:ident),* $(,)?]),* $(,)?) => {
+        mod sqlite {
+            $(
+                mod $subject {
+                    $(
+                        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                        async fn $case() {
+                            let db = crate::common::sqlite::TempDb::new();
+                            let store = db.store().await;
+                            crate::conformance::$subject::$case(&store).await;
+                        }
+                    )*
+                }
+            )*
         }
     };
 }
 
 for_each_case!(on_postgres);
+for_each_case!(on_sqlite);
 
-// Helpers, over the traits only.
-
-async fn upload<S: Backend>(store: &S, owner: &str, text: &str) -> File {
-    let new = NewFile {
-        owner: owner.into(),
-        filename: "input.jsonl".into(),
-        expires_at: None,
-    };
-    store
-        .create_file(new, chunked(text.as_bytes(), 7))
-        .await
-        .unwrap()
-}
-
-async fn batch_of<S: Backend>(store: &S, n: usize) -> Batch {
-    let lines: Vec<String> = (0..n).map(|i| line(&format!("r{i}"))).collect();
-    let file = upload(store, "alice", &jsonl(&lines)).await;
-    store
-        .create_batch(new_batch("alice", file.id, CHAT))
-        .await
-        .unwrap()
-}
-
-async fn daemon<S: Backend>(store: &S) -> DaemonId {
-    store
-        .register_daemon(NewDaemon {
-            hostname: "conformance".into(),
-            pid: 1,
-            version: "0".into(),
-            config: serde_json::json!({}),
-        })
-        .await
-        .unwrap()
-        .id
-}
-
-/// Claims up to `n` requests of any model.
-async fn claim<S: Backend>(store: &S, daemon: DaemonId, n: u32) -> Vec<ClaimedRequest> {
-    store
-        .claim(&ClaimRequest {
-            daemon,
-            models: Vec::new(),
-            default_limit: n,
-            default_share: n,
-            max_total: n,
-            scope: None,
-            grouped: false,
-        })
-        .await
-        .unwrap()
-        .requests
-}
-
-fn outcome(c: &ClaimedRequest, state: RequestState) -> Finished {
-    let ok = state == RequestState::Completed;
-    Finished {
-        id: c.id,
-        attempt: c.attempt,
-        state,
-        status_code: ok.then_some(200),
-        upstream_request_id: None,
-        body: ok.then(|| br#"{"ok":true}"#.to_vec()),
-        error: (!ok).then(|| ResultError::new("test", "ended by the test")),
-        usage: None,
+impl conformance::Backend for fusillade::PostgresStore {
+    fn with_limits(&self, limits: fusillade::IngestLimits) -> Self {
+        self.clone().with_limits(limits)
     }
 }
 
-async fn lines_of(stream: fusillade::store::ByteStream) -> usize {
-    let bytes = collect(stream).await;
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .count()
-}
-
-// The cases.
-
-async fn an_upload_reads_back_byte_for_byte<S: Backend>(store: &S) {
-    let text = jsonl(&[line("a"), line("b")]);
-    let file = upload(store, "alice", &text).await;
-    assert_eq!(file.bytes as usize, text.len());
-    let got = store.get_file(Owner::Only("alice"), file.id).await.unwrap();
-    assert_eq!(got.map(|f| f.id), Some(file.id));
-    assert!(
-        store
-            .get_file(Owner::Only("bob"), file.id)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    let content = store
-        .file_content(Owner::Only("alice"), file.id)
-        .await
-        .unwrap();
-    assert_eq!(collect(content).await, text.as_bytes());
-}
-
-async fn a_batch_has_one_request_per_line<S: Backend>(store: &S) {
-    let batch = batch_of(store, 5).await;
-    assert_eq!(batch.status, BatchStatus::InProgress);
-    assert_eq!(batch.request_counts.total, 5);
-    let counts = store.request_counts(batch.id).await.unwrap();
-    assert_eq!((counts.total, counts.pending), (5, 5));
-    let page = store.list_requests(batch.id, None, 100).await.unwrap();
-    let ids: Vec<_> = page.items.iter().map(|r| r.custom_id.clone()).collect();
-    let want: Vec<_> = (0..5).map(|i| Some(format!("r{i}"))).collect();
-    assert_eq!(ids, want, "in line order");
-}
-
-async fn an_idempotency_key_answers_with_the_first_batch<S: Backend>(store: &S) {
-    let file = upload(store, "alice", &jsonl(&[line("a")])).await;
-    let keyed = || NewBatch {
-        idempotency_key: Some("k"),
-        ..new_batch("alice", file.id, CHAT)
-    };
-    let first = store.create_batch(keyed()).await.unwrap();
-    let again = store.create_batch(keyed()).await.unwrap();
-    assert_eq!(first.id, again.id);
-    let found = store.find_batch_by_key("alice", "k").await.unwrap();
-    assert_eq!(found.map(|b| b.id), Some(first.id));
-}
-
-async fn cancel_with_nothing_in_flight_ends_the_batch_at_once<S: Backend>(store: &S) {
-    let batch = batch_of(store, 4).await;
-    let cancelled = store.cancel_batch(Owner::Any, batch.id).await.unwrap();
-    assert_eq!(cancelled.status, BatchStatus::Cancelled);
-    assert_eq!(cancelled.request_counts.canceled, 4);
-    assert_eq!(lines_of(store.error_stream(batch.id)).await, 4);
-    // Ended batches refuse a second cancel's change.
-    assert!(store.cancel_batch(Owner::Any, batch.id).await.is_err());
-}
-
-async fn cancel_with_a_call_in_flight_is_finished_by_the_finalizer<S: Backend>(store: &S) {
-    let batch = batch_of(store, 3).await;
-    let d = daemon(store).await;
-    let held = claim(store, d, 1).await;
-    assert_eq!(held.len(), 1);
-    let cancelling = store.cancel_batch(Owner::Any, batch.id).await.unwrap();
-    assert_eq!(cancelling.status, BatchStatus::Cancelling);
-    assert_eq!(cancelling.request_counts.canceled, 2);
-    // The finalizer waits for the call in flight...
-    let report = store.finalize(100).await.unwrap();
-    assert!(report.cancelled.is_empty());
-    // ...and ends the cancel once it has ended.
-    let ended = store
-        .finish(&[outcome(&held[0], RequestState::Canceled)])
-        .await
-        .unwrap();
-    assert_eq!(ended, vec![held[0].id]);
-    let report = store.finalize(100).await.unwrap();
-    assert_eq!(report.cancelled, vec![batch.id]);
-    let b = store
-        .get_batch(Owner::Any, batch.id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(b.status, BatchStatus::Cancelled);
-    assert_eq!(b.request_counts.canceled, 3);
-}
-
-async fn finished_requests_complete_the_batch_and_fill_its_files<S: Backend>(store: &S) {
-    let batch = batch_of(store, 4).await;
-    let d = daemon(store).await;
-    let got = claim(store, d, 10).await;
-    assert_eq!(got.len(), 4);
-    let outcomes: Vec<Finished> = got
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let state = if i == 0 {
-                RequestState::Failed
-            } else {
-                RequestState::Completed
-            };
-            outcome(c, state)
-        })
-        .collect();
-    assert_eq!(store.finish(&outcomes).await.unwrap().len(), 4);
-    let report = store.finalize(100).await.unwrap();
-    assert_eq!(report.completed, vec![batch.id]);
-    let b = store
-        .get_batch(Owner::Any, batch.id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(b.status, BatchStatus::Completed);
-    assert_eq!(
-        (b.request_counts.completed, b.request_counts.failed),
-        (3, 1)
-    );
-    assert_eq!(lines_of(store.output_stream(batch.id)).await, 3);
-    assert_eq!(lines_of(store.error_stream(batch.id)).await, 1);
+impl conformance::Backend for fusillade::store::SqliteStore {
+    fn with_limits(&self, limits: fusillade::IngestLimits) -> Self {
+        self.clone().with_limits(limits)
+    }
 }

@@ -3,7 +3,7 @@
 use super::*;
 use fusillade::BatchStore;
 use fusillade::config::Config;
-use fusillade::daemon::{Daemon, DaemonReport};
+use fusillade::daemon::{Daemon, DaemonBackend, DaemonReport};
 use fusillade::domain::batch::{Batch, BatchCounts};
 use fusillade::store::Owner;
 use std::sync::Arc;
@@ -38,7 +38,7 @@ pub struct Running {
 }
 
 /// Starts a daemon.
-pub fn start(store: &PostgresStore, config: Arc<Config>) -> Running {
+pub fn start<S: DaemonBackend>(store: &S, config: Arc<Config>) -> Running {
     let (tx, running) = start_reloadable(store, config);
     // The daemon keeps its config for life when nobody can send a new one.
     std::mem::forget(tx);
@@ -46,8 +46,8 @@ pub fn start(store: &PostgresStore, config: Arc<Config>) -> Running {
 }
 
 /// Starts a daemon whose config can be replaced while it runs.
-pub fn start_reloadable(
-    store: &PostgresStore,
+pub fn start_reloadable<S: DaemonBackend>(
+    store: &S,
     config: Arc<Config>,
 ) -> (tokio::sync::watch::Sender<Arc<Config>>, Running) {
     let (tx, rx) = tokio::sync::watch::channel(config);
@@ -128,7 +128,7 @@ where
 }
 
 /// Waits for the batch to reach a terminal status.
-pub async fn finished_batch(store: &PostgresStore, id: BatchId, timeout: Duration) -> Batch {
+pub async fn finished_batch<S: BatchStore>(store: &S, id: BatchId, timeout: Duration) -> Batch {
     let until = tokio::time::Instant::now() + timeout;
     loop {
         let b = store.get_batch(Owner::Any, id).await.unwrap().unwrap();
@@ -153,7 +153,7 @@ pub async fn finished_batch(store: &PostgresStore, id: BatchId, timeout: Duratio
 }
 
 /// Uploads lines and creates a batch of them.
-pub async fn batch_from_lines(store: &PostgresStore, lines: &[String]) -> BatchId {
+pub async fn batch_from_lines<S: BatchStore + FileStore>(store: &S, lines: &[String]) -> BatchId {
     let file = upload(store, "", &jsonl(lines)).await;
     store
         .create_batch(new_batch("", file.id, CHAT))

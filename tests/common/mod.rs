@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod http;
 pub mod process;
+pub mod sqlite;
 
 use bytes::Bytes;
 use fusillade::domain::file::File;
@@ -48,8 +49,8 @@ pub fn chunked(
 }
 
 /// Uploads `data` in `chunk`-byte pieces; the store's answer as is.
-pub async fn try_upload(
-    store: &PostgresStore,
+pub async fn try_upload<S: FileStore>(
+    store: &S,
     owner: &str,
     data: &[u8],
     chunk: usize,
@@ -64,12 +65,12 @@ pub async fn try_upload(
 
 /// Uploads raw bytes in 7-byte chunks, so lines, BOMs and CRLFs are cut at
 /// every possible place.
-pub async fn upload_bytes(store: &PostgresStore, owner: &str, data: &[u8]) -> File {
+pub async fn upload_bytes<S: FileStore>(store: &S, owner: &str, data: &[u8]) -> File {
     try_upload(store, owner, data, 7).await.unwrap()
 }
 
 /// Uploads `text` in 7-byte chunks.
-pub async fn upload(store: &PostgresStore, owner: &str, text: &str) -> File {
+pub async fn upload<S: FileStore>(store: &S, owner: &str, text: &str) -> File {
     upload_bytes(store, owner, text.as_bytes()).await
 }
 
@@ -296,8 +297,10 @@ async fn end(
 }
 
 /// A daemon registered in `store`, as a running one would be.
-pub async fn daemon(store: &PostgresStore) -> fusillade::domain::ids::DaemonId {
-    use fusillade::store::{DaemonStore, NewDaemon};
+pub async fn daemon<S: fusillade::store::DaemonStore>(
+    store: &S,
+) -> fusillade::domain::ids::DaemonId {
+    use fusillade::store::NewDaemon;
     store
         .register_daemon(NewDaemon {
             hostname: "test".into(),

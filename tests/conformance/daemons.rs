@@ -1,22 +1,14 @@
-//! `DaemonStore` against a real PostgreSQL: registration, heartbeats, stops
-//! and the registry listing.
+//! The registry of daemons: registration, heartbeats, stops and the
+//! listing.
 
-mod common;
-
-use chrono::{DateTime, Utc};
-use common::store;
+use super::*;
+use fusillade::StoreError;
 use fusillade::domain::daemon::DaemonId;
-use fusillade::store::{DaemonStats, DaemonStatus, NewDaemon};
-use fusillade::{DaemonStore, StoreError};
+use fusillade::store::{DaemonRecord, DaemonStats, DaemonStatus};
 use serde_json::json;
-use sqlx::PgPool;
+use std::time::Duration;
 
-/// A time as PostgreSQL and chrono both read it.
-fn at(text: &str) -> DateTime<Utc> {
-    text.parse().unwrap()
-}
-
-fn daemon(host: &str, pid: i32) -> NewDaemon {
+fn new_daemon(host: &str, pid: i32) -> NewDaemon {
     NewDaemon {
         hostname: host.into(),
         pid,
@@ -33,34 +25,39 @@ fn assert_conflict(err: StoreError, from: &str, to: &str) {
     }
 }
 
-#[sqlx::test]
-async fn register_records_a_running_daemon(pool: PgPool) {
-    let store = store(&pool).await;
-    let d = store.register_daemon(daemon("host-a", 4242)).await.unwrap();
+pub async fn register_records_a_running_daemon<S: Backend>(store: &S) {
+    let d = store
+        .register_daemon(new_daemon("host-a", 4242))
+        .await
+        .unwrap();
     assert_eq!(d.hostname, "host-a");
     assert_eq!(d.pid, 4242);
     assert_eq!(d.version, "1.2.3");
-    assert_eq!(d.config, daemon("host-a", 4242).config);
+    assert_eq!(d.config, new_daemon("host-a", 4242).config);
     assert_eq!(d.status, DaemonStatus::Running);
     assert_eq!(d.stopped_at, None);
     assert_eq!(d.stats, DaemonStats::default());
     assert_eq!(d.last_heartbeat, d.started_at);
     assert_eq!(store.list_daemons().await.unwrap(), vec![d.clone()]);
 
-    let other = store.register_daemon(daemon("host-a", 4242)).await.unwrap();
+    let other = store
+        .register_daemon(new_daemon("host-a", 4242))
+        .await
+        .unwrap();
     assert_ne!(other.id, d.id, "every registration is a new daemon");
 }
 
-#[sqlx::test]
-async fn heartbeat_updates_counters_and_time(pool: PgPool) {
-    let store = store(&pool).await;
-    let d = store.register_daemon(daemon("h", 1)).await.unwrap();
-    let bystander = store.register_daemon(daemon("h", 2)).await.unwrap();
-    // Age the heartbeat so the new one is visibly later, without sleeping.
-    sqlx::query("UPDATE daemons SET last_heartbeat = '2000-01-01Z'")
-        .execute(&pool)
-        .await
-        .unwrap();
+pub async fn heartbeat_updates_counters_and_time<S: Backend>(store: &S) {
+    let d = store.register_daemon(new_daemon("h", 1)).await.unwrap();
+    let bystander = store.register_daemon(new_daemon("h", 2)).await.unwrap();
+    let before = store.list_daemons().await.unwrap();
+    let then = |id| {
+        before
+            .iter()
+            .find(|x: &&DaemonRecord| x.id == id)
+            .unwrap()
+            .last_heartbeat
+    };
     let stats = DaemonStats {
         in_flight: 12,
         requests_done: 3400,
@@ -71,10 +68,10 @@ async fn heartbeat_updates_counters_and_time(pool: PgPool) {
     let got = all.iter().find(|x| x.id == d.id).unwrap();
     assert_eq!(got.stats, stats);
     assert_eq!(got.status, DaemonStatus::Running);
-    assert!(got.last_heartbeat > at("2000-01-02T00:00:00Z"));
+    assert!(got.last_heartbeat > then(d.id));
     let other = all.iter().find(|x| x.id == bystander.id).unwrap();
     assert_eq!(other.stats, DaemonStats::default());
-    assert_eq!(other.last_heartbeat, at("2000-01-01T00:00:00Z"));
+    assert_eq!(other.last_heartbeat, then(bystander.id));
 
     // Counters are replaced, not added.
     let later = DaemonStats {
@@ -87,10 +84,8 @@ async fn heartbeat_updates_counters_and_time(pool: PgPool) {
     assert_eq!(all.iter().find(|x| x.id == d.id).unwrap().stats, later);
 }
 
-#[sqlx::test]
-async fn a_stopped_daemon_cannot_heartbeat_or_stop_again(pool: PgPool) {
-    let store = store(&pool).await;
-    let d = store.register_daemon(daemon("h", 1)).await.unwrap();
+pub async fn a_stopped_daemon_cannot_heartbeat_or_stop_again<S: Backend>(store: &S) {
+    let d = store.register_daemon(new_daemon("h", 1)).await.unwrap();
     let busy = DaemonStats {
         in_flight: 5,
         requests_done: 9,
@@ -113,15 +108,10 @@ async fn a_stopped_daemon_cannot_heartbeat_or_stop_again(pool: PgPool) {
     assert_eq!(store.list_daemons().await.unwrap(), vec![got]);
 }
 
-#[sqlx::test]
-async fn a_dead_daemon_gets_a_conflict(pool: PgPool) {
-    let store = store(&pool).await;
-    let d = store.register_daemon(daemon("h", 1)).await.unwrap();
-    sqlx::query("UPDATE daemons SET status = 'dead', stopped_at = now() WHERE id = $1")
-        .bind(d.id)
-        .execute(&pool)
-        .await
-        .unwrap();
+pub async fn a_dead_daemon_gets_a_conflict<S: Backend>(store: &S) {
+    let d = store.register_daemon(new_daemon("h", 1)).await.unwrap();
+    // A daemon that lost its standing retires itself as dead.
+    assert_eq!(store.retire_daemon(d.id).await.unwrap(), 0);
     let err = store
         .heartbeat(d.id, DaemonStats::default())
         .await
@@ -131,10 +121,8 @@ async fn a_dead_daemon_gets_a_conflict(pool: PgPool) {
     assert_conflict(err, "dead", "stopped");
 }
 
-#[sqlx::test]
-async fn an_unknown_daemon_is_not_found(pool: PgPool) {
-    let store = store(&pool).await;
-    store.register_daemon(daemon("h", 1)).await.unwrap();
+pub async fn an_unknown_daemon_is_not_found<S: Backend>(store: &S) {
+    store.register_daemon(new_daemon("h", 1)).await.unwrap();
     let id = DaemonId::new();
     for err in [
         store
@@ -152,21 +140,21 @@ async fn an_unknown_daemon_is_not_found(pool: PgPool) {
     }
 }
 
-#[sqlx::test]
-async fn list_daemons_puts_running_ones_first_newest_first(pool: PgPool) {
-    let store = store(&pool).await;
+pub async fn list_daemons_puts_running_ones_first_newest_first<S: Backend>(store: &S) {
     assert!(store.list_daemons().await.unwrap().is_empty());
     let mut ids = Vec::new();
     for pid in 1..=5 {
-        ids.push(store.register_daemon(daemon("h", pid)).await.unwrap().id);
+        ids.push(
+            store
+                .register_daemon(new_daemon("h", pid))
+                .await
+                .unwrap()
+                .id,
+        );
     }
     store.mark_daemon_stopped(ids[1]).await.unwrap();
     store.mark_daemon_stopped(ids[3]).await.unwrap();
-    sqlx::query("UPDATE daemons SET status = 'dead', stopped_at = now() WHERE id = $1")
-        .bind(ids[4])
-        .execute(&pool)
-        .await
-        .unwrap();
+    store.retire_daemon(ids[4]).await.unwrap();
 
     let all = store.list_daemons().await.unwrap();
     let order: Vec<(i32, DaemonStatus)> = all.iter().map(|d| (d.pid, d.status)).collect();
@@ -183,27 +171,21 @@ async fn list_daemons_puts_running_ones_first_newest_first(pool: PgPool) {
     );
 }
 
-#[sqlx::test]
-async fn live_daemons_counts_running_ones_with_fresh_heartbeats(pool: sqlx::PgPool) {
-    use fusillade::store::DaemonStore;
-    let store = common::store(&pool).await;
-    let new = || fusillade::domain::daemon::NewDaemon {
-        hostname: "h".into(),
-        pid: 1,
-        version: "v".into(),
-        config: serde_json::json!({}),
-    };
-    let a = store.register_daemon(new()).await.unwrap().id;
-    let b = store.register_daemon(new()).await.unwrap().id;
-    let c = store.register_daemon(new()).await.unwrap().id;
-    let fresh = std::time::Duration::from_secs(60);
+pub async fn live_daemons_counts_running_ones_with_fresh_heartbeats<S: Backend>(store: &S) {
+    let a = store.register_daemon(new_daemon("h", 1)).await.unwrap();
+    let b = store.register_daemon(new_daemon("h", 2)).await.unwrap();
+    let c = store.register_daemon(new_daemon("h", 3)).await.unwrap();
+    let fresh = Duration::from_secs(60);
     assert_eq!(store.live_daemons(fresh).await.unwrap(), 3);
-    store.mark_daemon_stopped(a).await.unwrap();
-    sqlx::query("UPDATE daemons SET last_heartbeat = now() - interval '2 minutes' WHERE id = $1")
-        .bind(b)
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_eq!(store.live_daemons(fresh).await.unwrap(), 1);
-    let _ = c;
+    store.mark_daemon_stopped(a.id).await.unwrap();
+    assert_eq!(store.live_daemons(fresh).await.unwrap(), 2);
+    // Once b's heartbeat is a second old, only c's new one is fresh.
+    let old = std::time::Duration::from_secs(1);
+    crate::common::daemon::eventually(Duration::from_secs(10), "a second to pass", || async {
+        let age = chrono::Utc::now() - b.last_heartbeat;
+        age.to_std().is_ok_and(|age| age > old)
+    })
+    .await;
+    store.heartbeat(c.id, DaemonStats::default()).await.unwrap();
+    assert_eq!(store.live_daemons(old / 2).await.unwrap(), 1);
 }

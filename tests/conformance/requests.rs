@@ -1,30 +1,25 @@
-//! `RequestStore` against a real PostgreSQL: single requests, lists, and the
-//! output and error files in OpenAI's line shapes. Results are written by hand
-//! in SQL, as the daemon will write them.
+//! Single requests, lists, and the output and error files in OpenAI's line
+//! shapes. Results are written as a daemon writes them: claimed, then finished.
 
-mod common;
-
-use common::*;
-use fusillade::domain::ids::TemplateId;
+use super::*;
+use crate::common::{CHAT, collect, new_batch, valid_file};
+use fusillade::BatchStatus;
 use fusillade::domain::output::ResultError;
-use fusillade::request::{RequestId, RequestState};
 use fusillade::store::Owner;
-use fusillade::{Batch, BatchId, BatchStore, FileStore, PostgresStore, RequestStore};
 use serde_json::{Value, json};
-use sqlx::PgPool;
-use std::collections::HashSet;
-use uuid::Uuid;
+use std::collections::{HashMap, HashSet};
 
-/// A running batch of `n` chat lines `r0..`, and its requests in line order.
-async fn batch_of(store: &PostgresStore, pool: &PgPool, n: usize) -> (Batch, Vec<RequestRow>) {
+/// A running batch of `n` chat lines `r0..`, and its requests claimed in
+/// line order.
+async fn batch_with<S: Backend>(store: &S, n: usize) -> (Batch, Vec<ClaimedRequest>) {
     let file = upload(store, "alice", &valid_file("r", n)).await;
     let batch = store
         .create_batch(new_batch("alice", file.id, CHAT))
         .await
         .unwrap();
-    let reqs = requests(pool, batch.id).await;
-    assert_eq!(reqs.len(), n);
-    (batch, reqs)
+    let claimed = claim_all(store, batch.id).await;
+    assert_eq!(claimed.len(), n);
+    (batch, claimed)
 }
 
 /// Every line of a JSONL download, parsed; each must be one JSON object.
@@ -44,21 +39,21 @@ fn parse_lines(bytes: &[u8]) -> Vec<Value> {
 }
 
 /// The `id` of a request's output line.
-fn line_id(id: Uuid) -> String {
-    format!("batch_req_{}", id.simple())
+fn line_id(id: RequestId) -> String {
+    format!("batch_req_{}", id.0.simple())
 }
 
-#[sqlx::test]
-async fn get_request_shows_the_request_and_then_its_result(pool: PgPool) {
-    let store = store(&pool).await;
-    let (batch, reqs) = batch_of(&store, &pool, 3).await;
-    let tpl = templates(&pool, batch.input_file_id).await;
-    let id = RequestId(reqs[0].id);
+pub async fn get_request_shows_the_request_and_then_its_result<S: Backend>(store: &S) {
+    let file = upload(store, "alice", &valid_file("r", 3)).await;
+    let batch = store
+        .create_batch(new_batch("alice", file.id, CHAT))
+        .await
+        .unwrap();
+    let id = RequestId::of_line(batch.id, 1);
 
     let r = store.get_request(id).await.unwrap().unwrap();
     assert_eq!(r.id, id);
     assert_eq!(r.batch_id, Some(batch.id));
-    assert_eq!(r.template_id, TemplateId(tpl[0].id));
     assert_eq!(r.model, "m-r0");
     assert_eq!(r.custom_id.as_deref(), Some("r0"));
     assert_eq!(r.state, RequestState::Pending);
@@ -71,14 +66,21 @@ async fn get_request_shows_the_request_and_then_its_result(pool: PgPool) {
     assert_eq!((r.status_code, r.error.clone()), (None, None));
     assert!(r.not_before <= r.created_at);
 
-    set_in_flight(&pool, reqs[0].id, "processing").await;
+    let reqs = claim_all(store, batch.id).await;
+    assert_eq!(reqs[0].id, id);
     let r = store.get_request(id).await.unwrap().unwrap();
-    assert_eq!(r.state, RequestState::Processing);
+    assert_eq!(r.template_id, reqs[0].template_id);
+    assert_eq!(r.state, RequestState::Claimed);
     assert_eq!(r.attempt, 1);
+    assert_eq!(reqs[0].attempt, 1);
     assert!(r.daemon_id.is_some());
-    assert!(r.claimed_at.is_some() && r.started_at.is_some());
+    assert!(r.claimed_at.is_some());
 
-    finish(&pool, reqs[0].id, Some(200), Some(r#"{"ok":true}"#), None).await;
+    finish_one(
+        store,
+        result(&reqs[0], Some(200), Some(r#"{"ok":true}"#), None),
+    )
+    .await;
     let r = store.get_request(id).await.unwrap().unwrap();
     assert_eq!(r.state, RequestState::Completed);
     assert_eq!(r.status_code, Some(200));
@@ -87,12 +89,8 @@ async fn get_request_shows_the_request_and_then_its_result(pool: PgPool) {
     assert!(r.finished_at.is_some());
 
     let error = json!({"code": "upstream_error", "message": "no such model"});
-    finish(&pool, reqs[1].id, Some(404), Some("{}"), Some(error)).await;
-    let r = store
-        .get_request(RequestId(reqs[1].id))
-        .await
-        .unwrap()
-        .unwrap();
+    finish_one(store, result(&reqs[1], Some(404), Some("{}"), Some(error))).await;
+    let r = store.get_request(reqs[1].id).await.unwrap().unwrap();
     assert_eq!(r.state, RequestState::Failed);
     assert_eq!(r.status_code, Some(404));
     assert_eq!(
@@ -100,18 +98,16 @@ async fn get_request_shows_the_request_and_then_its_result(pool: PgPool) {
         Some(ResultError::new("upstream_error", "no such model"))
     );
 
-    assert_eq!(
-        store.get_request(RequestId(Uuid::now_v7())).await.unwrap(),
-        None
-    );
+    assert_eq!(store.get_request(RequestId::new()).await.unwrap(), None);
 }
 
-#[sqlx::test]
-async fn list_requests_pages_in_line_order(pool: PgPool) {
-    let store = store(&pool).await;
-    let (batch, reqs) = batch_of(&store, &pool, 25).await;
-    let (other, _) = batch_of(&store, &pool, 3).await;
-    finish(&pool, reqs[4].id, Some(200), Some("{}"), None).await;
+pub async fn list_requests_pages_in_line_order<S: Backend>(store: &S) {
+    let (batch, reqs) = batch_with(store, 25).await;
+    let other = batch_of(store, 3).await;
+    finish_one(store, result(&reqs[4], Some(200), Some("{}"), None)).await;
+    // The others wait again.
+    release(store, &reqs[..4]).await;
+    release(store, &reqs[5..]).await;
 
     let mut seen = Vec::new();
     let mut after = None;
@@ -123,7 +119,7 @@ async fn list_requests_pages_in_line_order(pool: PgPool) {
         seen.extend(
             page.items
                 .iter()
-                .map(|r| (r.id.0, r.custom_id.clone().unwrap())),
+                .map(|r| (r.id, r.custom_id.clone().unwrap())),
         );
         after = page.items.last().map(|r| r.id);
         if !page.has_more {
@@ -132,7 +128,7 @@ async fn list_requests_pages_in_line_order(pool: PgPool) {
         assert_eq!(page.items.len(), 10);
     }
     assert_eq!(pages, 3);
-    let want: Vec<(Uuid, String)> = reqs
+    let want: Vec<(RequestId, String)> = reqs
         .iter()
         .map(|r| (r.id, r.custom_id.clone().unwrap()))
         .collect();
@@ -143,7 +139,7 @@ async fn list_requests_pages_in_line_order(pool: PgPool) {
     assert_eq!(page.items[4].state, RequestState::Completed);
     assert_eq!(page.items[4].status_code, Some(200));
     assert_eq!(page.items[3].state, RequestState::Pending);
-    let last = RequestId(reqs[24].id);
+    let last = reqs[24].id;
     let page = store.list_requests(batch.id, Some(last), 10).await.unwrap();
     assert_eq!((page.items.len(), page.has_more), (0, false));
     for limit in [0, -3] {
@@ -160,43 +156,39 @@ async fn list_requests_pages_in_line_order(pool: PgPool) {
     assert!(none.items.is_empty() && !none.has_more);
 }
 
-#[sqlx::test]
-async fn output_and_error_lines_have_openai_shapes(pool: PgPool) {
-    let store = store(&pool).await;
-    let (batch, reqs) = batch_of(&store, &pool, 6).await;
+pub async fn output_and_error_lines_have_openai_shapes<S: Backend>(store: &S) {
+    let (batch, reqs) = batch_with(store, 6).await;
     let id = |i: usize| reqs[i].id;
-    let upstream = |i: usize| format!("upstream-{}", id(i).simple());
+    let upstream = |i: usize| format!("upstream-{}", id(i).0.simple());
 
     let ok_body = r#"{"id":"chatcmpl-1","choices":[{"message":{"content":"hi"}}]}"#;
-    finish(&pool, id(0), Some(200), Some(ok_body), None).await;
+    let mut results = vec![result(&reqs[0], Some(200), Some(ok_body), None)];
     let bad_request = json!({"code": "upstream_error", "message": "400 from upstream"});
     let body_400 = r#"{"error":{"message":"unknown model","type":"invalid_request_error"}}"#;
-    finish(
-        &pool,
-        id(1),
+    results.push(result(
+        &reqs[1],
         Some(400),
         Some(body_400),
         Some(bad_request.clone()),
-    )
-    .await;
+    ));
     let timeout = json!({"code": "request_timeout", "message": "no answer in time"});
-    finish(&pool, id(2), None, None, Some(timeout.clone())).await;
+    results.push(result(&reqs[2], None, None, Some(timeout.clone())));
     let bad_gateway = json!({"code": "upstream_error", "message": "502 from upstream"});
     let html = "<html>\n<body>bad gateway</body>\n</html>";
-    finish(
-        &pool,
-        id(4),
+    results.push(result(
+        &reqs[4],
         Some(502),
         Some(html),
         Some(bad_gateway.clone()),
-    )
-    .await;
+    ));
     // Some servers pretty-print: the line must still be one line.
     let pretty = "{\n  \"id\": \"chatcmpl-5\",\r\n  \"n\": [1,\n 2]\n}\n";
-    finish(&pool, id(5), Some(200), Some(pretty), None).await;
-    // r3 is still pending: cancelling the batch ends it.
+    results.push(result(&reqs[5], Some(200), Some(pretty), None));
+    assert_eq!(store.finish(&results).await.unwrap().len(), 5);
+    // r3 is pending again: cancelling the batch ends it.
+    release(store, &reqs[3..4]).await;
     let cancelled = store.cancel_batch(Owner::Any, batch.id).await.unwrap();
-    assert_eq!(cancelled.status, fusillade::BatchStatus::Cancelled);
+    assert_eq!(cancelled.status, BatchStatus::Cancelled);
 
     let output = collect(store.output_stream(batch.id)).await;
     assert_eq!(output.iter().filter(|&&b| b == b'\n').count(), 2);
@@ -282,33 +274,32 @@ async fn output_and_error_lines_have_openai_shapes(pool: PgPool) {
     );
 }
 
-#[sqlx::test]
-async fn streams_cross_pages_and_give_every_line_once(pool: PgPool) {
-    let store = store(&pool).await;
+pub async fn streams_cross_pages_and_give_every_line_once<S: Backend>(store: &S) {
     let n = 2600;
-    let (batch, reqs) = batch_of(&store, &pool, n).await;
-    // Every 13th request fails; the rest complete. One statement for all.
-    sqlx::query(
-        "WITH d AS (DELETE FROM requests WHERE batch_id = $1 RETURNING *), \
-         r AS ( \
-             SELECT *, CASE WHEN substring(custom_id FROM 2)::int % 13 = 0 THEN 'failed' \
-                            ELSE 'completed' END AS end_state \
-             FROM d) \
-         INSERT INTO request_results \
-             (request_id, batch_id, template_id, model, custom_id, not_before, created_at, \
-              state, ok, status_code, upstream_request_id, body, error) \
-         SELECT id, batch_id, template_id, model, custom_id, not_before, created_at, \
-                end_state, end_state = 'completed', \
-                CASE WHEN end_state = 'completed' THEN 200 END, 'up-' || custom_id, \
-                CASE WHEN end_state = 'completed' THEN json_build_object('echo', custom_id)::text END, \
-                CASE WHEN end_state = 'failed' THEN \
-                    jsonb_build_object('code', 'request_timeout', 'message', 'slow') END \
-         FROM r",
-    )
-    .bind(batch.id)
-    .execute(&pool)
-    .await
-    .unwrap();
+    let (batch, reqs) = batch_with(store, n).await;
+    // Every 13th request fails; the rest complete. One write for all.
+    let results: Vec<Finished> = reqs
+        .iter()
+        .map(|c| {
+            let custom = c.custom_id.clone().unwrap();
+            let failing = custom[1..].parse::<usize>().unwrap() % 13 == 0;
+            Finished {
+                id: c.id,
+                attempt: c.attempt,
+                state: if failing {
+                    RequestState::Failed
+                } else {
+                    RequestState::Completed
+                },
+                status_code: (!failing).then_some(200),
+                upstream_request_id: Some(format!("up-{custom}")),
+                body: (!failing).then(|| json!({"echo": custom}).to_string().into_bytes()),
+                error: failing.then(|| ResultError::new("request_timeout", "slow")),
+                usage: None,
+            }
+        })
+        .collect();
+    assert_eq!(store.finish(&results).await.unwrap().len(), n);
 
     let output = collect(store.output_stream(batch.id)).await;
     let errors = collect(store.error_stream(batch.id)).await;
@@ -319,7 +310,7 @@ async fn streams_cross_pages_and_give_every_line_once(pool: PgPool) {
     assert!(out_lines.len() > 2000, "crosses two page boundaries");
     assert_eq!(err_lines.len(), failing);
 
-    let by_custom: std::collections::HashMap<String, Uuid> = reqs
+    let by_custom: HashMap<String, RequestId> = reqs
         .iter()
         .map(|r| (r.custom_id.clone().unwrap(), r.id))
         .collect();
@@ -373,10 +364,8 @@ async fn streams_cross_pages_and_give_every_line_once(pool: PgPool) {
     assert!(content == errors);
 }
 
-#[sqlx::test]
-async fn streams_without_results_are_empty(pool: PgPool) {
-    let store = store(&pool).await;
-    let (batch, reqs) = batch_of(&store, &pool, 2).await;
+pub async fn streams_without_results_are_empty<S: Backend>(store: &S) {
+    let (batch, reqs) = batch_with(store, 2).await;
     assert!(collect(store.output_stream(batch.id)).await.is_empty());
     assert!(collect(store.error_stream(batch.id)).await.is_empty());
     let file = store
@@ -391,7 +380,7 @@ async fn streams_without_results_are_empty(pool: PgPool) {
     );
 
     // Only successes go to the output file, only failures to the error file.
-    finish(&pool, reqs[0].id, Some(200), Some("{}"), None).await;
+    finish_one(store, result(&reqs[0], Some(200), Some("{}"), None)).await;
     assert_eq!(
         parse_lines(&collect(store.output_stream(batch.id)).await).len(),
         1
@@ -399,19 +388,17 @@ async fn streams_without_results_are_empty(pool: PgPool) {
     assert!(collect(store.error_stream(batch.id)).await.is_empty());
 }
 
-#[sqlx::test]
-async fn large_results_stream_in_pages_bounded_by_bytes(pool: PgPool) {
+pub async fn large_results_stream_in_pages_bounded_by_bytes<S: Backend>(store: &S) {
     use futures_util::TryStreamExt;
-    let store = store(&pool).await;
-    let (batch, reqs) = batch_of(&store, &pool, 12).await;
+    let (batch, reqs) = batch_with(store, 12).await;
     // Eleven answers of 1 MiB and one failure: each file is read in pages
     // of a few MiB of bodies, not in one page of every result.
     let big = format!(r#"{{"content":"{}"}}"#, "z".repeat(1 << 20));
     for r in &reqs[..11] {
-        finish(&pool, r.id, Some(200), Some(&big), None).await;
+        finish_one(store, result(r, Some(200), Some(&big), None)).await;
     }
     let error = json!({"code": "upstream_error", "message": "no"});
-    finish(&pool, reqs[11].id, Some(400), Some("{}"), Some(error)).await;
+    finish_one(store, result(&reqs[11], Some(400), Some("{}"), Some(error))).await;
     let pages: Vec<bytes::Bytes> = store.output_stream(batch.id).try_collect().await.unwrap();
     let sizes: Vec<usize> = pages.iter().map(|p| p.len()).collect();
     assert!(pages.len() >= 3, "{sizes:?}");

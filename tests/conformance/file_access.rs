@@ -1,18 +1,14 @@
-//! `FileStore` against a real PostgreSQL: who sees which file, deletes, and
-//! listing with filters, both orders and keyset pagination.
+//! Who sees which file, deletes, and listing with filters, both orders and
+//! keyset pagination.
 
-mod common;
-
-use common::*;
+use super::*;
+use crate::common::{CHAT, new_batch, valid_file};
 use fusillade::domain::file::FilePurpose;
 use fusillade::store::{FileListQuery, Order, Owner};
-use fusillade::{BatchStore, FileId, FileStore, PostgresStore, StoreError};
-use sqlx::PgPool;
+use fusillade::{FileId, StoreError};
 
-#[sqlx::test]
-async fn owners_see_only_their_files(pool: PgPool) {
-    let store = store(&pool).await;
-    let file = upload(&store, "alice", &valid_file("r", 1)).await;
+pub async fn owners_see_only_their_files<S: Backend>(store: &S) {
+    let file = upload(store, "alice", &valid_file("r", 1)).await;
     let mine = store.get_file(Owner::Only("alice"), file.id).await.unwrap();
     assert_eq!(mine.as_ref(), Some(&file));
     assert_eq!(store.get_file(Owner::Any, file.id).await.unwrap(), mine);
@@ -35,10 +31,8 @@ async fn owners_see_only_their_files(pool: PgPool) {
     );
 }
 
-#[sqlx::test]
-async fn delete_hides_a_file_once(pool: PgPool) {
-    let store = store(&pool).await;
-    let file = upload(&store, "alice", &valid_file("r", 1)).await;
+pub async fn delete_hides_a_file_once<S: Backend>(store: &S) {
+    let file = upload(store, "alice", &valid_file("r", 1)).await;
     assert!(
         !store
             .delete_file(Owner::Only("bob"), file.id)
@@ -72,7 +66,7 @@ async fn delete_hides_a_file_once(pool: PgPool) {
     assert!(page.items.is_empty());
 
     // Owner::Any deletes anyone's file.
-    let other = upload(&store, "bob", &valid_file("r", 1)).await;
+    let other = upload(store, "bob", &valid_file("r", 1)).await;
     assert!(store.delete_file(Owner::Any, other.id).await.unwrap());
     assert_eq!(store.get_file(Owner::Any, other.id).await.unwrap(), None);
 }
@@ -88,7 +82,7 @@ fn query(owner: Owner<'_>, limit: i64) -> FileListQuery<'_> {
 }
 
 /// Every page of a listing, following `after`.
-async fn all_pages(store: &PostgresStore, first: FileListQuery<'_>) -> Vec<Vec<FileId>> {
+async fn all_pages<S: Backend>(store: &S, first: FileListQuery<'_>) -> Vec<Vec<FileId>> {
     let mut pages = Vec::new();
     let mut q = first;
     loop {
@@ -106,18 +100,16 @@ async fn all_pages(store: &PostgresStore, first: FileListQuery<'_>) -> Vec<Vec<F
     }
 }
 
-#[sqlx::test]
-async fn list_files_filters_orders_and_paginates(pool: PgPool) {
-    let store = store(&pool).await;
+pub async fn list_files_filters_orders_and_paginates<S: Backend>(store: &S) {
     let mut alice = Vec::new();
     for i in 0..7 {
         alice.push(
-            upload(&store, "alice", &valid_file(&format!("f{i}-"), 1))
+            upload(store, "alice", &valid_file(&format!("f{i}-"), 1))
                 .await
                 .id,
         );
     }
-    let bob = upload(&store, "bob", &valid_file("b", 1)).await.id;
+    let bob = upload(store, "bob", &valid_file("b", 1)).await.id;
     let newest_first: Vec<FileId> = alice.iter().rev().copied().collect();
 
     let page = store
@@ -131,7 +123,7 @@ async fn list_files_filters_orders_and_paginates(pool: PgPool) {
     );
     assert!(page.items.iter().all(|f| f.owner == "alice"));
 
-    let pages = all_pages(&store, query(Owner::Only("alice"), 3)).await;
+    let pages = all_pages(store, query(Owner::Only("alice"), 3)).await;
     assert_eq!(
         pages.iter().map(Vec::len).collect::<Vec<_>>(),
         vec![3, 3, 1]
@@ -142,7 +134,7 @@ async fn list_files_filters_orders_and_paginates(pool: PgPool) {
         order: Order::Asc,
         ..query(Owner::Only("alice"), 2)
     };
-    let pages = all_pages(&store, asc).await;
+    let pages = all_pages(store, asc).await;
     assert_eq!(
         pages.iter().map(Vec::len).collect::<Vec<_>>(),
         vec![2, 2, 2, 1]
@@ -156,7 +148,7 @@ async fn list_files_filters_orders_and_paginates(pool: PgPool) {
         .unwrap();
     assert_eq!((page.items.len(), page.has_more), (7, false));
 
-    let everyone = all_pages(&store, query(Owner::Any, 4)).await.concat();
+    let everyone = all_pages(store, query(Owner::Any, 4)).await.concat();
     assert_eq!(everyone.len(), 8);
     assert_eq!(everyone[0], bob);
     let page = store
@@ -187,10 +179,8 @@ async fn list_files_filters_orders_and_paginates(pool: PgPool) {
     }
 }
 
-#[sqlx::test]
-async fn list_files_by_purpose(pool: PgPool) {
-    let store = store(&pool).await;
-    let input = upload(&store, "alice", &valid_file("r", 2)).await;
+pub async fn list_files_by_purpose<S: Backend>(store: &S) {
+    let input = upload(store, "alice", &valid_file("r", 2)).await;
     let batch = store
         .create_batch(new_batch("alice", input.id, CHAT))
         .await
