@@ -120,9 +120,95 @@ async fn mock_help_describes_its_flags() {
         "--error-rate",
         "--error-status",
         "--tokens-per-second",
+        "--max-tokens-limit",
         "--seed",
+        "--cache",
+        "--cache-blocks",
+        "--block-tokens",
+        "--max-seqs",
+        "/_stats",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn mock_stats_count_calls_per_model_and_custom_id() {
+    let served = process::serve(
+        mock_cmd(&["--max-tokens-limit", "100", "--seed", "1"]),
+        LONG,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for (id, max_tokens, status) in [("a", 10, 200), ("a", 10, 200), ("b", 101, 400)] {
+        let r = client
+            .post(format!("{}/v1/chat/completions", served.base))
+            .header("x-fusillade-custom-id", id)
+            .body(serde_json::json!({"model": "m", "max_tokens": max_tokens}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{id}");
+    }
+    let stats: Value = client
+        .get(format!("{}/_stats", served.base))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .unwrap();
+    assert_eq!(stats["total_calls"], 3, "{stats}");
+    assert_eq!(stats["calls_per_model"]["m"], 3, "{stats}");
+    assert_eq!(stats["calls_per_custom_id"]["a"], 2, "{stats}");
+    assert_eq!(stats["calls_per_custom_id"]["b"], 1, "{stats}");
+}
+
+#[tokio::test]
+async fn mock_cache_mode_serves_a_repeated_prefix_from_its_cache() {
+    let served = process::serve(
+        mock_cmd(&["--cache", "--decode-ms", "1", "--block-tokens", "4"]),
+        LONG,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let prompt = "one two three four five six seven eight nine ten eleven twelve";
+    for _ in 0..2 {
+        let r = client
+            .post(format!("{}/v1/chat/completions", served.base))
+            .body(
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": prompt}]})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let stats: Value = client
+        .get(format!("{}/_stats", served.base))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .unwrap();
+    assert_eq!(stats["calls"], 2, "{stats}");
+    let cached = stats["cached_tokens"].as_u64().unwrap();
+    assert!(cached > 0, "the second call found nothing cached: {stats}");
+
+    // Flags the cache model would ignore are refused.
+    for flags in [
+        &["--cache", "--error-rate", "0.1"][..],
+        &["--cache", "--latency-ms", "5"][..],
+        &["--cache", "--max-seqs", "0"][..],
+    ] {
+        let mut cmd = mock_cmd(flags);
+        cmd.stdout(Stdio::null());
+        let out = process::output(cmd, LONG).await;
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
     }
 }
 

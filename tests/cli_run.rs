@@ -609,7 +609,15 @@ async fn every_subcommand_takes_config_and_errors_are_one_line(pool: PgPool) {
     let db = database_url(&pool).await;
     let dir = tempdir();
     std::fs::write(dir.join("c.toml"), "").unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fusillade"));
+    // No database setting must never reach the real home's default.
+    let bin = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fusillade"));
+        cmd.env("XDG_STATE_HOME", dir.join("state"))
+            .env("HOME", dir.join("home"))
+            .env_remove("DATABASE_URL");
+        cmd
+    };
+    let mut cmd = bin();
     cmd.arg("migrate")
         .arg("--config")
         .arg(dir.join("c.toml"))
@@ -618,7 +626,7 @@ async fn every_subcommand_takes_config_and_errors_are_one_line(pool: PgPool) {
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fusillade"));
+    let mut cmd = bin();
     cmd.args(["worker", "--config"]).arg(dir.join("nope.toml"));
     let out = output(cmd).await;
     let err = stderr(&out);
@@ -629,7 +637,7 @@ async fn every_subcommand_takes_config_and_errors_are_one_line(pool: PgPool) {
         "{err}"
     );
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fusillade"));
+    let mut cmd = bin();
     cmd.args(["migrate", "--database-url", "mysql://x@localhost/db"]);
     let out = output(cmd).await;
     let err = stderr(&out);
@@ -637,15 +645,18 @@ async fn every_subcommand_takes_config_and_errors_are_one_line(pool: PgPool) {
     assert!(err.contains("postgres://"), "{err}");
 
     for sub in ["serve", "worker", "migrate", "run"] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fusillade"));
+        let mut cmd = bin();
         cmd.args([sub, "--help"]);
         let out = output(cmd).await;
         let help = String::from_utf8_lossy(&out.stdout);
         assert!(help.contains("--config"), "{sub}: {help}");
+        // The embedded default is documented where the flag is.
+        assert!(help.contains("sqlite://"), "{sub}: {help}");
+        assert!(help.contains("fusillade/fusillade.db"), "{sub}: {help}");
         assert!(!help.contains("SPEC"), "{sub}: {help}");
     }
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fusillade"));
+    let mut cmd = bin();
     cmd.args(["completions", "bash"]);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0));

@@ -7,7 +7,8 @@
 //! constraint names, raw rows) stays in the other `store_*` and `daemon_*`
 //! files.
 //!
-//! Tests are named `BACKEND::SUBJECT::CASE` (`postgres::files::...`), so
+//! The backends are PostgreSQL and the embedded SQLite. Tests are named
+//! `BACKEND::SUBJECT::CASE` (`postgres::files::...`, `sqlite::files::...`), so
 //! `cargo nextest run --test store_conformance` shows the count per backend.
 //!
 //! A backend arm is a macro like [`on_postgres`]: it takes the list of
@@ -177,9 +178,37 @@ macro_rules! on_postgres {
     };
 }
 
+/// SQLite: each case on a fresh database file in a temp dir of its own
+/// (removed when the case ends).
+macro_rules! on_sqlite {
+    ($($subject:ident: [$($case:ident),* $(,)?]),* $(,)?) => {
+        mod sqlite {
+            $(
+                mod $subject {
+                    $(
+                        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                        async fn $case() {
+                            let db = crate::common::sqlite::TempDb::new();
+                            let store = db.store().await;
+                            crate::conformance::$subject::$case(&store).await;
+                        }
+                    )*
+                }
+            )*
+        }
+    };
+}
+
 for_each_case!(on_postgres);
+for_each_case!(on_sqlite);
 
 impl conformance::Backend for fusillade::PostgresStore {
+    fn with_limits(&self, limits: fusillade::IngestLimits) -> Self {
+        self.clone().with_limits(limits)
+    }
+}
+
+impl conformance::Backend for fusillade::store::SqliteStore {
     fn with_limits(&self, limits: fusillade::IngestLimits) -> Self {
         self.clone().with_limits(limits)
     }

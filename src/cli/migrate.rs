@@ -1,4 +1,5 @@
-//! `fusillade migrate`: applies the schema.
+//! `fusillade migrate`: applies the schema, of PostgreSQL or of an embedded
+//! database alike (the default one when nothing names a database).
 
 use super::setup::{Common, load_config, store};
 use super::{CliError, runtime};
@@ -13,7 +14,8 @@ pub struct Args {
 /// Applies every migration not yet applied, then says how many there are.
 pub async fn run(args: Args) -> Result<(), CliError> {
     let config = load_config(args.common.config.as_deref())?;
-    let store = store(&args.common, &config).await?;
+    let db = args.common.database(&config)?;
+    let store = store(&db, &config).await?;
     let applied = store.migrations_applied().await.map_err(runtime)?;
     println!("database is up to date ({applied} migrations applied)");
     Ok(())

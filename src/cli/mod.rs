@@ -2,6 +2,8 @@
 //! here; the work itself is done by the library.
 
 mod completions;
+mod database;
+mod demo;
 mod migrate;
 mod mock;
 mod progress;
@@ -26,16 +28,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs a sample file against the built-in simulator on an embedded
+    /// database: the whole tool in one command, with no server and no network.
+    Demo(demo::Args),
     /// Serves the OpenAI-compatible HTTP API and runs the daemon (`--api-only`: the API alone).
     Serve(serve::Args),
     /// Applies the database schema (safe to run any number of times).
     Migrate(migrate::Args),
-    /// Runs the daemon alone: claims and executes requests (scale-out).
+    /// Runs the daemon alone: claims and executes requests (scale-out; needs PostgreSQL).
     Worker(worker::Args),
     /// Runs one input file to completion and writes its output and error files.
     Run(run::Args),
     /// Serves the built-in model simulator: an OpenAI-compatible upstream
-    /// with set latency and faults, to try fusillade without a model server.
+    /// with set latency and faults (or a modelled prefix cache, --cache),
+    /// to try fusillade without a model server.
     Mock(mock::Args),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
@@ -51,6 +57,8 @@ impl Cli {
             Command::Run(a) if a.quiet => "warn,sqlx=error",
             Command::Run(a) if a.verbose == 1 => "info,fusillade=debug,sqlx=error",
             Command::Run(a) if a.verbose > 1 => "debug,fusillade=trace",
+            // The demo shows its progress and summary, not the daemon's logs.
+            Command::Demo(_) => "warn,sqlx=error",
             _ => "info,sqlx=error",
         }
     }
@@ -131,6 +139,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::Migrate(args) => migrate::run(args).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Run(args) => run::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::Mock(args) => mock::run(args).await,
             Command::Completions(args) => completions::run(args),
         }

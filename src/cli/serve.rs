@@ -1,6 +1,7 @@
 //! `fusillade serve`: the OpenAI-compatible HTTP API and the daemon in one
 //! process; `--api-only` runs the API alone, for API replicas in front of
-//! separate `fusillade worker`s.
+//! separate `fusillade worker`s, and so needs PostgreSQL. Without a
+//! database setting it uses the embedded default (see `cli::database`).
 
 use super::setup::{Common, load_config, reload_on_sighup, shutdown_on_signals, store_waiting};
 use super::{CliError, runtime, usage};
@@ -26,7 +27,8 @@ pub struct Args {
     /// Port 0 picks a free port; the address is printed as `listening on URL`.
     #[arg(long, value_name = "ADDR", value_parser = super::setup::parse_listen)]
     listen: Option<SocketAddr>,
-    /// Run the API without the daemon (requests are run by `fusillade worker`s).
+    /// Run the API without the daemon (requests are run by `fusillade
+    /// worker`s); needs PostgreSQL.
     #[arg(long)]
     api_only: bool,
     #[command(flatten)]
@@ -53,7 +55,13 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         (None, None) => DEFAULT_LISTEN.parse().expect("a valid address"),
     };
     check_exposure(listen, &config)?;
-    let store = store_waiting(&args.common, &config, API_ACQUIRE_TIMEOUT).await?;
+    let db = args.common.database(&config)?;
+    if args.api_only {
+        db.require_shared("fusillade serve --api-only")?;
+    }
+    let store = store_waiting(&db, &config, API_ACQUIRE_TIMEOUT).await?;
+    // The first line on stderr (stdout's is the address, for scripts).
+    eprintln!("{}", db.describe());
     // A reload that would expose the API without keys is refused, and the
     // running config kept.
     let config = reload_on_sighup(args.common.config.clone(), config, move |c| {

@@ -1,6 +1,7 @@
 //! What every long-running subcommand does first: read the config, open the
 //! store (see `fusillade::store::open`), and wire signals.
 
+use super::database::Database;
 use super::{CliError, DEFAULT_ACQUIRE_TIMEOUT, runtime, usage};
 use fusillade::config::Config;
 use fusillade::store::{OpenError, Store};
@@ -15,9 +16,19 @@ pub struct Common {
     /// TOML configuration file (its keys are described in the README).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// PostgreSQL URL (default: $DATABASE_URL, then `database_url` in the config).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    /// Database URL: postgres://... or sqlite://PATH (an embedded database).
+    /// Default: $DATABASE_URL, then `database_url` in the config, then an
+    /// embedded database at $XDG_STATE_HOME/fusillade/fusillade.db (else
+    /// ~/.local/state/fusillade/fusillade.db).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
+}
+
+impl Common {
+    /// The database these flags and `config` name (see [`Database::resolve`]).
+    pub fn database(&self, config: &Config) -> Result<Database, CliError> {
+        Database::resolve(self.database_url.as_deref(), config)
+    }
 }
 
 /// Reads the config file, or the defaults without one.
@@ -32,23 +43,20 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
     }
 }
 
-/// Opens the store named by the flag, the environment or the config (in
-/// that order), with its schema up to date and the config's `[api]` limits.
-pub async fn store(common: &Common, config: &Config) -> Result<Store, CliError> {
-    store_waiting(common, config, DEFAULT_ACQUIRE_TIMEOUT).await
+/// Opens `db` with its schema up to date and the config's `[api]` limits.
+pub async fn store(db: &Database, config: &Config) -> Result<Store, CliError> {
+    store_waiting(db, config, DEFAULT_ACQUIRE_TIMEOUT).await
 }
 
 /// Like [`store`], with statements waiting at most `acquire_timeout` for a
 /// pooled connection.
 pub async fn store_waiting(
-    common: &Common,
+    db: &Database,
     config: &Config,
     acquire_timeout: std::time::Duration,
 ) -> Result<Store, CliError> {
     let mut config = config.clone();
-    if let Some(url) = common.database_url.clone().filter(|u| !u.is_empty()) {
-        config.database_url = Some(url);
-    }
+    config.database_url = Some(db.url.clone());
     fusillade::store::open(&config, acquire_timeout)
         .await
         .map_err(|e| match e {

@@ -1,4 +1,5 @@
-//! `fusillade worker`: the daemon alone, for scaling out.
+//! `fusillade worker`: the daemon alone, for scaling out. Several workers
+//! share one PostgreSQL database; an embedded one is refused.
 
 use super::setup::{Common, load_config, reload_on_sighup, shutdown_on_signals, store};
 use super::{CliError, runtime};
@@ -14,7 +15,9 @@ pub struct Args {
 /// Runs a daemon until SIGTERM or Ctrl-C; SIGHUP reloads the config.
 pub async fn run(args: Args) -> Result<(), CliError> {
     let config = load_config(args.common.config.as_deref())?;
-    let store = store(&args.common, &config).await?;
+    let db = args.common.database(&config)?;
+    db.require_shared("fusillade worker")?;
+    let store = store(&db, &config).await?;
     let config = reload_on_sighup(args.common.config.clone(), config, Ok);
     let shutdown = shutdown_on_signals();
     Daemon::new(store, config)

@@ -8,7 +8,7 @@
 //! headers, delays, hanging calls, answers cut off halfway, SSE streams.
 //! [`MockUpstream::stats`] tells how many calls came, per model, how many
 //! were in flight at most, and when each call of a `custom_id` arrived (to
-//! check retry spacing).
+//! check retry spacing); `GET /_stats` gives the counts as JSON.
 //!
 //! It is built to be cheap: with no responder, a call costs one small JSON
 //! scan (only `model` is read) and a few atomic counters, so a benchmark can
@@ -41,15 +41,18 @@
 
 mod alarm;
 mod cache;
+mod cache_args;
 mod cached;
 mod reply;
+mod stats;
 use reply::REPLY_SEQ;
 mod simulate;
 mod sse;
 
 pub use cache::{CacheModel, CacheStats, answer_for, embedding_for, prompt_tokens};
+pub use cache_args::CacheArgs;
 pub use reply::{MOCK_COMPLETION_TOKENS, MOCK_CONTENT, MOCK_PROMPT_TOKENS, MockReply};
-pub use simulate::{LatencyDistribution, Simulation};
+pub use simulate::{Fault, LatencyDistribution, Simulation};
 
 use alarm::Alarm;
 use axum::Router;
@@ -482,10 +485,11 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let arrived = Instant::now();
-    if let Some(cache) = &shared.cache
-        && req.uri().path() == "/_stats"
-    {
-        return json_response(serde_json::to_string(&cache.stats()).expect("serializes"));
+    if req.uri().path() == "/_stats" && req.method() == axum::http::Method::GET {
+        return json_response(match &shared.cache {
+            Some(cache) => serde_json::to_string(&cache.stats()).expect("serializes"),
+            None => stats::json(&shared),
+        });
     }
     shared.first_call.fetch_min(shared.nanos(arrived), Relaxed);
     let (parts, body) = req.into_parts();

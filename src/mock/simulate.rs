@@ -1,7 +1,9 @@
 //! A model server's behaviour in a few numbers, for `fusillade mock` and
 //! tests: how long an answer takes (a latency with a distribution, plus
-//! decode time at so many tokens a second) and how often it fails (a share
-//! of calls answered with an error status, a `Retry-After` on 429s).
+//! decode time at so many tokens a second), how often it fails (shares of
+//! calls answered with error statuses, a `Retry-After` on 429s), and which
+//! requests it refuses outright (a `max_tokens` above its limit gets a 400,
+//! as a server refuses a request longer than its context).
 //!
 //! Draws come from a counter through a mixing function, so a given seed
 //! gives the same sequence of latencies and faults on every run.
@@ -26,35 +28,33 @@ pub enum LatencyDistribution {
 /// The longest decode a call may be given, whatever its `max_tokens`.
 const MAX_DECODE: Duration = Duration::from_secs(600);
 
+/// A share of calls answered with an error status.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fault {
+    /// Share of calls, 0 to 1.
+    pub rate: f64,
+    /// Their status (429 comes with `Retry-After: 1`).
+    pub status: u16,
+}
+
 /// A simulated model server.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Simulation {
     /// Mean time before the first byte of an answer.
     pub latency: Duration,
     /// How that time is spread.
     pub distribution: LatencyDistribution,
-    /// Share of calls (0 to 1) answered with `error_status` instead.
-    pub error_rate: f64,
-    /// The status of a failed call (429 comes with `Retry-After: 1`).
-    pub error_status: u16,
+    /// Calls answered with an error instead, drawn independently of the
+    /// request (so a retry may succeed); the rates add up to at most 1.
+    pub faults: Vec<Fault>,
     /// Decode speed: a call also takes its `max_tokens` (else the mock's
     /// own answer length) divided by this; `None` for no decode time.
     pub tokens_per_second: Option<f64>,
+    /// A call asking for more `max_tokens` than this is refused with a 400
+    /// (`context_length_exceeded`), on every attempt; `None` for no limit.
+    pub max_tokens_limit: Option<u64>,
     /// Seed of the draws.
     pub seed: u64,
-}
-
-impl Default for Simulation {
-    fn default() -> Self {
-        Self {
-            latency: Duration::ZERO,
-            distribution: LatencyDistribution::Fixed,
-            error_rate: 0.0,
-            error_status: 500,
-            tokens_per_second: None,
-            seed: 0,
-        }
-    }
 }
 
 /// SplitMix64: a good 64-bit mix of a counter, enough for simulation.
@@ -71,15 +71,24 @@ fn unit(bits: u64) -> f64 {
 }
 
 impl Simulation {
-    /// The time one call waits before its answer, from two draws in [0, 1).
+    /// The time one call waits before its answer, from a draw in [0, 1).
     fn delay(&self, call: &MockCall, u: f64) -> Duration {
+        self.first_byte(u) + self.decode(call)
+    }
+
+    /// The time before the first byte, from a draw in [0, 1).
+    fn first_byte(&self, u: f64) -> Duration {
         let mean = self.latency.as_secs_f64();
-        let first = match self.distribution {
+        Duration::from_secs_f64(match self.distribution {
             LatencyDistribution::Fixed => mean,
             LatencyDistribution::Uniform => 2.0 * mean * u,
             LatencyDistribution::Exponential => (-mean * (1.0 - u).ln()).min(10.0 * mean),
-        };
-        let decode = match self.tokens_per_second {
+        })
+    }
+
+    /// The decode time of the call's `max_tokens` (else the mock's answer).
+    fn decode(&self, call: &MockCall) -> Duration {
+        match self.tokens_per_second {
             Some(tps) if tps > 0.0 => {
                 let tokens = call
                     .json()
@@ -87,32 +96,65 @@ impl Simulation {
                     .or_else(|| call.json().get("max_completion_tokens"))
                     .and_then(|v| v.as_u64())
                     .unwrap_or(MOCK_COMPLETION_TOKENS);
-                (tokens as f64 / tps).min(MAX_DECODE.as_secs_f64())
+                Duration::from_secs_f64((tokens as f64 / tps).min(MAX_DECODE.as_secs_f64()))
             }
-            _ => 0.0,
-        };
-        Duration::from_secs_f64(first + decode)
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The status drawn for a call from `u` in [0, 1), if it is a fault.
+    fn fault(&self, u: f64) -> Option<u16> {
+        let mut below = 0.0;
+        self.faults.iter().find_map(|f| {
+            below += f.rate;
+            (u < below).then_some(f.status)
+        })
     }
 
     /// The answer to the `n`th call.
     fn reply(&self, n: u64, call: &MockCall) -> MockReply {
         let a = mix(self.seed ^ mix(n));
+        if let Some(refused) = self.refusal(call) {
+            // Refused before any work: a server validates before it decodes.
+            return refused.with_delay(self.first_byte(unit(mix(a))));
+        }
         let delay = self.delay(call, unit(mix(a)));
-        let reply = if unit(a) < self.error_rate {
-            let body = format!(
-                r#"{{"error":{{"message":"simulated failure","type":"server_error","code":{}}}}}"#,
-                self.error_status
-            );
-            let r = MockReply::status(self.error_status, body);
-            if self.error_status == 429 {
-                r.with_header("retry-after", "1")
-            } else {
-                r
+        let reply = match self.fault(unit(a)) {
+            Some(status) => {
+                let body = format!(
+                    r#"{{"error":{{"message":"simulated failure","type":"server_error","code":{status}}}}}"#
+                );
+                let r = MockReply::status(status, body);
+                if status == 429 {
+                    r.with_header("retry-after", "1")
+                } else {
+                    r
+                }
             }
-        } else {
-            MockReply::ok_for(call)
+            None => MockReply::ok_for(call),
         };
         reply.with_delay(delay)
+    }
+
+    /// The 400 for a request above [`Simulation::max_tokens_limit`].
+    fn refusal(&self, call: &MockCall) -> Option<MockReply> {
+        let limit = self.max_tokens_limit?;
+        let asked = call
+            .json()
+            .get("max_tokens")
+            .or_else(|| call.json().get("max_completion_tokens"))
+            .and_then(|v| v.as_u64())?;
+        (asked > limit).then(|| {
+            let body = serde_json::json!({"error": {
+                "message": format!(
+                    "max_tokens is too large: {asked}. This model's maximum context length is {limit} tokens."
+                ),
+                "type": "invalid_request_error",
+                "param": "max_tokens",
+                "code": "context_length_exceeded",
+            }});
+            MockReply::status(400, body.to_string())
+        })
     }
 
     /// The mock's behaviour: each call drawn in turn.
@@ -150,8 +192,10 @@ mod tests {
     #[test]
     fn the_error_rate_is_the_share_of_failed_calls() {
         let sim = Simulation {
-            error_rate: 0.25,
-            error_status: 429,
+            faults: vec![Fault {
+                rate: 0.25,
+                status: 429,
+            }],
             seed: 7,
             ..Simulation::default()
         };
@@ -168,6 +212,49 @@ mod tests {
         // The same seed draws the same faults.
         let again: Vec<u16> = (0..4000).map(|n| sim.reply(n, &c).status).collect();
         assert_eq!(again, replies.iter().map(|r| r.status).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn faults_of_several_statuses_each_take_their_share() {
+        let sim = Simulation {
+            faults: vec![
+                Fault {
+                    rate: 0.1,
+                    status: 429,
+                },
+                Fault {
+                    rate: 0.2,
+                    status: 503,
+                },
+            ],
+            ..Simulation::default()
+        };
+        let c = call(serde_json::json!({}));
+        let statuses: Vec<u16> = (0..10_000).map(|n| sim.reply(n, &c).status).collect();
+        let share = |s| statuses.iter().filter(|&&x| x == s).count();
+        assert!((800..1200).contains(&share(429)), "{}", share(429));
+        assert!((1700..2300).contains(&share(503)), "{}", share(503));
+        assert_eq!(share(200) + share(429) + share(503), 10_000);
+    }
+
+    #[test]
+    fn a_request_above_the_token_limit_is_refused_every_time() {
+        let sim = Simulation {
+            max_tokens_limit: Some(100),
+            faults: vec![Fault {
+                rate: 0.5,
+                status: 500,
+            }],
+            ..Simulation::default()
+        };
+        let big = call(serde_json::json!({"max_tokens": 101}));
+        for n in 0..50 {
+            let r = sim.reply(n, &big);
+            assert_eq!(r.status, 400);
+            assert!(r.body.contains("context_length_exceeded"), "{}", r.body);
+        }
+        let fits = call(serde_json::json!({"max_tokens": 100}));
+        assert!((0..50).any(|n| sim.reply(n, &fits).status == 200));
     }
 
     #[test]

@@ -5,7 +5,6 @@ use super::maintenance::{cancel_step, cancelled_error};
 use super::{BatchStore, MAX_PAGE, Owner, Page, PostgresStore, Result, StoreError, UniqueKey};
 use crate::domain::batch::{
     Batch, BatchCounts, BatchError, BatchId, BatchStatus, CompletionWindow, RequestCounts,
-    check_metadata,
 };
 use crate::domain::file::{FileId, FileKind, LineError};
 use crate::domain::request::RequestState;
@@ -148,18 +147,8 @@ async fn fetch_batch<'e>(
     row.as_ref().map(batch_from_row).transpose()
 }
 
-fn line_error_to_batch(e: LineError) -> BatchError {
-    BatchError {
-        code: e.code.to_string(),
-        message: e.message,
-        param: None,
-        line: e.line.map(|l| l as i64),
-    }
-}
-
 impl PostgresStore {
-    /// Why the file cannot run against `endpoint`: its refused lines, then
-    /// lines for another endpoint. Empty when it can run.
+    /// Why the file cannot run against `endpoint` (see `rules::batch_errors`).
     async fn batch_validation_errors(
         &self,
         tx: &mut sqlx::PgConnection,
@@ -170,9 +159,7 @@ impl PostgresStore {
         urls: Vec<String>,
     ) -> Result<Vec<BatchError>> {
         let keep = self.limits.max_kept_errors;
-        let mut errors: Vec<BatchError> =
-            file_errors.into_iter().map(line_error_to_batch).collect();
-        let mut total = error_count;
+        let (mut wrong, mut wrong_total) = (Vec::new(), 0);
         // Only when the file's distinct urls say so, find the lines at fault.
         if urls.iter().any(|u| u != endpoint) {
             let rows = sqlx::query(
@@ -185,54 +172,27 @@ impl PostgresStore {
             .fetch_all(&mut *tx)
             .await?;
             if let Some(first) = rows.first() {
-                total += first.try_get::<i64, _>("total")?;
+                wrong_total = first.try_get::<i64, _>("total")?;
             }
-            for r in rows.iter().take(keep) {
-                let line: i64 = r.try_get("line_number")?;
-                let path: String = r.try_get("path")?;
-                errors.push(BatchError {
-                    code: "invalid_url".into(),
-                    message: format!(
-                        "url {path:?} does not match the batch's endpoint {endpoint:?}"
-                    ),
-                    param: Some("url".into()),
-                    line: Some(line),
-                });
+            for r in &rows {
+                wrong.push((r.try_get("line_number")?, r.try_get("path")?));
             }
-            errors.sort_by_key(|e| e.line);
-            errors.truncate(keep);
         }
-        if total as usize > errors.len() && !errors.is_empty() {
-            errors.push(BatchError {
-                code: "too_many_errors".into(),
-                message: format!(
-                    "{total} lines were refused; only the first {} are listed",
-                    errors.len()
-                ),
-                param: None,
-                line: None,
-            });
-        }
-        Ok(errors)
+        Ok(super::rules::batch_errors(
+            endpoint,
+            file_errors,
+            error_count,
+            wrong,
+            wrong_total,
+            keep,
+        ))
     }
 }
 
 impl PostgresStore {
     /// The checks of a new batch that need no database.
     fn check_new_batch(&self, new: &NewBatch<'_>) -> Result<CompletionWindow> {
-        let window = CompletionWindow::parse(new.completion_window)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        if let Some(m) = &new.metadata {
-            check_metadata(m).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        }
-        if !self.limits.endpoints.iter().any(|e| e == new.endpoint) {
-            return Err(StoreError::Invalid(format!(
-                "endpoint {:?} is not supported; use one of: {}",
-                new.endpoint,
-                self.limits.endpoints.join(", ")
-            )));
-        }
-        Ok(window)
+        super::rules::check_new_batch(&self.limits, new)
     }
 
     /// [`CREATE_RUNNABLE_SQL`]: the batch, or `None` to take the long way.

@@ -57,7 +57,9 @@ mod postgres;
 mod queue;
 mod requests;
 mod response_steps;
+mod rules;
 mod settle;
+mod sqlite;
 
 pub use batches::{BatchListQuery, NewBatch};
 pub use daemons::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
@@ -69,7 +71,7 @@ pub use error::{BackendError, StoreError, UniqueKey};
 pub use files::{FileListQuery, NewFile, Order};
 pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
-pub use open::{OpenError, Store, open, redact};
+pub use open::{OpenError, Store, open, redact, sqlite_path};
 pub use pools::{API_ACQUIRE_TIMEOUT, API_CONNECTIONS, DbPools, TestDbPools};
 pub use queue::{
     CLAIM_SQL, Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue,
@@ -77,6 +79,7 @@ pub use queue::{
 };
 pub use response_steps::ResponseStepStore;
 pub use settle::{FAILURES_BEFORE_SPLIT, Refused, RefusedEnd, Settled, Settlement, WriteKind};
+pub use sqlite::{SQLITE_MIGRATOR, SqliteStore};
 
 use crate::domain::batch::{Batch, BatchId, RequestCounts};
 use crate::domain::file::{File, FileId, IngestLimits};

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod http;
 pub mod process;
+pub mod sqlite;
 
 use bytes::Bytes;
 use fusillade::domain::file::File;

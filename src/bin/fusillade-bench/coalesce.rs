@@ -9,75 +9,13 @@
 
 use crate::procs::{MockProcess, sibling};
 use anyhow::{Context, Result, bail};
-use fusillade::mock::{CacheModel, CacheStats, answer_for};
+use fusillade::mock::{CacheArgs, CacheStats, answer_for};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// The cache model of `fusillade-bench mock --cache`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct CacheArgs {
-    /// Model a prefix cache (see `fusillade::mock::CacheModel`); the latency
-    /// is not used then.
-    #[arg(long)]
-    pub cache: bool,
-    /// Tokens (words) per cached block.
-    #[arg(long, default_value_t = 16)]
-    pub block_tokens: usize,
-    /// Blocks the cache holds.
-    #[arg(long, default_value_t = 2048)]
-    pub cache_blocks: usize,
-    /// Prefill cost of one uncached token, in microseconds.
-    #[arg(long, default_value_t = 10)]
-    pub prefill_us_per_token: u64,
-    /// Decode time of a call, in milliseconds.
-    #[arg(long, default_value_t = 100)]
-    pub decode_ms: u64,
-    /// Sequences served at once.
-    #[arg(long, default_value_t = 64)]
-    pub max_seqs: usize,
-    /// Engine time of an embeddings call, in microseconds.
-    #[arg(long, default_value_t = 5000)]
-    pub embed_us_per_call: u64,
-    /// Engine time of each embeddings input, in microseconds.
-    #[arg(long, default_value_t = 50)]
-    pub embed_us_per_input: u64,
-}
-
-impl CacheArgs {
-    /// The model, when `--cache` is given.
-    pub fn model(&self) -> Option<CacheModel> {
-        self.cache.then(|| CacheModel {
-            block_tokens: self.block_tokens,
-            capacity_blocks: self.cache_blocks,
-            prefill_per_token: Duration::from_micros(self.prefill_us_per_token),
-            decode: Duration::from_millis(self.decode_ms),
-            max_seqs: self.max_seqs,
-            embed_per_call: Duration::from_micros(self.embed_us_per_call),
-            embed_per_input: Duration::from_micros(self.embed_us_per_input),
-        })
-    }
-
-    fn flags(&self) -> Vec<String> {
-        let mut f = vec!["--cache".to_owned()];
-        for (name, v) in [
-            ("--block-tokens", self.block_tokens as u64),
-            ("--cache-blocks", self.cache_blocks as u64),
-            ("--prefill-us-per-token", self.prefill_us_per_token),
-            ("--decode-ms", self.decode_ms),
-            ("--max-seqs", self.max_seqs as u64),
-            ("--embed-us-per-call", self.embed_us_per_call),
-            ("--embed-us-per-input", self.embed_us_per_input),
-        ] {
-            f.push(name.to_owned());
-            f.push(v.to_string());
-        }
-        f
-    }
-}
+use std::time::Instant;
 
 /// Arguments of `fusillade-bench coalesce`.
 #[derive(clap::Args)]

@@ -111,7 +111,7 @@ enum Command {
         #[arg(long)]
         report_on_eof: bool,
         #[command(flatten)]
-        cache: coalesce::CacheArgs,
+        cache: fusillade::mock::CacheArgs,
     },
     /// A mixed-prefix chat workload (and an embeddings one) through
     /// `fusillade run` against cache-modelling mocks, with coalescing off

@@ -7,23 +7,27 @@
 //! - `execute`: the scoped daemon, watched until the batch ends.
 //! - `summary`: the final summary and exit status.
 //!
+//! [`run_job`] is the run itself, once the flags are checked and the store
+//! is open; `demo` runs its sample file through it too.
+//!
 //! The daemon started here claims only this run's batch, and holds back
 //! calls that fail like a misconfigured upstream until it is clear whether
 //! they all do; if so the run stops with the URL and the cause.
 
-mod batch;
+pub mod batch;
 mod execute;
-mod input;
-mod output;
+pub mod input;
+pub mod output;
 mod preflight;
-mod summary;
+pub mod summary;
 
 use super::setup::{Common, load_config, store};
 use super::{CliError, usage};
 use anyhow::anyhow;
-use batch::Mode;
+pub use batch::Mode;
 use fusillade::domain::batch::BatchStatus;
 use fusillade::store::RequestStore;
+use fusillade::store::Store;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -108,24 +112,88 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     )?;
     let input = tokio::task::block_in_place(|| input::Input::open(&input_arg))?;
     let config = configure(&args)?;
-    let digest = input.digest().await?;
+    let db = args.common.database(&config)?;
     preflight::reachable(&config).await?;
 
-    let store = store(&args.common, &config).await?;
+    let store = store(&db, &config).await?;
+    if !args.quiet {
+        eprintln!("{}", db.describe());
+    }
     let mode = match (args.fresh, args.retry_failed) {
         (true, _) => Mode::Fresh,
         (_, true) => Mode::RetryFailed,
         _ => Mode::Resume,
     };
-    let base = format!("run:{digest}:{}", args.completion_window);
-    let picked = batch::pick(&store, &base, mode, args.quiet, async |key| {
+    let ran = run_job(Job {
+        store: &store,
+        config,
+        input: &input,
+        targets,
+        completion_window: &args.completion_window,
+        mode,
+        quiet: args.quiet,
+        started,
+    })
+    .await?;
+    if args.json {
+        println!("{}", summary::json(&ran.batch, &ran.written));
+    } else if !args.quiet {
+        eprintln!("{}", summary::line(&ran.batch, &ran.written));
+    }
+    let hint = if ran.already_finished {
+        "; rerun with --retry-failed to send only those lines again, or --fresh to run the whole file again"
+    } else {
+        "; rerun with --retry-failed to send only those lines again"
+    };
+    summary::outcome(&ran.batch, &ran.written, hint)
+}
+
+/// One input run to its end on an open store: what `run` does once its
+/// flags are checked, and what `demo` does with its own file and store.
+pub struct Job<'a> {
+    /// The store, opened.
+    pub store: &'a Store,
+    /// Routes, limits and daemon settings.
+    pub config: fusillade::config::Config,
+    /// The input file.
+    pub input: &'a input::Input,
+    /// Where results and failed lines go.
+    pub targets: output::Targets,
+    /// The batch's completion window.
+    pub completion_window: &'a str,
+    /// Resume, start afresh or retry the failed lines.
+    pub mode: Mode,
+    /// Show no progress and no notes.
+    pub quiet: bool,
+    /// When the command started (for the elapsed time).
+    pub started: Instant,
+}
+
+/// What a [`Job`] ended with.
+#[derive(Debug)]
+pub struct Ran {
+    /// The batch as it ended.
+    pub batch: fusillade::domain::batch::Batch,
+    /// What was written where.
+    pub written: summary::Written,
+    /// It had ended before this run: nothing was sent.
+    pub already_finished: bool,
+}
+
+/// Picks the batch (the resume rules), runs it with a daemon scoped to it
+/// and the progress display, and writes both result files.
+pub async fn run_job(job: Job<'_>) -> Result<Ran, CliError> {
+    let digest = job.input.digest().await?;
+    let store = job.store;
+    let base = format!("run:{digest}:{}", job.completion_window);
+    let picked = batch::pick(store, &base, job.mode, job.quiet, async |key| {
         batch::start(
-            &store,
-            &input.path,
-            &input.name,
-            &args.completion_window,
+            store,
+            &job.input.path,
+            &job.input.name,
+            job.completion_window,
             key,
-            args.quiet,
+            job.quiet,
         )
         .await
     })
@@ -136,28 +204,21 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     let last = if picked.already_finished {
         picked.batch
     } else {
-        execute::execute(&store, config, &picked.batch, args.quiet).await?
+        execute::execute(store, job.config, &picked.batch, job.quiet).await?
     };
 
-    let output_bytes = output::write(store.output_stream(last.id), &targets.output).await?;
-    let error_bytes = output::write(store.error_stream(last.id), &targets.errors).await?;
-    let written = summary::Written {
-        targets,
-        output_bytes,
-        error_bytes,
-        elapsed: started.elapsed(),
-    };
-    if args.json {
-        println!("{}", summary::json(&last, &written));
-    } else if !args.quiet {
-        eprintln!("{}", summary::line(&last, &written));
-    }
-    let hint = if picked.already_finished {
-        "; rerun with --retry-failed to send only those lines again, or --fresh to run the whole file again"
-    } else {
-        "; rerun with --retry-failed to send only those lines again"
-    };
-    summary::outcome(&last, &written, hint)
+    let output_bytes = output::write(store.output_stream(last.id), &job.targets.output).await?;
+    let error_bytes = output::write(store.error_stream(last.id), &job.targets.errors).await?;
+    Ok(Ran {
+        batch: last,
+        written: summary::Written {
+            targets: job.targets,
+            output_bytes,
+            error_bytes,
+            elapsed: job.started.elapsed(),
+        },
+        already_finished: picked.already_finished,
+    })
 }
 
 /// The config with the flags applied, refusing to guess an upstream.

@@ -55,6 +55,11 @@ fn duplicate(e: &sqlx::Error) -> Option<UniqueKey> {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        // One driver error type serves both backends: SQLite's codes are
+        // read by its own module.
+        if crate::store::sqlite::is_sqlite(&e) {
+            return crate::store::sqlite::sort(e);
+        }
         if unavailable(&e) {
             StoreError::Unavailable(backend(e))
         } else if let Some(key) = duplicate(&e) {
@@ -75,6 +80,9 @@ impl StoreError {
     /// retrying as it is. The one place that says which failures a row's
     /// own data can cause.
     pub fn from_write(e: sqlx::Error) -> Self {
+        if crate::store::sqlite::is_sqlite(&e) {
+            return crate::store::sqlite::sort_write(e);
+        }
         let rejected = match &e {
             // SQLSTATE classes 22 (data exception: bad encoding, NUL, out
             // of range), 23 (integrity constraint violation) and 54

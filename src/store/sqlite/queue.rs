@@ -1,0 +1,408 @@
+//! The daemon's hot path over `requests`: claim many, then settle many,
+//! each in one transaction of the one writer.
+//!
+//! Every write after the claim is guarded by `(state, attempt)`: the claim
+//! bumps `attempt`, so a daemon that lost its lease finds its late writes
+//! rejected rather than applied.
+
+use super::SqliteStore;
+use super::ending::{RECORD, RESULT_RECORD};
+use super::types::{NEVER, batch_hi, batch_lo, micros, std_us, time};
+use crate::domain::ids::DaemonId;
+use crate::domain::request::{RequestId, RequestState};
+use crate::store::guards::{in_flight, request_word};
+use crate::store::{
+    Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue, Result,
+    StoreError,
+};
+use sqlx::Row;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The error line of a failure that came without one.
+const NO_ERROR: &str = r#"{"code":"upstream_error","message":""}"#;
+
+fn clamp_i64(v: u32) -> i64 {
+    i64::from(v)
+}
+
+/// One model as the claim weighs it.
+struct Weighed {
+    model: String,
+    cap: i64,
+    share: i64,
+    in_flight: i64,
+    waiting: i64,
+    per_call: i64,
+    pending: bool,
+}
+
+impl QueueStore for SqliteStore {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claim> {
+        let now = micros(chrono::Utc::now());
+        let mut tx = self.write().await?;
+        let running: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM daemons WHERE id = ? AND status = 'running')",
+        )
+        .bind(req.daemon)
+        .fetch_one(&mut *tx)
+        .await?;
+        // Models with work: never a private batch's, unless scoped to it.
+        let pending_models: Vec<String> = match req.scope {
+            None => {
+                sqlx::query_scalar(
+                    "SELECT DISTINCT model FROM requests \
+                     WHERE state = 'pending' AND NOT private ORDER BY model",
+                )
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            Some(batch) => {
+                sqlx::query_scalar(
+                    "SELECT DISTINCT model FROM requests \
+                     WHERE batch_id = ? AND state = 'pending' ORDER BY model",
+                )
+                .bind(batch)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        };
+        let pending: BTreeSet<&str> = pending_models.iter().map(String::as_str).collect();
+        let mut models: Vec<Weighed> = req
+            .models
+            .iter()
+            .map(|m: &ModelDemand| Weighed {
+                model: m.model.clone(),
+                cap: clamp_i64(m.limit),
+                share: clamp_i64(m.share),
+                in_flight: clamp_i64(m.in_flight),
+                waiting: clamp_i64(m.waiting),
+                per_call: clamp_i64(m.per_call.max(1)),
+                pending: pending.contains(m.model.as_str()),
+            })
+            .collect();
+        for p in &pending_models {
+            if !req.models.iter().any(|m| &m.model == p) {
+                models.push(Weighed {
+                    model: p.clone(),
+                    cap: clamp_i64(req.default_limit),
+                    share: clamp_i64(req.default_share),
+                    in_flight: 0,
+                    waiting: 0,
+                    per_call: 1,
+                    pending: true,
+                });
+            }
+        }
+        // A dead daemon's slots count until the rescuer forgets them.
+        let others: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+            "SELECT s.model, sum(s.held) FROM model_slots s JOIN daemons d ON d.id = s.daemon_id \
+             WHERE s.daemon_id <> ? AND d.status IN ('running', 'dead') AND s.held > 0 \
+             GROUP BY s.model",
+        )
+        .bind(req.daemon)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let peers: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM daemons WHERE status = 'running'")
+                .fetch_one(&mut *tx)
+                .await?;
+        let mut claim = Claim {
+            peers: u32::try_from(peers).unwrap_or(u32::MAX),
+            ..Claim::default()
+        };
+        let mut wants: Vec<(String, i64)> = Vec::new();
+        for m in &models {
+            let held = if running {
+                let wanted = if m.pending || m.waiting > 0 {
+                    m.share.max(m.in_flight)
+                } else {
+                    m.in_flight
+                };
+                m.in_flight
+                    .max(wanted.min(m.cap - others.get(&m.model).copied().unwrap_or(0)))
+            } else {
+                0
+            };
+            if running {
+                sqlx::query(
+                    "INSERT INTO model_slots (model, daemon_id, held) VALUES (?, ?, ?) \
+                     ON CONFLICT (model, daemon_id) DO UPDATE SET held = excluded.held \
+                     WHERE model_slots.held <> excluded.held",
+                )
+                .bind(&m.model)
+                .bind(req.daemon)
+                .bind(held.max(0))
+                .execute(&mut *tx)
+                .await?;
+            }
+            let usable = held.min(m.share);
+            let want = (2 * usable - m.in_flight - m.waiting).max(0) * m.per_call;
+            if m.pending && usable > 0 && want > 0 {
+                wants.push((m.model.clone(), want));
+                claim.asked = claim.asked.saturating_add(want.min(u32::MAX as i64) as u32);
+            }
+            claim
+                .slots
+                .push((m.model.clone(), usable.clamp(0, u32::MAX as i64) as u32));
+        }
+        claim.asked = claim.asked.min(req.max_total);
+        let mut left = i64::from(req.max_total);
+        let order = if req.grouped {
+            "deadline, prefix_key, id"
+        } else {
+            "deadline, id"
+        };
+        let pick = match (req.scope, req.grouped) {
+            (None, _) => format!(
+                "SELECT id FROM requests INDEXED BY requests_claim \
+                 WHERE state = 'pending' AND NOT private AND model = ?1 \
+                   AND not_before <= ?2 AND deadline > ?2 ORDER BY {order} LIMIT ?3"
+            ),
+            // A private batch's pending rows by prefix group.
+            (Some(_), true) => "SELECT id FROM requests INDEXED BY requests_pending_batch \
+                 WHERE batch_id = ?4 AND model = ?1 AND state = 'pending' \
+                   AND not_before <= ?2 AND deadline > ?2 ORDER BY prefix_key, id LIMIT ?3"
+                .to_owned(),
+            // The batch's own range of ids, walked in line order.
+            (Some(_), false) => "SELECT id FROM requests NOT INDEXED \
+                 WHERE id BETWEEN ?5 AND ?6 AND batch_id = ?4 AND model = ?1 \
+                   AND state = 'pending' AND not_before <= ?2 AND deadline > ?2 \
+                 ORDER BY id LIMIT ?3"
+                .to_owned(),
+        };
+        let update = format!(
+            "UPDATE requests SET state = 'claimed', attempt = attempt + 1, daemon_id = ?7, \
+                 claimed_at = ?2 \
+             WHERE id IN ({pick}) AND state = 'pending' \
+             RETURNING id, batch_id, template_id, attempt, retries, model, custom_id, \
+                       prefix_key, deadline"
+        );
+        let (lo, hi) = match req.scope {
+            Some(b) => (Some(batch_lo(b)), Some(batch_hi(b))),
+            None => (None, None),
+        };
+        for (model, want) in wants {
+            if left <= 0 {
+                break;
+            }
+            let k = want.min(left);
+            let rows = sqlx::query(&update)
+                .bind(&model)
+                .bind(now)
+                .bind(k)
+                .bind(req.scope)
+                .bind(lo)
+                .bind(hi)
+                .bind(req.daemon)
+                .fetch_all(&mut *tx)
+                .await?;
+            left -= rows.len() as i64;
+            for r in &rows {
+                let deadline: i64 = r.try_get("deadline")?;
+                claim.requests.push(ClaimedRequest {
+                    id: r.try_get("id")?,
+                    batch_id: r.try_get("batch_id")?,
+                    template_id: r.try_get("template_id")?,
+                    attempt: r.try_get("attempt")?,
+                    retries: r.try_get("retries")?,
+                    model: r.try_get("model")?,
+                    custom_id: r.try_get("custom_id")?,
+                    deadline: (deadline != NEVER).then(|| time(deadline)),
+                    path: String::new(),
+                    body: String::new(),
+                    endpoint: String::new(),
+                    prefix_key: r.try_get("prefix_key")?,
+                });
+            }
+        }
+        // What to send: each template's line, by primary key.
+        for c in &mut claim.requests {
+            let t = sqlx::query(
+                "SELECT t.path, t.body, t.endpoint FROM requests q \
+                 JOIN request_templates t ON t.id = q.template_id WHERE q.id = ?",
+            )
+            .bind(c.id)
+            .fetch_one(&mut *tx)
+            .await?;
+            c.path = t.try_get("path")?;
+            c.body = t.try_get("body")?;
+            c.endpoint = t.try_get("endpoint")?;
+        }
+        tx.commit().await?;
+        claim.requests.sort_by_key(|r| {
+            (
+                r.deadline.is_none(),
+                r.deadline,
+                if req.grouped { r.prefix_key } else { 0 },
+                r.id,
+            )
+        });
+        Ok(claim)
+    }
+
+    async fn finish(&self, items: &[Finished]) -> Result<Vec<RequestId>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = micros(chrono::Utc::now());
+        let write = async {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut accepted = Vec::with_capacity(items.len());
+            // Per batch: completed, failed, canceled, then the five token totals.
+            let mut tally: BTreeMap<crate::domain::batch::BatchId, [i64; 8]> = BTreeMap::new();
+            for i in items {
+                assert!(i.state.is_terminal(), "finish needs a terminal state");
+                let ok = i.state == RequestState::Completed;
+                let error = if ok {
+                    None
+                } else {
+                    Some(match &i.error {
+                        Some(e) => serde_json::to_string(e)
+                            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+                        None => NO_ERROR.to_owned(),
+                    })
+                };
+                // In flight = not pending (the only other live state).
+                let row = sqlx::query(&format!(
+                    "INSERT INTO request_results ({RESULT_RECORD}, state, ok, status_code, \
+                         upstream_request_id, body, error, finished_at) \
+                     SELECT {RECORD}, ?3, ?4, ?5, ?6, ?7, ?8, ?9 FROM requests \
+                     WHERE id = ?1 AND attempt = ?2 AND state <> 'pending' \
+                     RETURNING batch_id"
+                ))
+                .bind(i.id)
+                .bind(i.attempt)
+                .bind(i.state)
+                .bind(ok)
+                .bind(i.status_code)
+                .bind(i.upstream_request_id.as_deref())
+                .bind(i.body.as_deref())
+                .bind(error)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else { continue };
+                sqlx::query("DELETE FROM requests WHERE id = ?")
+                    .bind(i.id)
+                    .execute(&mut *tx)
+                    .await?;
+                accepted.push(i.id);
+                let batch: Option<crate::domain::batch::BatchId> = row.try_get("batch_id")?;
+                if let Some(b) = batch {
+                    let t = tally.entry(b).or_default();
+                    match i.state {
+                        RequestState::Completed => t[0] += 1,
+                        RequestState::Failed => t[1] += 1,
+                        _ => t[2] += 1,
+                    }
+                    if let Some(u) = &i.usage {
+                        t[3] += u.input_tokens;
+                        t[4] += u.cached_tokens;
+                        t[5] += u.output_tokens;
+                        t[6] += u.reasoning_tokens;
+                        t[7] += u.total_tokens;
+                    }
+                }
+            }
+            for (batch, t) in tally {
+                sqlx::query(
+                    "UPDATE batches SET n_completed = n_completed + ?2, n_failed = n_failed + ?3, \
+                         n_canceled = n_canceled + ?4, input_tokens = input_tokens + ?5, \
+                         cached_tokens = cached_tokens + ?6, output_tokens = output_tokens + ?7, \
+                         reasoning_tokens = reasoning_tokens + ?8, \
+                         total_tokens = total_tokens + ?9 \
+                     WHERE id = ?1",
+                )
+                .bind(batch)
+                .bind(t[0])
+                .bind(t[1])
+                .bind(t[2])
+                .bind(t[3])
+                .bind(t[4])
+                .bind(t[5])
+                .bind(t[6])
+                .bind(t[7])
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(accepted)
+        };
+        write.await.map_err(StoreError::from_write)
+    }
+
+    async fn requeue(&self, items: &[Requeue]) -> Result<Vec<RequestId>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = micros(chrono::Utc::now());
+        let write = async {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut accepted = Vec::with_capacity(items.len());
+            let mut due_now = false;
+            for i in items {
+                let done = sqlx::query(&format!(
+                    "UPDATE requests SET state = {pending}, daemon_id = NULL, started_at = NULL, \
+                         not_before = ?3, retries = retries + ?4 \
+                     WHERE id = ?1 AND attempt = ?2 AND state IN ({in_flight})",
+                    pending = request_word(RequestState::Pending),
+                    in_flight = in_flight(),
+                ))
+                .bind(i.id)
+                .bind(i.attempt)
+                .bind(now.saturating_add(std_us(i.delay)))
+                .bind(i32::from(i.is_retry))
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 1 {
+                    accepted.push(i.id);
+                    due_now |= i.delay.is_zero();
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>((accepted, due_now))
+        };
+        let (accepted, due_now) = write.await.map_err(StoreError::from_write)?;
+        if due_now {
+            // Released work is claimable at once: wake idle daemons.
+            self.ring();
+        }
+        Ok(accepted)
+    }
+
+    async fn lost_leases(
+        &self,
+        daemon: DaemonId,
+        held: &[(RequestId, i32)],
+    ) -> Result<Vec<RequestId>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<(String, i32)> = held
+            .iter()
+            .map(|(id, attempt)| (id.0.simple().to_string(), *attempt))
+            .collect();
+        let lost: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT h.value ->> 0 FROM json_each(?2) h \
+             LEFT JOIN requests q ON q.id = unhex(h.value ->> 0) \
+             LEFT JOIN batches b ON b.id = q.batch_id \
+             WHERE q.id IS NULL OR q.attempt <> h.value ->> 1 OR q.daemon_id IS NOT ?1 \
+                OR q.state NOT IN ({}) \
+                OR b.status IN ('cancelling', 'cancelled', 'expired')",
+            in_flight()
+        ))
+        .bind(daemon)
+        .bind(serde_json::to_string(&list).expect("ids serialize"))
+        .fetch_all(&self.reader)
+        .await?;
+        lost.iter()
+            .map(|h| {
+                uuid::Uuid::try_parse(h)
+                    .map(RequestId)
+                    .map_err(|e| StoreError::Invalid(format!("a request id is malformed: {e}")))
+            })
+            .collect()
+    }
+}
