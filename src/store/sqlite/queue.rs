@@ -8,7 +8,7 @@
 use super::SqliteStore;
 use super::ending::{RECORD, RESULT_RECORD};
 use super::types::{NEVER, batch_hi, batch_lo, micros, std_us, time};
-use crate::domain::ids::DaemonId;
+use crate::domain::ids::{DaemonId, TemplateId};
 use crate::domain::request::{RequestId, RequestState};
 use crate::store::guards::{in_flight, request_word};
 use crate::store::{
@@ -24,6 +24,29 @@ const NO_ERROR: &str = r#"{"code":"upstream_error","message":""}"#;
 fn clamp_i64(v: u32) -> i64 {
     i64::from(v)
 }
+
+/// The distinct models of the shared pending work, one seek of the claim
+/// index each.
+const DISTINCT_PENDING: &str = "WITH RECURSIVE m(model) AS ( \
+     SELECT (SELECT model FROM requests INDEXED BY requests_claim \
+             WHERE state = 'pending' AND NOT private ORDER BY model LIMIT 1) \
+     UNION ALL \
+     SELECT (SELECT r.model FROM requests r INDEXED BY requests_claim \
+             WHERE r.state = 'pending' AND NOT r.private AND r.model > m.model \
+             ORDER BY r.model LIMIT 1) \
+     FROM m WHERE m.model IS NOT NULL) \
+     SELECT model FROM m WHERE model IS NOT NULL AND ?1 IS NULL";
+
+/// The distinct models of batch `?1`'s pending work.
+const DISTINCT_PENDING_SCOPED: &str = "WITH RECURSIVE m(model) AS ( \
+     SELECT (SELECT model FROM requests INDEXED BY requests_pending_batch \
+             WHERE batch_id = ?1 AND state = 'pending' ORDER BY model LIMIT 1) \
+     UNION ALL \
+     SELECT (SELECT r.model FROM requests r INDEXED BY requests_pending_batch \
+             WHERE r.batch_id = ?1 AND r.state = 'pending' AND r.model > m.model \
+             ORDER BY r.model LIMIT 1) \
+     FROM m WHERE m.model IS NOT NULL) \
+     SELECT model FROM m WHERE model IS NOT NULL";
 
 /// One model as the claim weighs it.
 struct Weighed {
@@ -47,25 +70,15 @@ impl QueueStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         // Models with work: never a private batch's, unless scoped to it.
-        let pending_models: Vec<String> = match req.scope {
-            None => {
-                sqlx::query_scalar(
-                    "SELECT DISTINCT model FROM requests \
-                     WHERE state = 'pending' AND NOT private ORDER BY model",
-                )
-                .fetch_all(&mut *tx)
-                .await?
-            }
-            Some(batch) => {
-                sqlx::query_scalar(
-                    "SELECT DISTINCT model FROM requests \
-                     WHERE batch_id = ? AND state = 'pending' ORDER BY model",
-                )
-                .bind(batch)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-        };
+        // Each model is one index seek (a loose index scan), whatever the
+        // backlog: a plain DISTINCT would read every pending row.
+        let pending_models: Vec<String> = sqlx::query_scalar(match req.scope {
+            None => DISTINCT_PENDING,
+            Some(_) => DISTINCT_PENDING_SCOPED,
+        })
+        .bind(req.scope)
+        .fetch_all(&mut *tx)
+        .await?;
         let pending: BTreeSet<&str> = pending_models.iter().map(String::as_str).collect();
         let mut models: Vec<Weighed> = req
             .models
@@ -217,18 +230,38 @@ impl QueueStore for SqliteStore {
                 });
             }
         }
-        // What to send: each template's line, by primary key.
-        for c in &mut claim.requests {
-            let t = sqlx::query(
-                "SELECT t.path, t.body, t.endpoint FROM requests q \
-                 JOIN request_templates t ON t.id = q.template_id WHERE q.id = ?",
+        // What to send: each template's line, by primary key, in one statement.
+        if !claim.requests.is_empty() {
+            let ids: Vec<String> = claim
+                .requests
+                .iter()
+                .map(|c| c.template_id.0.simple().to_string())
+                .collect();
+            let rows = sqlx::query(
+                "SELECT t.id, t.path, t.body, t.endpoint FROM json_each(?) j \
+                 JOIN request_templates t ON t.id = unhex(j.value)",
             )
-            .bind(c.id)
-            .fetch_one(&mut *tx)
+            .bind(serde_json::to_string(&ids).expect("ids serialize"))
+            .fetch_all(&mut *tx)
             .await?;
-            c.path = t.try_get("path")?;
-            c.body = t.try_get("body")?;
-            c.endpoint = t.try_get("endpoint")?;
+            let mut lines: BTreeMap<TemplateId, (String, String, String)> = BTreeMap::new();
+            for t in &rows {
+                lines.insert(
+                    t.try_get("id")?,
+                    (
+                        t.try_get("path")?,
+                        t.try_get("body")?,
+                        t.try_get("endpoint")?,
+                    ),
+                );
+            }
+            for c in &mut claim.requests {
+                // Requests of one line share its template: the last takes it.
+                let line = lines.get(&c.template_id).cloned().ok_or_else(|| {
+                    StoreError::Invalid(format!("request {} has no template", c.id))
+                })?;
+                (c.path, c.body, c.endpoint) = line;
+            }
         }
         tx.commit().await?;
         claim.requests.sort_by_key(|r| {
@@ -284,10 +317,6 @@ impl QueueStore for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(row) = row else { continue };
-                sqlx::query("DELETE FROM requests WHERE id = ?")
-                    .bind(i.id)
-                    .execute(&mut *tx)
-                    .await?;
                 accepted.push(i.id);
                 let batch: Option<crate::domain::batch::BatchId> = row.try_get("batch_id")?;
                 if let Some(b) = batch {
@@ -305,6 +334,16 @@ impl QueueStore for SqliteStore {
                         t[7] += u.total_tokens;
                     }
                 }
+            }
+            // The queue rows go, in one statement: their records moved above.
+            if !accepted.is_empty() {
+                let ids: Vec<String> = accepted.iter().map(|i| i.0.simple().to_string()).collect();
+                sqlx::query(
+                    "DELETE FROM requests WHERE id IN (SELECT unhex(value) FROM json_each(?))",
+                )
+                .bind(serde_json::to_string(&ids).expect("ids serialize"))
+                .execute(&mut *tx)
+                .await?;
             }
             for (batch, t) in tally {
                 sqlx::query(
