@@ -1,6 +1,7 @@
-//! The daemon when things break: a daemon killed mid-flight, connections
-//! terminated by the server, an answer too large to keep, and `fusillade
-//! run` killed and rerun.
+//! The daemon on PostgreSQL when things break: a daemon killed mid-flight,
+//! connections terminated by the server, and `fusillade run` killed and
+//! rerun. An answer too large to keep runs on every backend in
+//! tests/conformance/answers.rs.
 
 mod common;
 
@@ -8,7 +9,7 @@ use common::daemon::*;
 use common::process::{self, ChildGuard, TempDir, database_url};
 use common::*;
 use fusillade::domain::batch::BatchStatus;
-use fusillade::mock::{MockBehavior, MockReply, MockUpstream};
+use fusillade::mock::{MockBehavior, MockUpstream};
 use fusillade::store::RequestStore;
 use fusillade::{BatchId, PostgresStore};
 use serde_json::Value;
@@ -198,59 +199,4 @@ async fn run_reports_refused_input_with_exit_code_2(pool: PgPool) {
         "{stderr}"
     );
     assert_eq!(mock.stats().total_calls, 0);
-}
-
-#[sqlx::test]
-async fn an_oversized_answer_fails_its_line_without_a_retry(pool: PgPool) {
-    let store = store(&pool).await;
-    // `big-*` lines get an answer of about 2 KB, over the 1,000-byte limit.
-    let mock = MockUpstream::start(MockBehavior::default().respond(|call| {
-        let mut answer = MockReply::ok_for(call);
-        if call
-            .custom_id
-            .as_deref()
-            .is_some_and(|c| c.starts_with("big-"))
-        {
-            let mut v: Value = serde_json::from_str(&answer.body).unwrap();
-            v["choices"][0]["message"]["content"] = "word ".repeat(400).into();
-            answer.body = v.to_string();
-        }
-        answer
-    }))
-    .await;
-    let mut lines = lines_for("m", "big-", 2);
-    lines.extend(lines_for("m", "ok-", 3));
-    let batch = batch_from_lines(&store, &lines).await;
-    let daemon = start(
-        &store,
-        config(
-            &mock.url(),
-            "max_response_bytes = 1000",
-            "max_retries = 3",
-            "",
-        ),
-    );
-    let b = finished_batch(&store, batch, LONG).await;
-    daemon.stop().await;
-    assert_eq!(b.status, BatchStatus::Completed);
-    assert_eq!(
-        (b.request_counts.completed, b.request_counts.failed),
-        (3, 2)
-    );
-    let errors = json_lines(store.error_stream(batch)).await;
-    assert_eq!(errors.len(), 2);
-    for e in &errors {
-        assert!(e["custom_id"].as_str().unwrap().starts_with("big-"), "{e}");
-        assert_eq!(e["error"]["code"], "upstream_error", "{e}");
-        assert_eq!(
-            e["error"]["message"], "the upstream's answer was larger than 1000 bytes",
-            "{e}"
-        );
-    }
-    // Asked once each: a retry would fetch the same oversized answer.
-    let stats = mock.stats();
-    for i in 0..2 {
-        assert_eq!(stats.call_times(&format!("big-{i}")).len(), 1, "big-{i}");
-    }
-    assert_eq!(stats.total_calls, 5);
 }

@@ -23,6 +23,10 @@ mod conformance;
 macro_rules! for_each_case {
     ($run:ident) => {
         $run! {
+            answers: [
+                answers_text_cannot_hold_land_exactly_and_never_block_the_batch,
+                an_oversized_answer_fails_its_line_without_a_retry,
+            ],
             api: [
                 retry_reopens_a_completed_batch_and_requeues_only_failed_requests,
                 retry_is_a_conflict_unless_completed_or_expired,
@@ -43,6 +47,30 @@ macro_rules! for_each_case {
                 an_idempotency_key_returns_the_first_batch,
                 concurrent_creates_with_one_key_make_one_batch,
                 batches_of_one_file_have_their_own_requests,
+            ],
+            coalescing: [
+                a_claim_takes_requests_of_one_prefix_together,
+                without_grouping_a_claim_takes_line_order,
+                a_tight_window_batch_goes_before_a_large_day_long_one,
+                a_prefix_group_sticks_to_one_replica,
+                without_grouping_calls_are_dealt_to_the_replicas_in_turn,
+                grouping_raises_the_prefix_cache_hit_rate,
+                a_replica_that_refuses_connections_is_left_out,
+                a_scoped_claim_of_a_private_batch_takes_whole_prefix_groups,
+            ],
+            coalescing_identical: [
+                identical_temperature_zero_lines_are_sent_once_and_each_answered,
+                lines_at_a_temperature_are_always_sent,
+                coalesce_never_sends_every_line,
+                single_input_embeddings_share_calls_and_a_bad_input_fails_alone,
+            ],
+            daemon_runtime: [
+                one_daemon_fills_each_model_to_its_limit_and_no_further,
+                outcomes_are_retried_or_final_as_the_rules_say,
+                cancel_aborts_calls_in_flight_and_ends_the_batch_within_two_seconds,
+                a_reloaded_limit_applies_while_running,
+                stopping_lets_calls_finish_within_the_grace_period,
+                stopping_releases_calls_still_running_after_the_grace_period,
             ],
             daemons: [
                 register_records_a_running_daemon,
@@ -90,6 +118,22 @@ macro_rules! for_each_case {
                 cancel_of_an_ended_batch_is_a_conflict,
                 request_counts_by_state,
             ],
+            queue: [
+                slots_of_all_daemons_stay_within_each_models_limit,
+                slots_never_drop_below_calls_in_flight,
+                claim_honours_the_total_cap_and_defaults,
+                a_private_batch_is_claimed_only_by_its_scoped_daemon,
+                a_scoped_claim_takes_only_its_batch,
+                claim_prefers_the_earlier_deadline,
+                finish_writes_results_once_and_rejects_stale_attempts,
+                requeue_delays_retries_and_counts_them,
+                rescue_returns_claims_of_dead_daemons_only,
+                a_dead_daemon_claims_nothing_and_its_slots_count_until_forgotten,
+                a_rescuer_never_declares_itself_dead_nor_anyone_without_a_window,
+                a_retired_daemon_returns_its_claims_at_once_and_its_slots_a_window_later,
+                finalize_completes_and_cancels,
+                a_new_batch_wakes_listeners,
+            ],
             requests: [
                 get_request_shows_the_request_and_then_its_result,
                 list_requests_pages_in_line_order,
@@ -97,6 +141,7 @@ macro_rules! for_each_case {
                 streams_cross_pages_and_give_every_line_once,
                 streams_without_results_are_empty,
                 large_results_stream_in_pages_bounded_by_bytes,
+                bodies_text_cannot_hold_are_stored_byte_for_byte,
             ],
         }
     };

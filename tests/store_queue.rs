@@ -1,20 +1,19 @@
-//! The daemon's hot path and the timed maintenance, against a real PostgreSQL.
+//! The queue on PostgreSQL alone: claims of a daemon whose row was deleted,
+//! a batch expired by moving its deadline into the past in SQL, and the
+//! queue's vacuum. Everything else about claims, results and maintenance
+//! runs on every backend in tests/conformance/queue.rs.
 
 mod common;
 
 use common::*;
 use fusillade::domain::batch::{BatchId, BatchStatus};
-use fusillade::domain::daemon::DaemonStats;
 use fusillade::domain::ids::DaemonId;
-use fusillade::domain::output::ResultError;
-use fusillade::domain::request::{RequestId, RequestState};
-use fusillade::store::NewBatch;
+use fusillade::domain::request::RequestState;
 use fusillade::store::{
-    BatchStore, Claim, ClaimRequest, ClaimedRequest, DaemonStore, Finished, MaintenanceStore,
-    ModelDemand, Owner, PostgresStore, QueueStore, RequestStore, Requeue,
+    BatchStore, ClaimRequest, ClaimedRequest, Finished, MaintenanceStore, ModelDemand, Owner,
+    PostgresStore, QueueStore, RequestStore,
 };
 use sqlx::PgPool;
-use std::collections::HashSet;
 use std::time::Duration;
 
 /// Uploads `n` lines for `model` and makes a batch of them.
@@ -84,14 +83,6 @@ fn slots_demand(
     }
 }
 
-fn slots_of(claim: &Claim, model: &str) -> u32 {
-    claim
-        .slots
-        .iter()
-        .find(|(m, _)| m == model)
-        .map_or(0, |(_, n)| *n)
-}
-
 /// The requests claimed by [`demand`] for one model.
 async fn claim(
     store: &PostgresStore,
@@ -108,10 +99,6 @@ async fn claim(
         .requests
 }
 
-fn count(claimed: &[ClaimedRequest], model: &str) -> usize {
-    claimed.iter().filter(|c| c.model == model).count()
-}
-
 fn done(c: &ClaimedRequest) -> Finished {
     Finished {
         id: c.id,
@@ -126,371 +113,16 @@ fn done(c: &ClaimedRequest) -> Finished {
 }
 
 #[sqlx::test]
-async fn slots_of_all_daemons_stay_within_each_models_limit(pool: PgPool) {
-    let store = store(&pool).await;
-    batch_of(&store, "a", 10, "24h").await;
-    batch_of(&store, "b", 5, "24h").await;
-    let (d1, d2) = (common::daemon(&store).await, common::daemon(&store).await);
-
-    // Alone with work: the whole limit, its free slots filled plus its
-    // slots' worth claimed ahead (3 + 3 of a; all 5 of b).
-    let both = |d, a_in, a_waiting, b_in| ClaimRequest {
-        models: vec![
-            slots_demand(d, "a", 3, 3, a_in, a_waiting).models.remove(0),
-            slots_demand(d, "b", 10, 10, b_in, 0).models.remove(0),
-        ],
-        ..slots_demand(d, "a", 3, 3, 0, 0)
-    };
-    let first = store.claim(&both(d1, 0, 0, 0)).await.unwrap();
-    assert_eq!((slots_of(&first, "a"), slots_of(&first, "b")), (3, 10));
-    assert_eq!(count(&first.requests, "a"), 6);
-    assert_eq!(count(&first.requests, "b"), 5);
-    assert!(
-        first
-            .requests
-            .iter()
-            .all(|c| c.attempt == 1 && c.retries == 0)
-    );
-    assert!(
-        first
-            .requests
-            .iter()
-            .all(|c| c.path == CHAT && c.body.contains("\"model\""))
-    );
-
-    // Another daemon finds every slot taken: no slots, no requests.
-    let second = store.claim(&both(d2, 0, 0, 0)).await.unwrap();
-    assert_eq!((slots_of(&second, "a"), slots_of(&second, "b")), (0, 0));
-    assert!(second.requests.is_empty());
-
-    // The first keeps its share of a while a has work, and gives back what
-    // b's calls in flight do not use once b has none.
-    let again = store.claim(&both(d1, 3, 3, 2)).await.unwrap();
-    assert_eq!((slots_of(&again, "a"), slots_of(&again, "b")), (3, 2));
-    assert!(
-        again.requests.is_empty(),
-        "3 in flight + 3 waiting is enough"
-    );
-
-    // A stopped daemon's slots are free for the others.
-    store.mark_daemon_stopped(d1).await.unwrap();
-    let third = store
-        .claim(&slots_demand(d2, "a", 3, 3, 0, 0))
-        .await
-        .unwrap();
-    assert_eq!(slots_of(&third, "a"), 3);
-    assert_eq!(count(&third.requests, "a"), 4, "all that is left");
-}
-
-#[sqlx::test]
-async fn slots_never_drop_below_calls_in_flight(pool: PgPool) {
-    let store = store(&pool).await;
-    batch_of(&store, "a", 20, "24h").await;
-    let (d1, d2) = (common::daemon(&store).await, common::daemon(&store).await);
-    let first = store
-        .claim(&slots_demand(d1, "a", 4, 4, 0, 0))
-        .await
-        .unwrap();
-    assert_eq!(slots_of(&first, "a"), 4);
-    // A second daemon arrives: the first's share drops to 2. It may use 2,
-    // but still holds a slot for each of its 3 calls running.
-    let shrunk = store
-        .claim(&slots_demand(d1, "a", 4, 2, 3, 0))
-        .await
-        .unwrap();
-    assert_eq!(slots_of(&shrunk, "a"), 2);
-    assert_eq!(shrunk.peers, 2);
-    let other = store
-        .claim(&slots_demand(d2, "a", 4, 2, 0, 0))
-        .await
-        .unwrap();
-    assert_eq!(slots_of(&other, "a"), 1, "only what is left of the limit");
-    // Its calls ended: the first gives back down to its share, and the
-    // second can take its own.
-    store
-        .claim(&slots_demand(d1, "a", 4, 2, 2, 0))
-        .await
-        .unwrap();
-    let other = store
-        .claim(&slots_demand(d2, "a", 4, 2, 1, 0))
-        .await
-        .unwrap();
-    assert_eq!(slots_of(&other, "a"), 2);
-}
-
-#[sqlx::test]
-async fn claim_honours_the_total_cap_and_defaults(pool: PgPool) {
-    let store = store(&pool).await;
-    batch_of(&store, "a", 10, "24h").await;
-    batch_of(&store, "other", 10, "24h").await;
-    let d = common::daemon(&store).await;
-    let got = store
-        .claim(&demand(d, &[("a", 100, 2)], 100))
-        .await
-        .unwrap();
-    assert_eq!(
-        count(&got.requests, "a"),
-        2,
-        "free slots and waiting cap the claim"
-    );
-    assert_eq!(count(&got.requests, "other"), 0, "default limit is 0");
-    assert_eq!(slots_of(&got, "other"), 0);
-
-    let mut req = demand(d, &[], 3);
-    req.default_limit = 100;
-    req.default_share = 100;
-    let got = store.claim(&req).await.unwrap();
-    assert_eq!(got.requests.len(), 3, "max_total caps the statement");
-    assert_eq!(slots_of(&got, "other"), 100);
-}
-
-#[sqlx::test]
-async fn a_private_batch_is_claimed_only_by_its_scoped_daemon(pool: PgPool) {
-    let store = store(&pool).await;
-    let shared = batch_of(&store, "m", 2, "24h").await;
-    // A `fusillade run`'s batch, due first, on the same database.
-    let lines: Vec<String> = (0..3)
-        .map(|i| line_with(&format!("p-{i}"), CHAT, &chat_body("x", "m")))
-        .collect();
-    let file = upload(&store, "", &jsonl(&lines)).await;
-    let private = store
-        .create_batch(NewBatch {
-            private: true,
-            completion_window: "1h",
-            ..new_batch("", file.id, CHAT)
-        })
-        .await
-        .unwrap()
-        .id;
-    let d = common::daemon(&store).await;
-    // A worker or `serve` takes the shared work, never the private batch's.
-    let all = store
-        .claim(&demand(d, &[("m", 10, 10)], 100))
-        .await
-        .unwrap();
-    assert_eq!(all.requests.len(), 2, "{:?}", all.requests);
-    assert!(all.requests.iter().all(|r| r.batch_id == Some(shared)));
-    let none = store
-        .claim(&demand(d, &[("m", 10, 10)], 100))
-        .await
-        .unwrap();
-    assert!(none.requests.is_empty());
-    // Its own daemon takes all of it.
-    let scoped = ClaimRequest {
-        scope: Some(private),
-        grouped: false,
-        ..demand(d, &[("m", 10, 10)], 100)
-    };
-    let mine = store.claim(&scoped).await.unwrap();
-    assert_eq!(mine.requests.len(), 3);
-    assert!(mine.requests.iter().all(|r| r.batch_id == Some(private)));
-}
-
-#[sqlx::test]
-async fn a_scoped_claim_takes_only_its_batch(pool: PgPool) {
-    let store = store(&pool).await;
-    let other = batch_of(&store, "m", 4, "1h").await;
-    let mine = batch_of(&store, "m", 3, "24h").await;
-    // A model only the other batch has pending is not work for this daemon.
-    let only_other = batch_of(&store, "x", 2, "1h").await;
-    let d = common::daemon(&store).await;
-    let scoped = ClaimRequest {
-        scope: Some(mine),
-        grouped: false,
-        default_limit: 10,
-        default_share: 10,
-        ..demand(d, &[], 100)
-    };
-    let got = store.claim(&scoped).await.unwrap();
-    assert_eq!(got.requests.len(), 3);
-    assert!(got.requests.iter().all(|r| r.batch_id == Some(mine)));
-    assert_eq!(slots_of(&got, "x"), 0, "{:?}", got.slots);
-    // Nothing of it is left: a second claim takes nothing of the others.
-    assert!(store.claim(&scoped).await.unwrap().requests.is_empty());
-    // Unscoped, the others' work is all there.
-    let all = store
-        .claim(&demand(d, &[("m", 10, 10), ("x", 10, 10)], 100))
-        .await
-        .unwrap();
-    assert_eq!(all.requests.len(), 6);
-    assert!(
-        all.requests
-            .iter()
-            .all(|r| r.batch_id == Some(other) || r.batch_id == Some(only_other))
-    );
-}
-
-#[sqlx::test]
-async fn claim_prefers_the_earlier_deadline(pool: PgPool) {
-    let store = store(&pool).await;
-    let late = batch_of(&store, "m", 3, "24h").await;
-    let soon = batch_of(&store, "m", 3, "1h").await;
-    let d = common::daemon(&store).await;
-    let got = claim(&store, d, "m", 100, 3, 100).await;
-    assert_eq!(got.len(), 3);
-    assert!(
-        got.iter().all(|c| c.batch_id == Some(soon)),
-        "{late} is later"
-    );
-    assert!(got.iter().all(|c| c.deadline.is_some()));
-}
-
-#[sqlx::test]
-async fn finish_writes_results_once_and_rejects_stale_attempts(pool: PgPool) {
-    let store = store(&pool).await;
-    let batch = batch_of(&store, "m", 2, "24h").await;
-    let d = common::daemon(&store).await;
-    let got = claim(&store, d, "m", 10, 10, 10).await;
-    let (ok, bad) = (&got[0], &got[1]);
-    let failed = Finished {
-        id: bad.id,
-        attempt: bad.attempt,
-        state: RequestState::Failed,
-        status_code: Some(400),
-        upstream_request_id: None,
-        body: Some(r#"{"error":{"message":"bad"}}"#.into()),
-        error: Some(ResultError::new("upstream_error", "HTTP 400")),
-        usage: None,
-    };
-    let stale = Finished {
-        attempt: ok.attempt - 1,
-        ..done(ok)
-    };
-    assert!(store.finish(&[stale]).await.unwrap().is_empty());
-    let accepted = store.finish(&[done(ok), failed.clone()]).await.unwrap();
-    assert_eq!(accepted.len(), 2);
-    // Terminal states never change, even with the right attempt.
-    assert!(store.finish(&[failed]).await.unwrap().is_empty());
-
-    let r = store.get_request(ok.id).await.unwrap().unwrap();
-    assert_eq!(r.state, RequestState::Completed);
-    assert_eq!(r.status_code, Some(200));
-    assert!(r.daemon_id.is_none() && r.finished_at.is_some());
-
-    let out = String::from_utf8(collect(store.output_stream(batch)).await).unwrap();
-    let errs = String::from_utf8(collect(store.error_stream(batch)).await).unwrap();
-    assert_eq!(out.lines().count(), 1);
-    assert_eq!(errs.lines().count(), 1);
-    let e: serde_json::Value = serde_json::from_str(errs.trim()).unwrap();
-    assert_eq!(e["response"]["status_code"], 400);
-    assert_eq!(e["response"]["body"]["error"]["message"], "bad");
-    assert_eq!(e["error"]["code"], "upstream_error");
-}
-
-#[sqlx::test]
-async fn requeue_delays_retries_and_counts_them(pool: PgPool) {
-    let store = store(&pool).await;
-    batch_of(&store, "m", 2, "24h").await;
-    let d = common::daemon(&store).await;
-    let got = claim(&store, d, "m", 10, 10, 10).await;
-    let accepted = store
-        .requeue(&[
-            Requeue {
-                id: got[0].id,
-                attempt: got[0].attempt,
-                delay: Duration::from_secs(3600),
-                is_retry: true,
-            },
-            Requeue {
-                id: got[1].id,
-                attempt: got[1].attempt,
-                delay: Duration::ZERO,
-                is_retry: false,
-            },
-        ])
-        .await
-        .unwrap();
-    assert_eq!(accepted.len(), 2);
-    // A second requeue of the same attempt is stale.
-    let again = Requeue {
-        id: got[1].id,
-        attempt: got[1].attempt,
-        delay: Duration::ZERO,
-        is_retry: false,
-    };
-    assert!(store.requeue(&[again]).await.unwrap().is_empty());
-
-    let next = claim(&store, d, "m", 10, 10, 10).await;
-    assert_eq!(next.len(), 1, "the delayed retry is not claimable yet");
-    assert_eq!(next[0].id, got[1].id);
-    assert_eq!(next[0].attempt, got[1].attempt + 1);
-    assert_eq!(next[0].retries, 0, "a release is not a retry");
-    let delayed = store.get_request(got[0].id).await.unwrap().unwrap();
-    assert_eq!(delayed.state, RequestState::Pending);
-    assert!(delayed.not_before > chrono::Utc::now() + chrono::Duration::minutes(59));
-    let retries: i32 = sqlx::query_scalar("SELECT retries FROM requests WHERE id = $1")
-        .bind(got[0].id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(retries, 1);
-}
-
-#[sqlx::test]
-async fn rescue_returns_claims_of_dead_daemons_only(pool: PgPool) {
+async fn claims_of_a_daemon_whose_row_is_gone_are_rescued(pool: PgPool) {
     let store = store(&pool).await;
     batch_of(&store, "m", 4, "24h").await;
-    let (alive, dying) = (common::daemon(&store).await, common::daemon(&store).await);
-    // Half the limit each; 8 said to wait leaves room to claim 2 each.
-    let mine = store
-        .claim(&slots_demand(alive, "m", 10, 5, 0, 8))
-        .await
-        .unwrap()
-        .requests;
-    let theirs = store
-        .claim(&slots_demand(dying, "m", 10, 5, 0, 8))
-        .await
-        .unwrap()
-        .requests;
-    sqlx::query("UPDATE daemons SET last_heartbeat = now() - interval '1 hour' WHERE id = $1")
-        .bind(dying)
-        .execute(&pool)
-        .await
-        .unwrap();
-    let report = store
-        .rescue(
-            alive,
-            Some(Duration::from_secs(60)),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-    assert_eq!(report.dead_daemons, 1);
-    assert_eq!(report.requests, 2);
-
-    // The dead daemon's late writes are rejected; it learns its leases are gone.
-    let held: Vec<(RequestId, i32)> = theirs.iter().map(|c| (c.id, c.attempt)).collect();
-    let lost = store.lost_leases(dying, &held).await.unwrap();
-    assert_eq!(lost.len(), 2);
-    assert!(store.finish(&[done(&theirs[0])]).await.unwrap().is_empty());
-    assert!(
-        store
-            .heartbeat(dying, DaemonStats::default())
-            .await
-            .is_err()
-    );
-    // The live daemon keeps its own.
-    let held: Vec<(RequestId, i32)> = mine.iter().map(|c| (c.id, c.attempt)).collect();
-    assert!(store.lost_leases(alive, &held).await.unwrap().is_empty());
-    assert_eq!(store.finish(&[done(&mine[0])]).await.unwrap().len(), 1);
-
-    // An id that never registered claims nothing.
-    let ghost = DaemonId::new();
-    let ghost_claim = store
-        .claim(&slots_demand(ghost, "m", 10, 10, 0, 0))
-        .await
-        .unwrap();
-    assert!(ghost_claim.requests.is_empty());
-    assert!(ghost_claim.slots.iter().all(|(_, n)| *n == 0));
-    // Claims of a daemon whose row is gone are rescued too.
-    let vanishing = common::daemon(&store).await;
-    // (The dead daemon's 5 slots still count: a limit of 20 leaves room.)
+    let (alive, vanishing) = (common::daemon(&store).await, common::daemon(&store).await);
     let claimed = store
         .claim(&slots_demand(vanishing, "m", 20, 10, 0, 0))
         .await
         .unwrap()
         .requests;
-    assert_eq!(claimed.len(), 2);
+    assert_eq!(claimed.len(), 4);
     sqlx::query("DELETE FROM daemons WHERE id = $1")
         .bind(vanishing)
         .execute(&pool)
@@ -502,171 +134,15 @@ async fn rescue_returns_claims_of_dead_daemons_only(pool: PgPool) {
             .await
             .unwrap()
             .requests,
-        2
+        4
     );
-    // (The dead daemon's slots still count: the live one keeps its half.)
-    let again = store
-        .claim(&slots_demand(alive, "m", 10, 5, 0, 0))
-        .await
-        .unwrap()
-        .requests;
-    let ids: HashSet<_> = again.iter().map(|c| c.id).collect();
-    assert_eq!(ids.len(), 2);
-}
-
-/// Ages a daemon's heartbeat by an hour.
-async fn go_silent(pool: &PgPool, d: DaemonId) {
-    sqlx::query("UPDATE daemons SET last_heartbeat = now() - interval '1 hour' WHERE id = $1")
-        .bind(d)
-        .execute(pool)
-        .await
-        .unwrap();
-}
-
-async fn status_of(pool: &PgPool, d: DaemonId) -> String {
-    sqlx::query_scalar("SELECT status FROM daemons WHERE id = $1")
-        .bind(d)
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 #[sqlx::test]
-async fn a_dead_daemon_claims_nothing_and_its_slots_count_until_forgotten(pool: PgPool) {
-    let store = store(&pool).await;
-    batch_of(&store, "m", 20, "24h").await;
-    let (slow, other) = (common::daemon(&store).await, common::daemon(&store).await);
-    let first = store
-        .claim(&slots_demand(slow, "m", 4, 4, 0, 0))
-        .await
-        .unwrap();
-    assert_eq!(slots_of(&first, "m"), 4);
-    go_silent(&pool, slow).await;
-    let minute = Duration::from_secs(60);
-    let r = store.rescue(other, Some(minute), minute).await.unwrap();
-    assert_eq!((r.dead_daemons, r.requests), (1, 8));
-
-    // Declared dead, it gets nothing more...
-    let late = store
-        .claim(&slots_demand(slow, "m", 4, 4, 0, 0))
-        .await
-        .unwrap();
-    assert!(late.requests.is_empty());
-    assert_eq!(slots_of(&late, "m"), 0);
-    // ...and its slots still count: it may be calling until it learns.
-    let c = store
-        .claim(&slots_demand(other, "m", 4, 4, 0, 0))
-        .await
-        .unwrap();
-    assert_eq!(slots_of(&c, "m"), 0);
-    assert!(c.requests.is_empty());
-    store.rescue(other, None, minute).await.unwrap();
-    let c = store
-        .claim(&slots_demand(other, "m", 4, 4, 0, 0))
-        .await
-        .unwrap();
-    assert_eq!(slots_of(&c, "m"), 0, "dead for less than the window");
-
-    // A window after its death they are forgotten.
-    sqlx::query("UPDATE daemons SET stopped_at = now() - interval '61 seconds' WHERE id = $1")
-        .bind(slow)
-        .execute(&pool)
-        .await
-        .unwrap();
-    store.rescue(other, None, minute).await.unwrap();
-    let c = store
-        .claim(&slots_demand(other, "m", 4, 4, 0, 0))
-        .await
-        .unwrap();
-    assert_eq!(slots_of(&c, "m"), 4);
-    assert_eq!(c.requests.len(), 8);
-}
-
-#[sqlx::test]
-async fn a_rescuer_never_declares_itself_dead_nor_anyone_without_a_window(pool: PgPool) {
-    let store = store(&pool).await;
-    let (me, them) = (common::daemon(&store).await, common::daemon(&store).await);
-    go_silent(&pool, me).await;
-    go_silent(&pool, them).await;
-    let minute = Duration::from_secs(60);
-    let r = store.rescue(me, None, minute).await.unwrap();
-    assert_eq!(
-        r.dead_daemons, 0,
-        "no stale window: nobody is declared dead"
-    );
-    assert_eq!(status_of(&pool, them).await, "running");
-    let r = store.rescue(me, Some(minute), minute).await.unwrap();
-    assert_eq!(r.dead_daemons, 1);
-    assert_eq!(status_of(&pool, them).await, "dead");
-    assert_eq!(status_of(&pool, me).await, "running", "never itself");
-}
-
-#[sqlx::test]
-async fn a_retired_daemon_returns_its_claims_at_once_and_its_slots_a_window_later(pool: PgPool) {
-    let store = store(&pool).await;
-    batch_of(&store, "m", 20, "24h").await;
-    let (fenced, other) = (common::daemon(&store).await, common::daemon(&store).await);
-    let mine = store
-        .claim(&slots_demand(fenced, "m", 4, 4, 0, 0))
-        .await
-        .unwrap()
-        .requests;
-    assert_eq!(mine.len(), 8);
-    assert_eq!(store.retire_daemon(fenced).await.unwrap(), 8);
-    assert_eq!(status_of(&pool, fenced).await, "dead");
-    // Its late writes are refused; it cannot heartbeat.
-    assert!(store.finish(&[done(&mine[0])]).await.unwrap().is_empty());
-    assert!(
-        store
-            .heartbeat(fenced, DaemonStats::default())
-            .await
-            .is_err()
-    );
-    // Its slots count for one window more, like any dead daemon's.
-    let minute = Duration::from_secs(60);
-    store.rescue(other, None, minute).await.unwrap();
-    let c = store
-        .claim(&slots_demand(other, "m", 4, 4, 0, 0))
-        .await
-        .unwrap();
-    assert_eq!(slots_of(&c, "m"), 0);
-    sqlx::query("UPDATE daemons SET stopped_at = now() - interval '61 seconds' WHERE id = $1")
-        .bind(fenced)
-        .execute(&pool)
-        .await
-        .unwrap();
-    store.rescue(other, None, minute).await.unwrap();
-    let c = store
-        .claim(&slots_demand(other, "m", 4, 4, 0, 0))
-        .await
-        .unwrap();
-    assert_eq!(slots_of(&c, "m"), 4);
-    // Its claims are claimable again, first in line.
-    let ids: HashSet<_> = c.requests.iter().map(|r| r.id).collect();
-    assert_eq!(ids.len(), 8);
-    assert!(mine.iter().all(|r| ids.contains(&r.id)));
-    // Retiring again changes nothing.
-    assert_eq!(store.retire_daemon(fenced).await.unwrap(), 0);
-}
-
-#[sqlx::test]
-async fn finalize_completes_expires_and_cancels(pool: PgPool) {
+async fn finalize_expires_a_batch_past_its_deadline(pool: PgPool) {
     let store = store(&pool).await;
     let d = common::daemon(&store).await;
-
-    // Completed: every request ended.
-    let b1 = batch_of(&store, "one", 2, "24h").await;
-    let got = claim(&store, d, "one", 10, 10, 10).await;
-    assert!(store.finalize(10).await.unwrap().is_empty());
-    let fin: Vec<Finished> = got.iter().map(done).collect();
-    store.finish(&fin).await.unwrap();
-    let report = store.finalize(10).await.unwrap();
-    assert_eq!(report.completed, vec![b1]);
-    let b = store.get_batch(Owner::Any, b1).await.unwrap().unwrap();
-    assert_eq!(b.status, BatchStatus::Completed);
-    assert!(b.completed_at.is_some() && b.finalizing_at.is_some());
-
-    // Expired: past the deadline, finished results kept, the rest batch_expired.
+    // Past the deadline: finished results kept, the rest batch_expired.
     let b2 = batch_of(&store, "two", 3, "24h").await;
     let got = claim(&store, d, "two", 10, 2, 10).await;
     store.finish(&[done(&got[0])]).await.unwrap();
@@ -685,48 +161,6 @@ async fn finalize_completes_expires_and_cancels(pool: PgPool) {
     assert_eq!(errs.matches("batch_expired").count(), 2);
     // The in-flight one lost its lease.
     assert!(store.finish(&[done(&got[1])]).await.unwrap().is_empty());
-
-    // Cancelled: waits for the in-flight request, which the daemon ends.
-    let b3 = batch_of(&store, "three", 3, "24h").await;
-    let got = claim(&store, d, "three", 10, 1, 10).await;
-    let b = store.cancel_batch(Owner::Any, b3).await.unwrap();
-    assert_eq!(b.status, BatchStatus::Cancelling);
-    assert!(store.finalize(10).await.unwrap().cancelled.is_empty());
-    let lost = store
-        .lost_leases(d, &[(got[0].id, got[0].attempt)])
-        .await
-        .unwrap();
-    assert_eq!(lost, vec![got[0].id], "the daemon is told to stop the call");
-    let canceled = Finished {
-        id: got[0].id,
-        attempt: got[0].attempt,
-        state: RequestState::Canceled,
-        status_code: None,
-        upstream_request_id: None,
-        body: None,
-        error: Some(ResultError::new("batch_cancelled", "cancelled")),
-        usage: None,
-    };
-    assert_eq!(store.finish(&[canceled]).await.unwrap().len(), 1);
-    assert_eq!(store.finalize(10).await.unwrap().cancelled, vec![b3]);
-    let b = store.get_batch(Owner::Any, b3).await.unwrap().unwrap();
-    assert_eq!(b.status, BatchStatus::Cancelled);
-    assert_eq!(b.request_counts.canceled, 3);
-    let errs = String::from_utf8(collect(store.error_stream(b3)).await).unwrap();
-    assert_eq!(errs.lines().count(), 3);
-}
-
-#[sqlx::test]
-async fn a_new_batch_wakes_listeners(pool: PgPool) {
-    use fusillade::store::WorkNotifier;
-    use futures_util::StreamExt;
-    let store = store(&pool).await;
-    let mut signals = store.listen_for_work().await.unwrap();
-    batch_of(&store, "m", 1, "24h").await;
-    tokio::time::timeout(Duration::from_secs(10), signals.next())
-        .await
-        .expect("a signal arrives")
-        .expect("the stream goes on");
 }
 
 #[sqlx::test]

@@ -2,12 +2,17 @@
 //! the helpers they share. Everything here speaks through the store traits
 //! and fusillade's public API only, so that every backend runs it as is.
 
+pub mod answers;
 pub mod api;
 pub mod batches;
+pub mod coalescing;
+pub mod coalescing_identical;
+pub mod daemon_runtime;
 pub mod daemons;
 pub mod file_access;
 pub mod files;
 pub mod lifecycle;
+pub mod queue;
 pub mod requests;
 
 use crate::common::{CHAT, chunked, collect, jsonl, line, new_batch};

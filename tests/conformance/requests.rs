@@ -423,3 +423,44 @@ pub async fn large_results_stream_in_pages_bounded_by_bytes<S: Backend>(store: &
         1
     );
 }
+
+pub async fn bodies_text_cannot_hold_are_stored_byte_for_byte<S: Backend>(store: &S) {
+    let (batch, got) = batch_with(store, 4).await;
+    let bodies: [&[u8]; 4] = [
+        br#"{"content":"a\u0000b"}"#,
+        b"{\"content\":\"a\0b\"}",
+        b"not UTF-8: \xff\xfe\x00 \xc3",
+        b"plain",
+    ];
+    let finishes: Vec<Finished> = got
+        .iter()
+        .zip(bodies)
+        .map(|(c, b)| Finished {
+            body: Some(b.to_vec()),
+            ..result(c, Some(200), None, None)
+        })
+        .collect();
+    assert_eq!(store.finish(&finishes).await.unwrap().len(), 4);
+    // Kept exactly: JSON as JSON, other text as a string, bytes that are
+    // not UTF-8 as lone surrogates of each byte.
+    let out = collect(store.output_stream(batch.id)).await;
+    let out = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines[0].contains(r#""body":{"content":"a\u0000b"}"#),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains(r#""body":"{\"content\":\"a\u0000b\"}""#),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].contains(r#""body":"not UTF-8: \udcff\udcfe\u0000 \udcc3""#),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[3].contains(r#""body":"plain""#), "{}", lines[3]);
+}

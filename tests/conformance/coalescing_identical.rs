@@ -1,14 +1,12 @@
-//! Request coalescing against a real PostgreSQL and the mock: identical
-//! deterministic requests sent once, and single-input embeddings packed.
+//! Request coalescing of identical lines: identical deterministic requests
+//! sent once, and single-input embeddings packed.
 
-mod common;
-
-use common::daemon::*;
-use common::*;
+use super::*;
+use crate::common::daemon::*;
+use crate::common::{CHAT, EMBEDDINGS, jsonl, line_with, new_batch};
 use fusillade::mock::{CacheModel, MockBehavior, MockUpstream, answer_for, embedding_for};
-use fusillade::store::{BatchStore, Owner, RequestStore};
+use fusillade::store::Owner;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -34,17 +32,16 @@ fn by_custom_id(lines: &[Value]) -> std::collections::HashMap<String, Value> {
         .collect()
 }
 
-async fn run(
-    pool: &PgPool,
+async fn run<S: Backend>(
+    store: &S,
     mock: &MockUpstream,
     lines: &[String],
     extra: &str,
 ) -> (Vec<Value>, Vec<Value>, fusillade::domain::batch::Batch) {
-    let store = store(pool).await;
-    let batch = batch_from_lines(&store, lines).await;
+    let batch = batch_from_lines(store, lines).await;
     let cfg = config(&mock.url(), &format!("concurrency = 4\n{extra}"), "", "");
-    let daemon = start(&store, cfg);
-    let done = finished_batch(&store, batch, LONG).await;
+    let daemon = start(store, cfg);
+    let done = finished_batch(store, batch, LONG).await;
     daemon.stop().await;
     let out = json_lines(store.output_stream(batch)).await;
     let err = json_lines(store.error_stream(batch)).await;
@@ -53,8 +50,9 @@ async fn run(
     (out, err, b)
 }
 
-#[sqlx::test]
-async fn identical_temperature_zero_lines_are_sent_once_and_each_answered(pool: PgPool) {
+pub async fn identical_temperature_zero_lines_are_sent_once_and_each_answered<S: Backend>(
+    store: &S,
+) {
     let mock = MockUpstream::start(slow_cache_mock()).await;
     let mut lines = Vec::new();
     let mut bodies = Vec::new();
@@ -68,7 +66,7 @@ async fn identical_temperature_zero_lines_are_sent_once_and_each_answered(pool: 
         lines.push(l);
         bodies.push(b);
     }
-    let (out, err, batch) = run(&pool, &mock, &lines, "").await;
+    let (out, err, batch) = run(store, &mock, &lines, "").await;
     assert!(err.is_empty(), "{err:?}");
     assert_eq!(out.len(), 11);
     let stats = mock.cache_stats().unwrap();
@@ -94,8 +92,7 @@ async fn identical_temperature_zero_lines_are_sent_once_and_each_answered(pool: 
     assert_eq!(batch.usage.input_tokens as u64, prompt, "{:?}", batch.usage);
 }
 
-#[sqlx::test]
-async fn lines_at_a_temperature_are_always_sent(pool: PgPool) {
+pub async fn lines_at_a_temperature_are_always_sent<S: Backend>(store: &S) {
     let mock = MockUpstream::start(slow_cache_mock()).await;
     let mut lines = Vec::new();
     for i in 0..4 {
@@ -106,18 +103,17 @@ async fn lines_at_a_temperature_are_always_sent(pool: PgPool) {
     for i in 0..2 {
         lines.push(line_with(&format!("none-{i}"), CHAT, &body.to_string()));
     }
-    let (out, _, _) = run(&pool, &mock, &lines, "").await;
+    let (out, _, _) = run(store, &mock, &lines, "").await;
     assert_eq!(out.len(), 6);
     assert_eq!(mock.cache_stats().unwrap().calls, 6);
 }
 
-#[sqlx::test]
-async fn coalesce_never_sends_every_line(pool: PgPool) {
+pub async fn coalesce_never_sends_every_line<S: Backend>(store: &S) {
     let mock = MockUpstream::start(slow_cache_mock()).await;
     let lines: Vec<String> = (0..5)
         .map(|i| chat(&format!("same-{i}"), "q", 0.0).0)
         .collect();
-    let (out, _, _) = run(&pool, &mock, &lines, "coalesce = \"never\"").await;
+    let (out, _, _) = run(store, &mock, &lines, "coalesce = \"never\"").await;
     assert_eq!(out.len(), 5);
     assert_eq!(mock.cache_stats().unwrap().calls, 5);
 }
@@ -130,8 +126,9 @@ fn embedding_line(i: usize, input: &str) -> String {
     )
 }
 
-#[sqlx::test]
-async fn single_input_embeddings_share_calls_and_a_bad_input_fails_alone(pool: PgPool) {
+pub async fn single_input_embeddings_share_calls_and_a_bad_input_fails_alone<S: Backend>(
+    store: &S,
+) {
     let mock = MockUpstream::start(MockBehavior::with_cache(CacheModel::default())).await;
     let inputs: Vec<String> = (0..200)
         .map(|i| {
@@ -147,16 +144,15 @@ async fn single_input_embeddings_share_calls_and_a_bad_input_fails_alone(pool: P
         .enumerate()
         .map(|(i, t)| embedding_line(i, t))
         .collect();
-    let store = store(&pool).await;
-    let file = upload(&store, "", &jsonl(&lines)).await;
+    let file = upload(store, "", &jsonl(&lines)).await;
     let batch = store
         .create_batch(new_batch("", file.id, EMBEDDINGS))
         .await
         .unwrap()
         .id;
     let cfg = config(&mock.url(), "concurrency = 4", "", "");
-    let daemon = start(&store, cfg);
-    finished_batch(&store, batch, LONG).await;
+    let daemon = start(store, cfg);
+    finished_batch(store, batch, LONG).await;
     daemon.stop().await;
     let out = json_lines(store.output_stream(batch)).await;
     let err = json_lines(store.error_stream(batch)).await;

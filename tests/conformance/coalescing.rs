@@ -1,19 +1,12 @@
-//! Request coalescing against a real PostgreSQL and the mock: claims in
-//! prefix-group order (deadlines first), replica affinity, and what it does
-//! to a prefix cache's hit rate.
+//! Request coalescing: claims in prefix-group order (deadlines first),
+//! replica affinity, and what it does to a prefix cache's hit rate.
 
-mod common;
-
-use common::daemon::*;
-use common::*;
-use fusillade::PostgresStore;
-use fusillade::domain::ids::DaemonId;
+use super::*;
+use crate::common::daemon::*;
+use crate::common::{CHAT, jsonl, line_with, new_batch};
 use fusillade::mock::{CacheModel, MockBehavior, MockReply, MockUpstream};
-use fusillade::store::{
-    ClaimRequest, DaemonStore, ModelDemand, NewDaemon, QueueStore, RequestStore,
-};
+use fusillade::store::ModelDemand;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,7 +38,7 @@ fn interleaved(prompts: usize, questions: usize, words: usize) -> Vec<String> {
     lines
 }
 
-async fn daemon_id(store: &PostgresStore) -> DaemonId {
+async fn daemon_id<S: Backend>(store: &S) -> DaemonId {
     store
         .register_daemon(NewDaemon {
             hostname: "test".into(),
@@ -90,11 +83,9 @@ fn group_changes(ids: &[String]) -> usize {
         .count()
 }
 
-#[sqlx::test]
-async fn a_claim_takes_requests_of_one_prefix_together(pool: PgPool) {
-    let store = store(&pool).await;
-    batch_from_lines(&store, &interleaved(4, 5, 20)).await;
-    let d = daemon_id(&store).await;
+pub async fn a_claim_takes_requests_of_one_prefix_together<S: Backend>(store: &S) {
+    batch_from_lines(store, &interleaved(4, 5, 20)).await;
+    let d = daemon_id(store).await;
     let custom_ids = |c: &fusillade::store::Claim| -> Vec<String> {
         c.requests
             .iter()
@@ -120,12 +111,10 @@ async fn a_claim_takes_requests_of_one_prefix_together(pool: PgPool) {
     }
 }
 
-#[sqlx::test]
-async fn without_grouping_a_claim_takes_line_order(pool: PgPool) {
-    let store = store(&pool).await;
+pub async fn without_grouping_a_claim_takes_line_order<S: Backend>(store: &S) {
     let lines = interleaved(4, 5, 20);
-    batch_from_lines(&store, &lines).await;
-    let d = daemon_id(&store).await;
+    batch_from_lines(store, &lines).await;
+    let d = daemon_id(store).await;
     let claim = store.claim(&demand(d, 20, false)).await.unwrap();
     let mut ids: Vec<_> = claim.requests.iter().map(|r| r.id).collect();
     let claimed = ids.clone();
@@ -143,11 +132,9 @@ async fn without_grouping_a_claim_takes_line_order(pool: PgPool) {
     );
 }
 
-#[sqlx::test]
-async fn a_tight_window_batch_goes_before_a_large_day_long_one(pool: PgPool) {
-    let store = store(&pool).await;
+pub async fn a_tight_window_batch_goes_before_a_large_day_long_one<S: Backend>(store: &S) {
     // The day-long batch comes first and has many groups.
-    batch_from_lines(&store, &interleaved(10, 10, 10)).await;
+    batch_from_lines(store, &interleaved(10, 10, 10)).await;
     let urgent: Vec<String> = (0..5)
         .map(|i| {
             chat_line(
@@ -158,13 +145,11 @@ async fn a_tight_window_batch_goes_before_a_large_day_long_one(pool: PgPool) {
             )
         })
         .collect();
-    let file = upload(&store, "", &jsonl(&urgent)).await;
+    let file = upload(store, "", &jsonl(&urgent)).await;
     let mut nb = new_batch("", file.id, CHAT);
     nb.completion_window = "10m";
-    fusillade::store::BatchStore::create_batch(&store, nb)
-        .await
-        .unwrap();
-    let d = daemon_id(&store).await;
+    store.create_batch(nb).await.unwrap();
+    let d = daemon_id(store).await;
     let claim = store.claim(&demand(d, 8, true)).await.unwrap();
     let ids: Vec<String> = claim
         .requests
@@ -191,9 +176,8 @@ async fn recording_mock(seen: Arc<Mutex<Vec<String>>>) -> MockUpstream {
     .await
 }
 
-async fn run_on_two_replicas(pool: &PgPool, grouping: bool) -> (Vec<String>, Vec<String>) {
-    let store = store(pool).await;
-    let batch = batch_from_lines(&store, &interleaved(6, 6, 8)).await;
+async fn run_on_two_replicas<S: Backend>(store: &S, grouping: bool) -> (Vec<String>, Vec<String>) {
+    let batch = batch_from_lines(store, &interleaved(6, 6, 8)).await;
     let (a_seen, b_seen) = (Arc::default(), Arc::default());
     let a = recording_mock(Arc::clone(&a_seen)).await;
     let b = recording_mock(Arc::clone(&b_seen)).await;
@@ -207,8 +191,8 @@ async fn run_on_two_replicas(pool: &PgPool, grouping: bool) -> (Vec<String>, Vec
         &format!("prefix_grouping = {grouping}"),
         "",
     );
-    let daemon = start(&store, cfg);
-    let done = finished_batch(&store, batch, LONG).await;
+    let daemon = start(store, cfg);
+    let done = finished_batch(store, batch, LONG).await;
     daemon.stop().await;
     assert_eq!(done.request_counts.completed, 36);
     let a_seen = a_seen.lock().unwrap().clone();
@@ -216,9 +200,8 @@ async fn run_on_two_replicas(pool: &PgPool, grouping: bool) -> (Vec<String>, Vec
     (a_seen, b_seen)
 }
 
-#[sqlx::test]
-async fn a_prefix_group_sticks_to_one_replica(pool: PgPool) {
-    let (a, b) = run_on_two_replicas(&pool, true).await;
+pub async fn a_prefix_group_sticks_to_one_replica<S: Backend>(store: &S) {
+    let (a, b) = run_on_two_replicas(store, true).await;
     assert_eq!(a.len() + b.len(), 36);
     let a: HashSet<String> = a.into_iter().collect();
     let b: HashSet<String> = b.into_iter().collect();
@@ -228,19 +211,17 @@ async fn a_prefix_group_sticks_to_one_replica(pool: PgPool) {
     );
 }
 
-#[sqlx::test]
-async fn without_grouping_calls_are_dealt_to_the_replicas_in_turn(pool: PgPool) {
-    let (a, b) = run_on_two_replicas(&pool, false).await;
+pub async fn without_grouping_calls_are_dealt_to_the_replicas_in_turn<S: Backend>(store: &S) {
+    let (a, b) = run_on_two_replicas(store, false).await;
     assert_eq!(a.len(), 18);
     assert_eq!(b.len(), 18);
 }
 
 /// Runs 8 prompts × 8 questions, interleaved, through a daemon against the
 /// cache-modelling mock (cache room for 2 prompts); returns the hit rate.
-async fn hit_rate(pool: &PgPool, grouping: bool) -> f64 {
-    let store = store(pool).await;
+async fn hit_rate<S: Backend>(store: &S, grouping: bool) -> f64 {
     let lines = interleaved(8, 8, 95);
-    let batch = batch_from_lines(&store, &lines).await;
+    let batch = batch_from_lines(store, &lines).await;
     let mock = MockUpstream::start(MockBehavior::with_cache(CacheModel {
         capacity_blocks: 14,
         decode: Duration::from_millis(5),
@@ -253,8 +234,8 @@ async fn hit_rate(pool: &PgPool, grouping: bool) -> f64 {
         &format!("prefix_grouping = {grouping}"),
         "",
     );
-    let daemon = start(&store, cfg);
-    let done = finished_batch(&store, batch, LONG).await;
+    let daemon = start(store, cfg);
+    let done = finished_batch(store, batch, LONG).await;
     daemon.stop().await;
     assert_eq!(done.request_counts.completed, 64);
     // Every line got the answer to its own prompt.
@@ -280,22 +261,19 @@ async fn hit_rate(pool: &PgPool, grouping: bool) -> f64 {
     mock.cache_stats().unwrap().hit_rate()
 }
 
-#[sqlx::test]
-async fn grouping_raises_the_prefix_cache_hit_rate(pool: PgPool) {
-    let off = hit_rate(&pool, false).await;
+pub async fn grouping_raises_the_prefix_cache_hit_rate<S: Backend>(store: &S) {
+    let off = hit_rate(store, false).await;
     // A second batch on the same database: the first one's rows are gone
     // from the queue, and the cache is a fresh mock's.
-    let on = hit_rate(&pool, true).await;
+    let on = hit_rate(store, true).await;
     assert!(
         on >= 0.75 && on > off + 0.2,
         "hit rate grouped {on:.2}, in file order {off:.2}"
     );
 }
 
-#[sqlx::test]
-async fn a_replica_that_refuses_connections_is_left_out(pool: PgPool) {
-    let store = store(&pool).await;
-    let batch = batch_from_lines(&store, &interleaved(6, 6, 8)).await;
+pub async fn a_replica_that_refuses_connections_is_left_out<S: Backend>(store: &S) {
+    let batch = batch_from_lines(store, &interleaved(6, 6, 8)).await;
     let seen = Arc::default();
     let up = recording_mock(Arc::clone(&seen)).await;
     // A port nobody listens on: connections are refused.
@@ -309,25 +287,20 @@ async fn a_replica_that_refuses_connections_is_left_out(pool: PgPool) {
         "",
         "",
     );
-    let daemon = start(&store, cfg);
-    let done = finished_batch(&store, batch, LONG).await;
+    let daemon = start(store, cfg);
+    let done = finished_batch(store, batch, LONG).await;
     daemon.stop().await;
     assert_eq!(done.request_counts.completed, 36);
     assert_eq!(seen.lock().unwrap().len(), 36);
 }
 
-#[sqlx::test]
-async fn a_scoped_claim_of_a_private_batch_takes_whole_prefix_groups(pool: PgPool) {
+pub async fn a_scoped_claim_of_a_private_batch_takes_whole_prefix_groups<S: Backend>(store: &S) {
     // `fusillade run`'s daemon, scoped to its own private batch.
-    let store = store(&pool).await;
-    let file = upload(&store, "", &jsonl(&interleaved(4, 5, 20))).await;
+    let file = upload(store, "", &jsonl(&interleaved(4, 5, 20))).await;
     let mut nb = new_batch("", file.id, CHAT);
     nb.private = true;
-    let batch = fusillade::store::BatchStore::create_batch(&store, nb)
-        .await
-        .unwrap()
-        .id;
-    let d = daemon_id(&store).await;
+    let batch = store.create_batch(nb).await.unwrap().id;
+    let d = daemon_id(store).await;
     let mut req = demand(d, 10, true);
     req.scope = Some(batch);
     let ids: Vec<String> = store
