@@ -2,9 +2,11 @@
 //!
 //! The rest of the crate speaks to storage only through the traits below
 //! ([`FileStore`], [`BatchStore`], [`RequestStore`], [`DaemonStore`],
-//! [`ResponseStepStore`]), never through a raw pool, so that another backend
-//! (an embedded one is planned) can implement the same traits. Everything
-//! PostgreSQL-specific stays inside [`PostgresStore`].
+//! [`ResponseStepStore`]), never through a raw pool, so that every backend
+//! implements the same traits: [`PostgresStore`] and the embedded
+//! [`SqliteStore`] (`sqlite/`, with its own schema), chosen by [`open`] and
+//! held as a [`Store`]. Everything PostgreSQL-specific stays inside
+//! [`PostgresStore`].
 //!
 //! What every backend shares: [`StoreError`] (`error`), whose variants are
 //! all a caller matches (never a driver's error or a constraint's name);
@@ -71,7 +73,7 @@ pub use error::{BackendError, StoreError, UniqueKey};
 pub use files::{FileListQuery, NewFile, Order};
 pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
-pub use open::{OpenError, Store, open, redact};
+pub use open::{OpenError, Store, open, redact, sqlite_path};
 pub use pools::{API_ACQUIRE_TIMEOUT, API_CONNECTIONS, DbPools, TestDbPools};
 pub use queue::{
     CLAIM_SQL, Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue,
