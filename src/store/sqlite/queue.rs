@@ -190,7 +190,7 @@ impl QueueStore for SqliteStore {
                  claimed_at = ?2 \
              WHERE id IN ({pick}) AND state = 'pending' \
              RETURNING id, batch_id, template_id, attempt, retries, model, custom_id, \
-                       prefix_key, deadline"
+                       prefix_key, deadline, owner"
         );
         let (lo, hi) = match req.scope {
             Some(b) => (Some(batch_lo(b)), Some(batch_hi(b))),
