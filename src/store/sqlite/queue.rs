@@ -21,6 +21,17 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The error line of a failure that came without one.
 const NO_ERROR: &str = r#"{"code":"upstream_error","message":""}"#;
 
+/// Bytes as lowercase hex, for SQLite's `unhex`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
 fn clamp_i64(v: u32) -> i64 {
     i64::from(v)
 }
@@ -280,70 +291,98 @@ impl QueueStore for SqliteStore {
             return Ok(Vec::new());
         }
         let now = micros(chrono::Utc::now());
+        // The rows as one JSON array, so that each step below is one
+        // statement whatever their number (bodies as hex: JSON has no bytes).
+        let mut rows = Vec::with_capacity(items.len());
+        for i in items {
+            assert!(i.state.is_terminal(), "finish needs a terminal state");
+            let ok = i.state == RequestState::Completed;
+            let error = match (&i.error, ok) {
+                (_, true) => None,
+                (Some(e), false) => Some(serde_json::to_string(e).map_err(|e| {
+                    StoreError::Rejected(crate::store::BackendError::with_source(e.to_string(), e))
+                })?),
+                (None, false) => Some(NO_ERROR.to_owned()),
+            };
+            rows.push(serde_json::json!([
+                i.id.0.simple().to_string(),
+                i.attempt,
+                i.state.as_str(),
+                ok,
+                i.status_code,
+                i.upstream_request_id,
+                i.body.as_deref().map(hex),
+                error,
+            ]));
+        }
+        let rows = serde_json::Value::Array(rows).to_string();
         let write = async {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-            let mut accepted = Vec::with_capacity(items.len());
-            // Per batch: completed, failed, canceled, then the five token totals.
-            let mut tally: BTreeMap<crate::domain::batch::BatchId, [i64; 8]> = BTreeMap::new();
-            for i in items {
-                assert!(i.state.is_terminal(), "finish needs a terminal state");
-                let ok = i.state == RequestState::Completed;
-                let error = if ok {
-                    None
-                } else {
-                    Some(match &i.error {
-                        Some(e) => serde_json::to_string(e)
-                            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
-                        None => NO_ERROR.to_owned(),
-                    })
-                };
-                // In flight = not pending (the only other live state).
-                let row = sqlx::query(&format!(
-                    "INSERT INTO request_results ({RESULT_RECORD}, state, ok, status_code, \
-                         upstream_request_id, body, error, finished_at) \
-                     SELECT {RECORD}, ?3, ?4, ?5, ?6, ?7, ?8, ?9 FROM requests \
-                     WHERE id = ?1 AND attempt = ?2 AND state <> 'pending' \
-                     RETURNING batch_id"
-                ))
-                .bind(i.id)
-                .bind(i.attempt)
-                .bind(i.state)
-                .bind(ok)
-                .bind(i.status_code)
-                .bind(i.upstream_request_id.as_deref())
-                .bind(i.body.as_deref())
-                .bind(error)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else { continue };
-                accepted.push(i.id);
-                let batch: Option<crate::domain::batch::BatchId> = row.try_get("batch_id")?;
-                if let Some(b) = batch {
-                    let t = tally.entry(b).or_default();
-                    match i.state {
-                        RequestState::Completed => t[0] += 1,
-                        RequestState::Failed => t[1] += 1,
-                        _ => t[2] += 1,
-                    }
-                    if let Some(u) = &i.usage {
-                        t[3] += u.input_tokens;
-                        t[4] += u.cached_tokens;
-                        t[5] += u.output_tokens;
-                        t[6] += u.reasoning_tokens;
-                        t[7] += u.total_tokens;
-                    }
-                }
+            // Whose lease holds (in flight = not pending, the only other
+            // live state), as one row.
+            let held: Option<String> = sqlx::query_scalar(
+                "SELECT json_group_array(json_array(lower(hex(q.id)), lower(hex(q.batch_id)))) \
+                 FROM json_each(?1) j JOIN requests q ON q.id = unhex(j.value ->> 0) \
+                 WHERE q.attempt = j.value ->> 1 AND q.state <> 'pending'",
+            )
+            .bind(&rows)
+            .fetch_one(&mut *tx)
+            .await?;
+            let held: Vec<(String, Option<String>)> =
+                serde_json::from_str(held.as_deref().unwrap_or("[]"))
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            if held.is_empty() {
+                tx.rollback().await?;
+                return Ok::<_, sqlx::Error>(Vec::new());
             }
-            // The queue rows go, in one statement: their records moved above.
-            if !accepted.is_empty() {
-                let ids: Vec<String> = accepted.iter().map(|i| i.0.simple().to_string()).collect();
-                sqlx::query(
-                    "DELETE FROM requests WHERE id IN (SELECT unhex(value) FROM json_each(?))",
-                )
+            sqlx::query(&format!(
+                "INSERT INTO request_results ({RESULT_RECORD}, state, ok, status_code, \
+                     upstream_request_id, body, error, finished_at) \
+                 SELECT {q_record}, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5, \
+                        unhex(j.value ->> 6), j.value ->> 7, ?2 \
+                 FROM json_each(?1) j JOIN requests q ON q.id = unhex(j.value ->> 0) \
+                 WHERE q.attempt = j.value ->> 1 AND q.state <> 'pending'",
+                q_record = RECORD
+                    .split(", ")
+                    .map(|c| format!("q.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ))
+            .bind(&rows)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let ids: Vec<&str> = held.iter().map(|h| h.0.as_str()).collect();
+            sqlx::query("DELETE FROM requests WHERE id IN (SELECT unhex(value) FROM json_each(?))")
                 .bind(serde_json::to_string(&ids).expect("ids serialize"))
                 .execute(&mut *tx)
                 .await?;
+            // Per batch: completed, failed, canceled, then the five token totals.
+            let items_by_id: BTreeMap<RequestId, &Finished> =
+                items.iter().rev().map(|i| (i.id, i)).collect();
+            let mut tally: BTreeMap<String, [i64; 8]> = BTreeMap::new();
+            let mut accepted = Vec::with_capacity(held.len());
+            for (id, batch) in &held {
+                let id = RequestId(
+                    uuid::Uuid::try_parse(id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                );
+                accepted.push(id);
+                let (Some(batch), Some(i)) = (batch, items_by_id.get(&id)) else {
+                    continue;
+                };
+                let t = tally.entry(batch.clone()).or_default();
+                match i.state {
+                    RequestState::Completed => t[0] += 1,
+                    RequestState::Failed => t[1] += 1,
+                    _ => t[2] += 1,
+                }
+                if let Some(u) = &i.usage {
+                    t[3] += u.input_tokens;
+                    t[4] += u.cached_tokens;
+                    t[5] += u.output_tokens;
+                    t[6] += u.reasoning_tokens;
+                    t[7] += u.total_tokens;
+                }
             }
             for (batch, t) in tally {
                 sqlx::query(
@@ -352,7 +391,7 @@ impl QueueStore for SqliteStore {
                          cached_tokens = cached_tokens + ?6, output_tokens = output_tokens + ?7, \
                          reasoning_tokens = reasoning_tokens + ?8, \
                          total_tokens = total_tokens + ?9 \
-                     WHERE id = ?1",
+                     WHERE id = unhex(?1)",
                 )
                 .bind(batch)
                 .bind(t[0])
@@ -367,7 +406,7 @@ impl QueueStore for SqliteStore {
                 .await?;
             }
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(accepted)
+            Ok(accepted)
         };
         write.await.map_err(StoreError::from_write)
     }
