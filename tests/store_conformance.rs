@@ -81,6 +81,12 @@ macro_rules! for_each_case {
                 list_daemons_puts_running_ones_first_newest_first,
                 live_daemons_counts_running_ones_with_fresh_heartbeats,
             ],
+            dashboard: [
+                requests_in_one_state_page_in_line_order,
+                a_request_detail_shows_its_input_and_answer,
+                a_batch_sample_counts_calls_in_flight_and_groups_failures,
+                model_loads_show_waiting_and_running_work,
+            ],
             file_access: [
                 owners_see_only_their_files,
                 delete_hides_a_file_once,
@@ -142,6 +148,11 @@ macro_rules! for_each_case {
                 streams_without_results_are_empty,
                 large_results_stream_in_pages_bounded_by_bytes,
                 bodies_text_cannot_hold_are_stored_byte_for_byte,
+            ],
+            response_steps: [
+                steps_are_read_back_and_listed_by_chain_and_scope,
+                a_step_ends_once_and_a_retry_goes_back_to_pending,
+                a_second_successor_of_one_kind_is_refused,
             ],
         }
     };

@@ -1,6 +1,22 @@
 //! The cases of `tests/store_conformance.rs`, one module per subject, and
 //! the helpers they share. Everything here speaks through the store traits
 //! and fusillade's public API only, so that every backend runs it as is.
+//!
+//! What stays on PostgreSQL alone, and why:
+//! - several daemons at once: `daemon_liveness.rs`, and in
+//!   `daemon_runtime.rs` two daemons sharing a limit; in `daemon_faults.rs`
+//!   a daemon killed mid-flight and finished by another;
+//! - its connections and server: `daemon_faults.rs` (terminated
+//!   connections, `fusillade run` killed and rerun), `store_settle.rs` (a
+//!   server that hangs up, refusals by SQLSTATE and by planted triggers),
+//!   `daemon_poison.rs` (a trigger refusing one result), `pools.rs`;
+//! - its schema: `store_batches.rs` (unique constraints as typed errors),
+//!   `store_queue.rs` (a daemon row deleted by hand, the queue's vacuum);
+//! - a deadline moved into the past in SQL (the shortest window is a
+//!   minute and no store call takes the time): `store_api.rs` (the retry of
+//!   an expired batch), `store_queue.rs` (finalize expiring a batch),
+//!   `daemon_runtime.rs` (lines expiring under a running daemon);
+//! - the seed test, kept verbatim: `response_steps.rs`.
 
 pub mod answers;
 pub mod api;
@@ -9,11 +25,13 @@ pub mod coalescing;
 pub mod coalescing_identical;
 pub mod daemon_runtime;
 pub mod daemons;
+pub mod dashboard;
 pub mod file_access;
 pub mod files;
 pub mod lifecycle;
 pub mod queue;
 pub mod requests;
+pub mod response_steps;
 
 use crate::common::{CHAT, chunked, collect, jsonl, line, new_batch};
 use fusillade::IngestLimits;
@@ -24,8 +42,9 @@ use fusillade::domain::output::ResultError;
 use fusillade::domain::request::{RequestId, RequestRecord, RequestState};
 use fusillade::store::Owner;
 use fusillade::store::{
-    BatchStore, ClaimRequest, ClaimedRequest, DaemonStore, FileStore, Finished, HealthStore,
-    MaintenanceStore, NewDaemon, NewFile, QueueStore, RequestStore, Requeue, WorkNotifier,
+    BatchStore, ClaimRequest, ClaimedRequest, DaemonStore, DashboardStore, FileStore, Finished,
+    HealthStore, MaintenanceStore, NewDaemon, NewFile, QueueStore, RequestStore, Requeue,
+    ResponseStepStore, WorkNotifier,
 };
 use std::collections::HashMap;
 
@@ -39,6 +58,8 @@ pub trait Backend:
     + QueueStore
     + MaintenanceStore
     + HealthStore
+    + DashboardStore
+    + ResponseStepStore
     + WorkNotifier
     + Clone
     + Send

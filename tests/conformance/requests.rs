@@ -2,7 +2,7 @@
 //! shapes. Results are written as a daemon writes them: claimed, then finished.
 
 use super::*;
-use crate::common::{CHAT, collect, new_batch, valid_file};
+use crate::common::{CHAT, chat_body, collect, jsonl, line_with, new_batch, valid_file};
 use fusillade::BatchStatus;
 use fusillade::domain::output::ResultError;
 use fusillade::store::Owner;
@@ -276,7 +276,16 @@ pub async fn output_and_error_lines_have_openai_shapes<S: Backend>(store: &S) {
 
 pub async fn streams_cross_pages_and_give_every_line_once<S: Backend>(store: &S) {
     let n = 2600;
-    let (batch, reqs) = batch_with(store, n).await;
+    // One model for all: a claim of thousands of models costs seconds.
+    let lines: Vec<String> = (0..n)
+        .map(|i| line_with(&format!("r{i}"), CHAT, &chat_body("x", "m")))
+        .collect();
+    let file = upload(store, "alice", &jsonl(&lines)).await;
+    let batch = store
+        .create_batch(new_batch("alice", file.id, CHAT))
+        .await
+        .unwrap();
+    let reqs = claim_all(store, batch.id).await;
     // Every 13th request fails; the rest complete. One write for all.
     let results: Vec<Finished> = reqs
         .iter()
