@@ -110,6 +110,7 @@ async fn claim<S: Backend>(store: &S, daemon: DaemonId, n: u32) -> Vec<ClaimedRe
             max_total: n,
             scope: None,
             grouped: false,
+            schedule: Default::default(),
         })
         .await
         .unwrap()

@@ -54,6 +54,7 @@ fn demand(daemon: DaemonId, models: &[(&str, u32, u32)], max_total: u32) -> Clai
         max_total,
         scope: None,
         grouped: false,
+        schedule: Default::default(),
     }
 }
 
@@ -81,6 +82,7 @@ fn slots_demand(
         max_total: 1000,
         scope: None,
         grouped: false,
+        schedule: Default::default(),
     }
 }
 
@@ -279,6 +281,7 @@ async fn a_private_batch_is_claimed_only_by_its_scoped_daemon(pool: PgPool) {
     let scoped = ClaimRequest {
         scope: Some(private),
         grouped: false,
+        schedule: Default::default(),
         ..demand(d, &[("m", 10, 10)], 100)
     };
     let mine = store.claim(&scoped).await.unwrap();
@@ -297,6 +300,7 @@ async fn a_scoped_claim_takes_only_its_batch(pool: PgPool) {
     let scoped = ClaimRequest {
         scope: Some(mine),
         grouped: false,
+        schedule: Default::default(),
         default_limit: 10,
         default_share: 10,
         ..demand(d, &[], 100)

@@ -35,6 +35,7 @@ pub(super) async fn run<S: DaemonBackend>(
     let mut job = job;
     loop {
         let model = job.req.model.clone();
+        let owner = job.req.owner.clone();
         match packing(&shared, &job) {
             Some((partners, params, inputs)) => {
                 let mut jobs = vec![job];
@@ -43,7 +44,7 @@ pub(super) async fn run<S: DaemonBackend>(
             }
             None => run_one(&shared, job.req, job.abort, &outcomes).await,
         }
-        match shared.slots.next_after(&model) {
+        match shared.slots.next_after(&model, &owner) {
             Some(next) => job = next,
             None => return,
         }
@@ -133,6 +134,7 @@ async fn run_pack<S: DaemonBackend>(
     let first = &jobs[0].req;
     let call = UpstreamRequest {
         request_id: first.id,
+        batch_id: first.batch_id,
         custom_id: None,
         model: &first.model,
         path: &first.path,
@@ -271,6 +273,7 @@ async fn run_one<S: DaemonBackend>(
     };
     let call = UpstreamRequest {
         request_id: req.id,
+        batch_id: req.batch_id,
         custom_id: req.custom_id.as_deref(),
         model: &req.model,
         path: &req.path,
@@ -286,8 +289,10 @@ async fn run_one<S: DaemonBackend>(
         o = client.send_grouped(&call, grouped.then_some(req.prefix_key)) => Ok(o),
     };
     if outcome.is_ok() {
+        let took = sent.elapsed();
+        shared.slots.observe(&req.model, took);
         metrics::histogram!("fusillade_upstream_latency_seconds", "model" => req.model.clone())
-            .record(sent.elapsed().as_secs_f64());
+            .record(took.as_secs_f64());
     }
     // What twins waiting on this call are given (nothing: they go back to
     // the queue).

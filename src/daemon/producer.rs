@@ -33,6 +33,11 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
         .prepare_claim(|model| share(config.route(model).concurrency))
         .into_iter()
         .collect();
+    let mut schedule = config.schedule();
+    schedule.call_times = local
+        .iter()
+        .filter_map(|(m, s)| Some((m.clone(), s.call_time?)))
+        .collect();
     let mut names: Vec<&String> = config.models.keys().collect();
     names.extend(local.keys().filter(|m| !config.models.contains_key(*m)));
     let models = names
@@ -65,6 +70,7 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
         max_total,
         scope: shared.scope,
         grouped: config.daemon.prefix_grouping,
+        schedule,
     }
 }
 

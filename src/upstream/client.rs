@@ -376,7 +376,7 @@ pub(super) async fn send(
 }
 
 fn headers(route: &Route, req: &UpstreamRequest<'_>) -> Result<HeaderMap, String> {
-    let mut h = HeaderMap::with_capacity(4);
+    let mut h = HeaderMap::with_capacity(6);
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(key) = &route.api_key {
         let mut v = HeaderValue::try_from(format!("Bearer {key}"))
@@ -385,7 +385,12 @@ fn headers(route: &Route, req: &UpstreamRequest<'_>) -> Result<HeaderMap, String
         h.insert(AUTHORIZATION, v);
     }
     let id = HeaderValue::try_from(req.request_id.to_string()).expect("a uuid is a header value");
-    h.insert("x-request-id", id);
+    h.insert("x-request-id", id.clone());
+    h.insert("x-fusillade-request-id", id);
+    if let Some(b) = req.batch_id {
+        let v = HeaderValue::try_from(b.to_string()).expect("a uuid is a header value");
+        h.insert("x-fusillade-batch-id", v);
+    }
     if let Some(c) = req.custom_id {
         let v = HeaderValue::try_from(super::header_text::encode(c))
             .expect("an encoded custom_id is a header value");
