@@ -10,7 +10,7 @@
 //!    drain in time at its fair share is urgent: with `c` the observed time
 //!    of one call, `n` the requests its batch has left and `t` the time to
 //!    its deadline, it needs `n·c / (URGENCY_MARGIN·t)` slots (it plans to
-//!    finish with a quarter of the time left to spare). When that is more
+//!    finish with half of the time left to spare). When that is more
 //!    than its fair share it is topped up to that many (at most the model's
 //!    limit), earliest deadline first, ahead of everyone else.
 //! 2. **Then fair share.** The rest goes, one request at a time, to the
@@ -36,8 +36,9 @@ use std::time::Duration;
 pub const AHEAD: u32 = 2;
 
 /// The share of the time left to a deadline that an urgent batch plans to
-/// drain in: the rest is kept as margin against a slowing upstream.
-pub const URGENCY_MARGIN: f64 = 0.75;
+/// drain in: the rest is kept as margin against a slowing upstream and the
+/// time slots spend between calls (the call time does not count it).
+pub const URGENCY_MARGIN: f64 = 0.5;
 
 /// The scheduling knobs a claim is made with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -275,8 +276,8 @@ mod tests {
     fn an_urgent_batch_gets_the_slots_it_needs() {
         let s = Schedule::default();
         let mut tight = load("b", 0);
-        // 300 calls of 0.1 s with 10 s left: 30 call-seconds in 7.5 s of
-        // plan, i.e. 4 slots; its fair share of 4 slots is 2.
+        // 300 calls of 0.1 s with 10 s left: 30 call-seconds in 5 s of
+        // plan, i.e. 6 slots (all 4 there are); its fair share is 2.
         tight.deadline = Some(now() + chrono::Duration::seconds(10));
         tight.remaining = 300;
         let c = Some(Duration::from_millis(100));
