@@ -4,7 +4,7 @@ use super::abort::{Abort, AbortReason};
 use super::coalesce::{self, Follower, Role};
 use super::pack;
 use super::slots::Job;
-use super::{DaemonBackend, Shared, jitter};
+use super::{DaemonBackend, Shared, adaptive, jitter};
 use crate::domain::output::{ResultError, codes};
 use crate::domain::request::RequestState;
 use crate::domain::retry::{Decision, FailReason};
@@ -36,6 +36,13 @@ pub(super) async fn run<S: DaemonBackend>(
     loop {
         let model = job.req.model.clone();
         let owner = job.req.owner.clone();
+        if let Some(until) = shared.routes.paused_until(&model) {
+            // The upstream asked for a pause (here or to another daemon).
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = job.abort.fired() => {}
+            }
+        }
         match packing(&shared, &job) {
             Some((partners, params, inputs)) => {
                 let mut jobs = vec![job];
@@ -288,9 +295,10 @@ async fn run_one<S: DaemonBackend>(
         why = abort.fired() => Err(why),
         o = client.send_grouped(&call, grouped.then_some(req.prefix_key)) => Ok(o),
     };
-    if outcome.is_ok() {
+    if let Ok(o) = &outcome {
         let took = sent.elapsed();
         shared.slots.observe(&req.model, took);
+        adapt(shared, &config, &req.model, o, took);
         metrics::histogram!("fusillade_upstream_latency_seconds", "model" => req.model.clone())
             .record(took.as_secs_f64());
     }
@@ -348,6 +356,43 @@ async fn run_one<S: DaemonBackend>(
     }
     // The completer outlives every executor; a send error means it crashed.
     let _ = outcomes.send(write);
+}
+
+/// Takes an answer into the route's adaptive limit and pause.
+fn adapt<S: DaemonBackend>(
+    shared: &Shared<S>,
+    config: &crate::config::Config,
+    model: &str,
+    outcome: &CallOutcome,
+    took: Duration,
+) {
+    let CallOutcome::Answered {
+        status,
+        retry_after,
+        ..
+    } = outcome
+    else {
+        return;
+    };
+    let peers = shared.peers.load(Ordering::Relaxed).max(1);
+    let ceiling = config.route(model).concurrency.div_ceil(peers);
+    let in_flight = shared.slots.in_flight_of(model);
+    if let Some(cut) = shared
+        .routes
+        .record(model, ceiling, *status, took, in_flight)
+    {
+        tracing::debug!(
+            model,
+            limit = cut,
+            "upstream refused a call: route limit cut"
+        );
+        shared.slots.lower(model, cut);
+    }
+    if let (429 | 503, Some(pause)) = (*status, retry_after)
+        && !pause.is_zero()
+    {
+        adaptive::pause_everywhere(shared, model, *pause);
+    }
 }
 
 /// Ends a leader's call in the coalescer and settles its twins with

@@ -28,11 +28,12 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
     // This daemon's fair share of a limit; the database keeps the sum of
     // all daemons' slots within the whole limit.
     let share = |limit: u32| limit.div_ceil(peers);
-    let local: HashMap<String, _> = shared
-        .slots
-        .prepare_claim(|model| share(config.route(model).concurrency))
-        .into_iter()
-        .collect();
+    // Under that, the route's adaptive limit (see `adaptive`).
+    let own = |model: &str| {
+        let share = share(config.route(model).concurrency);
+        share.min(shared.routes.limit(model, share))
+    };
+    let local: HashMap<String, _> = shared.slots.prepare_claim(own).into_iter().collect();
     let mut schedule = config.schedule();
     schedule.call_times = local
         .iter()
@@ -55,7 +56,7 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
             ModelDemand {
                 model: m.clone(),
                 limit,
-                share: share(limit),
+                share: own(m),
                 in_flight: state.in_flight,
                 waiting: state.waiting.div_ceil(per_call),
                 per_call,

@@ -197,6 +197,16 @@ impl Slots {
         start
     }
 
+    /// Lowers the slots of `model` this daemon may use to `n` at once (its
+    /// route's limit was cut): calls beyond it run on, and their slots are
+    /// not handed on when they end.
+    pub fn lower(&self, model: &str, n: u32) {
+        let mut models = self.models.lock().expect("slots lock");
+        if let Some(m) = models.get_mut(model) {
+            m.granted = m.granted.min(n);
+        }
+    }
+
     /// Records how long a call of `model` took, for the call time that
     /// deadline urgency is judged by.
     pub fn observe(&self, model: &str, took: Duration) {
@@ -260,6 +270,12 @@ impl Slots {
             self.low.notify_one();
         }
         taken
+    }
+
+    /// Calls of `model` being made now.
+    pub fn in_flight_of(&self, model: &str) -> u32 {
+        let models = self.models.lock().expect("slots lock");
+        models.get(model).map_or(0, |m| m.in_flight)
     }
 
     /// Calls being made now, over all models.

@@ -57,6 +57,7 @@ mod postgres;
 mod queue;
 mod requests;
 mod response_steps;
+mod routes;
 mod settle;
 
 pub use batches::{BatchListQuery, NewBatch};
@@ -76,6 +77,7 @@ pub use queue::{
     finish_sql,
 };
 pub use response_steps::ResponseStepStore;
+pub use routes::RouteStore;
 pub use settle::{FAILURES_BEFORE_SPLIT, Refused, RefusedEnd, Settled, Settlement, WriteKind};
 
 use crate::domain::batch::{Batch, BatchId, RequestCounts};

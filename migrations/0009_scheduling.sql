@@ -12,3 +12,10 @@ WHERE b.id = q.batch_id AND b.owner <> '';
 DROP INDEX requests_claim;
 CREATE INDEX requests_claim ON requests (model, owner, deadline, prefix_key, id)
     WHERE state = 'pending' AND NOT private;
+
+-- A route (model) paused by an upstream's `Retry-After`: every daemon stops
+-- its calls of the model until `until`, not only the one that was told.
+CREATE TABLE route_pauses (
+    model  text        PRIMARY KEY,
+    until  timestamptz NOT NULL
+);
