@@ -98,6 +98,7 @@ struct RawRoute {
     coalesce: Option<String>,
     embeddings_pack: Option<u32>,
     embeddings_pack_tokens: Option<u64>,
+    priority_hint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +155,9 @@ pub struct Route {
     pub embeddings_pack: u32,
     /// Most input tokens (estimated as bytes / 4) of one packed call.
     pub embeddings_pack_tokens: u64,
+    /// The deadline written into each body as a scheduling hint for the
+    /// server (`priority_hint`; see `upstream::priority`), if any.
+    pub priority_hint: Option<crate::upstream::priority::PriorityHint>,
 }
 
 impl std::fmt::Debug for Route {
@@ -596,6 +600,10 @@ fn merge(base: &RawRoute, o: &RawRoute) -> RawRoute {
         coalesce: o.coalesce.clone().or_else(|| base.coalesce.clone()),
         embeddings_pack: o.embeddings_pack.or(base.embeddings_pack),
         embeddings_pack_tokens: o.embeddings_pack_tokens.or(base.embeddings_pack_tokens),
+        priority_hint: o
+            .priority_hint
+            .clone()
+            .or_else(|| base.priority_hint.clone()),
     }
 }
 
@@ -672,7 +680,19 @@ fn route(
             "must be from 1 to 2048 (the most inputs one embeddings call takes)",
         ));
     }
+    let priority_hint = match r.priority_hint.as_deref() {
+        None => None,
+        Some("nvext") => Some(crate::upstream::priority::PriorityHint::Nvext),
+        Some("vllm") => Some(crate::upstream::priority::PriorityHint::Vllm),
+        Some(other) => {
+            return Err(invalid(
+                format!("{key}.priority_hint"),
+                format!("is {other:?}; it must be \"nvext\" or \"vllm\""),
+            ));
+        }
+    };
     Ok(Route {
+        priority_hint,
         embeddings_pack,
         embeddings_pack_tokens: r.embeddings_pack_tokens.unwrap_or(8192).max(1),
         url: url.trim_end_matches('/').to_owned(),

@@ -535,7 +535,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         shared.tally.refused.fetch_add(1, Relaxed);
         let mut reply = MockReply::status(429, r#"{"error":{"message":"overloaded"}}"#);
         if let Some(after) = o.retry_after {
-            reply = reply.with_header("retry-after", &after.as_secs().to_string());
+            reply = reply.with_header("retry-after", after.as_secs().to_string());
         }
         let request_id = HeaderValue::from_static("mock-overloaded");
         return scripted(reply, request_id);

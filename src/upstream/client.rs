@@ -274,6 +274,11 @@ pub(super) async fn send(
     } else {
         req.body.to_owned()
     };
+    let body = match route.priority_hint {
+        Some(hint) => super::priority::with_hint(hint, &body, req.deadline, chrono::Utc::now())
+            .unwrap_or(body),
+        None => body,
+    };
     let (route_base, replica) = if req.endpoint_override.is_empty() {
         clients.base(route, prefix_key)
     } else {

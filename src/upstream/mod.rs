@@ -12,6 +12,7 @@
 
 mod client;
 pub mod header_text;
+pub mod priority;
 pub mod sse;
 
 use crate::config::Config;
