@@ -35,6 +35,7 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
     };
     let local: HashMap<String, _> = shared.slots.prepare_claim(own).into_iter().collect();
     let mut schedule = config.schedule();
+    shared.slots.set_weights(schedule.weights.clone());
     schedule.call_times = local
         .iter()
         .filter_map(|(m, s)| Some((m.clone(), s.call_time?)))

@@ -8,10 +8,11 @@
 //! next claim runs.
 //!
 //! Waiting requests are queued per owner, and a freed slot goes to the
-//! owner whose calls in flight are the smallest part of what it holds here
-//! (in flight and waiting): the calls in flight then follow the mix the
-//! claims hand out (see `domain::schedule`), and a newcomer's first
-//! requests do not wait behind everything claimed before them.
+//! waiting owner with the fewest calls in flight per unit of weight (the
+//! same rule the claims share by, see `domain::schedule`): a newcomer's
+//! first requests do not wait behind everything claimed before them, and an
+//! urgent owner, which the claims give every request, has every slot once
+//! the others' claimed requests are sent.
 
 use super::abort::Abort;
 use crate::store::ClaimedRequest;
@@ -40,14 +41,12 @@ struct OwnerQueue {
 }
 
 impl OwnerQueue {
-    /// Whether this owner should have the next slot before `o`: fewer of
-    /// what it holds in flight (compared as fractions), then the earlier
-    /// deadline of its next request.
-    fn before(&self, o: &OwnerQueue) -> bool {
+    /// Whether this owner (of weight `w`) should have the next slot before
+    /// `o` (of weight `wo`): fewer calls in flight per unit of weight, then
+    /// the earlier deadline of its next request.
+    fn before(&self, w: u64, o: &OwnerQueue, wo: u64) -> bool {
         let (a, b) = (u64::from(self.in_flight), u64::from(o.in_flight));
-        let held_a = a + self.waiting.len() as u64;
-        let held_b = b + o.waiting.len() as u64;
-        match (a * held_b).cmp(&(b * held_a)) {
+        match (a * wo).cmp(&(b * w)) {
             std::cmp::Ordering::Less => true,
             std::cmp::Ordering::Greater => false,
             std::cmp::Ordering::Equal => {
@@ -81,13 +80,14 @@ struct Model {
 impl Model {
     /// Takes the next waiting request (see the module docs) and counts it
     /// in flight.
-    fn start_next(&mut self) -> Option<Job> {
+    fn start_next(&mut self, weights: &BTreeMap<String, u32>) -> Option<Job> {
+        let weight = |o: &str| u64::from(weights.get(o).copied().unwrap_or(1).max(1));
         let mut best: Option<(&String, &OwnerQueue)> = None;
         for (name, q) in &self.owners {
             if q.waiting.is_empty() {
                 continue;
             }
-            if best.is_none_or(|(_, b)| q.before(b)) {
+            if best.is_none_or(|(b_name, b)| q.before(weight(name), b, weight(b_name))) {
                 best = Some((name, q));
             }
         }
@@ -134,6 +134,8 @@ pub(super) struct ModelState {
 #[derive(Debug, Default)]
 pub(super) struct Slots {
     models: Mutex<HashMap<String, Model>>,
+    /// Owners' weights (see `domain::schedule`); 1 for owners not named.
+    weights: Mutex<BTreeMap<String, u32>>,
     /// Wakes the claim loop: waiting requests ran low, or a slot went idle.
     low: Notify,
     /// Signalled whenever a call ends (for the shutdown wait).
@@ -174,6 +176,7 @@ impl Slots {
     /// the requests to start now (their slots are taken).
     pub fn refill(&self, granted: &[(String, u32)], claimed: Vec<Job>) -> Vec<Job> {
         let mut models = self.models.lock().expect("slots lock");
+        let weights = self.weights.lock().expect("weights lock");
         for (name, n) in granted {
             models.entry(name.clone()).or_default().granted = *n;
         }
@@ -187,7 +190,7 @@ impl Slots {
         let mut start = Vec::new();
         for m in models.values_mut() {
             while m.in_flight < m.granted {
-                let Some(job) = m.start_next() else {
+                let Some(job) = m.start_next(&weights) else {
                     break;
                 };
                 start.push(job);
@@ -195,6 +198,11 @@ impl Slots {
         }
         models.retain(|_, m| m.granted > 0 || m.in_flight > 0 || m.n_waiting > 0);
         start
+    }
+
+    /// Sets the owners' weights a freed slot is given by.
+    pub fn set_weights(&self, weights: BTreeMap<String, u32>) {
+        *self.weights.lock().expect("weights lock") = weights;
     }
 
     /// Lowers the slots of `model` this daemon may use to `n` at once (its
@@ -227,10 +235,15 @@ impl Slots {
     pub fn next_after(&self, model: &str, owner: &str) -> Option<Job> {
         let next = {
             let mut models = self.models.lock().expect("slots lock");
+            let weights = self.weights.lock().expect("weights lock");
             let m = models.get_mut(model)?;
             let hand_on = m.in_flight <= m.granted;
             m.end(owner);
-            let next = if hand_on { m.start_next() } else { None };
+            let next = if hand_on {
+                m.start_next(&weights)
+            } else {
+                None
+            };
             m.tidy();
             if next.is_none() || (m.n_waiting as u32) < m.granted.div_ceil(2) {
                 self.low.notify_one();
