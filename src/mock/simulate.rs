@@ -127,6 +127,7 @@ impl Simulation {
                 sim.reply(n, call)
             })),
             cache: None,
+            overload: None,
         }
     }
 }

@@ -59,6 +59,7 @@ mod postgres;
 mod queue;
 mod requests;
 mod response_steps;
+mod routes;
 mod rules;
 mod settle;
 mod sqlite;
@@ -80,6 +81,7 @@ pub use queue::{
     finish_sql,
 };
 pub use response_steps::ResponseStepStore;
+pub use routes::RouteStore;
 pub use settle::{FAILURES_BEFORE_SPLIT, Refused, RefusedEnd, Settled, Settlement, WriteKind};
 pub use sqlite::{SQLITE_MIGRATOR, SqliteStore};
 

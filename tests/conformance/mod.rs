@@ -119,6 +119,7 @@ pub fn claim_request(daemon: DaemonId, n: u32, scope: Option<BatchId>) -> ClaimR
         max_total: n,
         scope,
         grouped: false,
+        schedule: Default::default(),
     }
 }
 
