@@ -28,6 +28,8 @@ mod files;
 mod maintenance;
 mod queue;
 mod requests;
+mod routes;
+mod share;
 mod steps;
 mod types;
 

@@ -7,7 +7,9 @@
 
 use super::SqliteStore;
 use super::ending::{RECORD, RESULT_RECORD};
-use super::types::{NEVER, batch_hi, batch_lo, micros, std_us, time};
+use super::share::{Wanted, claim_shared, claimed_from_row};
+use super::types::{batch_hi, batch_lo, micros, std_us};
+use crate::domain::batch::BatchId;
 use crate::domain::ids::{DaemonId, TemplateId};
 use crate::domain::request::{RequestId, RequestState};
 use crate::store::guards::{in_flight, request_word};
@@ -136,7 +138,8 @@ impl QueueStore for SqliteStore {
             peers: u32::try_from(peers).unwrap_or(u32::MAX),
             ..Claim::default()
         };
-        let mut wants: Vec<(String, i64)> = Vec::new();
+        // (model, limit, how many to claim)
+        let mut wants: Vec<(String, i64, i64)> = Vec::new();
         for m in &models {
             let held = if running {
                 let wanted = if m.pending || m.waiting > 0 {
@@ -164,7 +167,7 @@ impl QueueStore for SqliteStore {
             let usable = held.min(m.share);
             let want = (2 * usable - m.in_flight - m.waiting).max(0) * m.per_call;
             if m.pending && usable > 0 && want > 0 {
-                wants.push((m.model.clone(), want));
+                wants.push((m.model.clone(), m.cap, want));
                 claim.asked = claim.asked.saturating_add(want.min(u32::MAX as i64) as u32);
             }
             claim
@@ -172,75 +175,20 @@ impl QueueStore for SqliteStore {
                 .push((m.model.clone(), usable.clamp(0, u32::MAX as i64) as u32));
         }
         claim.asked = claim.asked.min(req.max_total);
-        let mut left = i64::from(req.max_total);
-        let order = if req.grouped {
-            "deadline, prefix_key, id"
-        } else {
-            "deadline, id"
-        };
-        let pick = match (req.scope, req.grouped) {
-            (None, _) => format!(
-                "SELECT id FROM requests INDEXED BY requests_claim \
-                 WHERE state = 'pending' AND NOT private AND model = ?1 \
-                   AND not_before <= ?2 AND deadline > ?2 ORDER BY {order} LIMIT ?3"
-            ),
-            // A private batch's pending rows by prefix group.
-            (Some(_), true) => "SELECT id FROM requests INDEXED BY requests_pending_batch \
-                 WHERE batch_id = ?4 AND model = ?1 AND state = 'pending' \
-                   AND not_before <= ?2 AND deadline > ?2 ORDER BY prefix_key, id LIMIT ?3"
-                .to_owned(),
-            // The batch's own range of ids, walked in line order.
-            (Some(_), false) => "SELECT id FROM requests NOT INDEXED \
-                 WHERE id BETWEEN ?5 AND ?6 AND batch_id = ?4 AND model = ?1 \
-                   AND state = 'pending' AND not_before <= ?2 AND deadline > ?2 \
-                 ORDER BY id LIMIT ?3"
-                .to_owned(),
-        };
-        let update = format!(
-            "UPDATE requests SET state = 'claimed', attempt = attempt + 1, daemon_id = ?7, \
-                 claimed_at = ?2 \
-             WHERE id IN ({pick}) AND state = 'pending' \
-             RETURNING id, batch_id, template_id, attempt, retries, model, custom_id, \
-                       prefix_key, deadline, owner"
-        );
-        let (lo, hi) = match req.scope {
-            Some(b) => (Some(batch_lo(b)), Some(batch_hi(b))),
-            None => (None, None),
-        };
-        for (model, want) in wants {
-            if left <= 0 {
-                break;
+        claim.requests = match req.scope {
+            None => {
+                let wanted: Vec<Wanted> = wants
+                    .into_iter()
+                    .map(|(model, limit, want)| Wanted {
+                        model,
+                        limit: limit.clamp(0, i64::from(u32::MAX)) as u32,
+                        want: want.clamp(0, i64::from(u32::MAX)) as u32,
+                    })
+                    .collect();
+                claim_shared(&mut tx, req, &wanted, req.max_total, now).await?
             }
-            let k = want.min(left);
-            let rows = sqlx::query(&update)
-                .bind(&model)
-                .bind(now)
-                .bind(k)
-                .bind(req.scope)
-                .bind(lo)
-                .bind(hi)
-                .bind(req.daemon)
-                .fetch_all(&mut *tx)
-                .await?;
-            left -= rows.len() as i64;
-            for r in &rows {
-                let deadline: i64 = r.try_get("deadline")?;
-                claim.requests.push(ClaimedRequest {
-                    id: r.try_get("id")?,
-                    batch_id: r.try_get("batch_id")?,
-                    template_id: r.try_get("template_id")?,
-                    attempt: r.try_get("attempt")?,
-                    retries: r.try_get("retries")?,
-                    model: r.try_get("model")?,
-                    custom_id: r.try_get("custom_id")?,
-                    deadline: (deadline != NEVER).then(|| time(deadline)),
-                    path: String::new(),
-                    body: String::new(),
-                    endpoint: String::new(),
-                    prefix_key: r.try_get("prefix_key")?,
-                });
-            }
-        }
+            Some(batch) => claim_scoped(&mut tx, req, batch, wants, now).await?,
+        };
         // What to send: each template's line, by primary key, in one statement.
         if !claim.requests.is_empty() {
             let ids: Vec<String> = claim
@@ -483,4 +431,57 @@ impl QueueStore for SqliteStore {
             })
             .collect()
     }
+}
+
+/// Claims `wants` (model, limit, how many) of batch `batch`'s requests, at
+/// most `req.max_total` in all, without sharing: a scoped daemon runs its
+/// one batch.
+async fn claim_scoped(
+    tx: &mut sqlx::SqliteConnection,
+    req: &ClaimRequest,
+    batch: BatchId,
+    wants: Vec<(String, i64, i64)>,
+    now: i64,
+) -> Result<Vec<ClaimedRequest>> {
+    let pick = if req.grouped {
+        // A private batch's pending rows by prefix group.
+        "SELECT id FROM requests INDEXED BY requests_pending_batch \
+         WHERE batch_id = ?4 AND model = ?1 AND state = 'pending' \
+           AND not_before <= ?2 AND deadline > ?2 ORDER BY prefix_key, id LIMIT ?3"
+    } else {
+        // The batch's own range of ids, walked in line order.
+        "SELECT id FROM requests NOT INDEXED \
+         WHERE id BETWEEN ?5 AND ?6 AND batch_id = ?4 AND model = ?1 \
+           AND state = 'pending' AND not_before <= ?2 AND deadline > ?2 \
+         ORDER BY id LIMIT ?3"
+    };
+    let update = format!(
+        "UPDATE requests SET state = 'claimed', attempt = attempt + 1, daemon_id = ?7, \
+             claimed_at = ?2 \
+         WHERE id IN ({pick}) AND state = 'pending' \
+         RETURNING id, batch_id, template_id, attempt, retries, model, custom_id, \
+                   prefix_key, deadline, owner"
+    );
+    let mut left = i64::from(req.max_total);
+    let mut claimed = Vec::new();
+    for (model, _, want) in wants {
+        if left <= 0 {
+            break;
+        }
+        let rows = sqlx::query(&update)
+            .bind(&model)
+            .bind(now)
+            .bind(want.min(left))
+            .bind(batch)
+            .bind(batch_lo(batch))
+            .bind(batch_hi(batch))
+            .bind(req.daemon)
+            .fetch_all(&mut *tx)
+            .await?;
+        left -= rows.len() as i64;
+        for r in &rows {
+            claimed.push(claimed_from_row(r)?);
+        }
+    }
+    Ok(claimed)
 }
