@@ -14,6 +14,7 @@ const TABLES: &[&str] = &[
     "request_templates",
     "requests",
     "response_steps",
+    "route_pauses",
 ];
 
 async fn tables(pool: &PgPool) -> Vec<String> {

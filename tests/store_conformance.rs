@@ -155,6 +155,12 @@ macro_rules! for_each_case {
                 a_step_ends_once_and_a_retry_goes_back_to_pending,
                 a_second_successor_of_one_kind_is_refused,
             ],
+            sharing: [
+                a_models_requests_are_shared_between_owners_by_weight,
+                what_an_owner_cannot_take_is_shared_again,
+                an_owner_holding_requests_gets_fewer_of_the_next_claim,
+                a_route_pause_is_kept_until_it_ends_and_a_shorter_one_does_not_shorten_it,
+            ],
         }
     };
 }

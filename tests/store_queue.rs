@@ -53,6 +53,7 @@ fn demand(daemon: DaemonId, models: &[(&str, u32, u32)], max_total: u32) -> Clai
         max_total,
         scope: None,
         grouped: false,
+        schedule: Default::default(),
     }
 }
 
@@ -80,6 +81,7 @@ fn slots_demand(
         max_total: 1000,
         scope: None,
         grouped: false,
+        schedule: Default::default(),
     }
 }
 

@@ -49,6 +49,7 @@ async fn claimed_batch(store: &PostgresStore, n: usize) -> (BatchId, Vec<Claimed
             max_total: limit,
             scope: None,
             grouped: false,
+            schedule: Default::default(),
         })
         .await
         .unwrap();

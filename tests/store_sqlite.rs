@@ -69,6 +69,7 @@ async fn claims_left_by_a_killed_store_are_pending_again_on_reopen() {
             max_total: 3,
             scope: None,
             grouped: false,
+            schedule: Default::default(),
         })
         .await
         .unwrap()

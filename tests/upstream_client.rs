@@ -25,6 +25,7 @@ fn client(url: &str, extra: &str) -> UpstreamClient {
 fn request<'a>(body: &'a str) -> UpstreamRequest<'a> {
     UpstreamRequest {
         request_id: RequestId::new(),
+        batch_id: None,
         custom_id: Some("line-1"),
         model: "m",
         path: CHAT,

@@ -60,6 +60,15 @@ struct RawConfig {
     auth: Option<RawAuth>,
     #[serde(default)]
     api: RawApi,
+    #[serde(default)]
+    owners: BTreeMap<String, RawOwner>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOwner {
+    weight: Option<u32>,
+    max_in_flight: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +98,7 @@ struct RawRoute {
     coalesce: Option<String>,
     embeddings_pack: Option<u32>,
     embeddings_pack_tokens: Option<u64>,
+    priority_hint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +155,9 @@ pub struct Route {
     pub embeddings_pack: u32,
     /// Most input tokens (estimated as bytes / 4) of one packed call.
     pub embeddings_pack_tokens: u64,
+    /// The deadline written into each body as a scheduling hint for the
+    /// server (`priority_hint`; see `upstream::priority`), if any.
+    pub priority_hint: Option<crate::upstream::priority::PriorityHint>,
 }
 
 impl std::fmt::Debug for Route {
@@ -268,6 +281,20 @@ pub struct Config {
     pub admins: BTreeSet<String>,
     /// HTTP API settings.
     pub api: ApiSettings,
+    /// Scheduling settings per owner (`[owners."x"]`); owners not named
+    /// have weight 1 and no cap.
+    pub owners: BTreeMap<String, OwnerSettings>,
+}
+
+/// How one owner shares the models' slots with the others (see
+/// `domain::schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnerSettings {
+    /// Its weight in the fair share of each model's slots (default 1).
+    pub weight: u32,
+    /// Most of its requests of one model claimed or in flight at once, over
+    /// all daemons (default: no cap).
+    pub max_in_flight: Option<u32>,
 }
 
 impl std::fmt::Debug for Config {
@@ -281,6 +308,7 @@ impl std::fmt::Debug for Config {
             .field("auth_keys", &self.auth.as_ref().map(|k| k.len()))
             .field("admins", &self.admins)
             .field("api", &self.api)
+            .field("owners", &self.owners)
             .finish_non_exhaustive()
     }
 }
@@ -463,7 +491,29 @@ impl Config {
                 format!("{bad:?} must be a path such as /v1/chat/completions"),
             ));
         }
+        let owners = raw
+            .owners
+            .into_iter()
+            .map(|(name, o)| {
+                let key = format!("owners.{name:?}");
+                let settings = OwnerSettings {
+                    weight: o.weight.unwrap_or(1),
+                    max_in_flight: o.max_in_flight,
+                };
+                if settings.weight == 0 {
+                    return Err(invalid(format!("{key}.weight"), "must be at least 1"));
+                }
+                if settings.max_in_flight == Some(0) {
+                    return Err(invalid(
+                        format!("{key}.max_in_flight"),
+                        "must be at least 1; remove it for no cap",
+                    ));
+                }
+                Ok((name, settings))
+            })
+            .collect::<Result<_, ConfigError>>()?;
         Ok(Self {
+            owners,
             listen,
             database_url: raw.database_url,
             upstream_url_given,
@@ -474,6 +524,24 @@ impl Config {
             admins,
             api,
         })
+    }
+
+    /// The owner weights and caps as a claim takes them (call times are the
+    /// daemon's to add).
+    pub fn schedule(&self) -> crate::domain::schedule::Schedule {
+        crate::domain::schedule::Schedule {
+            weights: self
+                .owners
+                .iter()
+                .map(|(o, s)| (o.clone(), s.weight))
+                .collect(),
+            caps: self
+                .owners
+                .iter()
+                .filter_map(|(o, s)| Some((o.clone(), s.max_in_flight?)))
+                .collect(),
+            call_times: BTreeMap::new(),
+        }
     }
 
     /// The route for a model: its own section, else the default.
@@ -532,6 +600,10 @@ fn merge(base: &RawRoute, o: &RawRoute) -> RawRoute {
         coalesce: o.coalesce.clone().or_else(|| base.coalesce.clone()),
         embeddings_pack: o.embeddings_pack.or(base.embeddings_pack),
         embeddings_pack_tokens: o.embeddings_pack_tokens.or(base.embeddings_pack_tokens),
+        priority_hint: o
+            .priority_hint
+            .clone()
+            .or_else(|| base.priority_hint.clone()),
     }
 }
 
@@ -608,7 +680,19 @@ fn route(
             "must be from 1 to 2048 (the most inputs one embeddings call takes)",
         ));
     }
+    let priority_hint = match r.priority_hint.as_deref() {
+        None => None,
+        Some("nvext") => Some(crate::upstream::priority::PriorityHint::Nvext),
+        Some("vllm") => Some(crate::upstream::priority::PriorityHint::Vllm),
+        Some(other) => {
+            return Err(invalid(
+                format!("{key}.priority_hint"),
+                format!("is {other:?}; it must be \"nvext\" or \"vllm\""),
+            ));
+        }
+    };
     Ok(Route {
+        priority_hint,
         embeddings_pack,
         embeddings_pack_tokens: r.embeddings_pack_tokens.unwrap_or(8192).max(1),
         url: url.trim_end_matches('/').to_owned(),

@@ -236,3 +236,34 @@ fn upstream_flag_overrides_every_route() {
     assert_eq!(c.route("x").url, "http://127.0.0.1:9");
     assert!(parse("").unwrap().with_upstream_url("nope").is_err());
 }
+
+#[test]
+fn owners_and_priority_hints_are_read_and_checked() {
+    let c = parse(
+        "[owners.\"alice\"]\nweight = 3\nmax_in_flight = 10\n\
+         [models.m]\npriority_hint = \"vllm\"",
+    )
+    .unwrap();
+    let s = c.schedule();
+    assert_eq!((s.weight("alice"), s.weight("bob")), (3, 1));
+    assert_eq!((s.cap("alice"), s.cap("bob")), (Some(10), None));
+    assert_eq!(
+        c.route("m").priority_hint,
+        Some(crate::upstream::priority::PriorityHint::Vllm)
+    );
+    assert_eq!(c.route("x").priority_hint, None);
+    for (text, key) in [
+        ("[owners.a]\nweight = 0", "owners.\"a\".weight"),
+        (
+            "[owners.a]\nmax_in_flight = 0",
+            "owners.\"a\".max_in_flight",
+        ),
+        (
+            "[upstream]\npriority_hint = \"x\"",
+            "upstream.priority_hint",
+        ),
+    ] {
+        let m = message(text);
+        assert!(m.contains(key), "{text}: {m}");
+    }
+}

@@ -192,6 +192,7 @@ mod tests {
             body: body.into(),
             endpoint: String::new(),
             prefix_key: 0,
+            owner: String::new(),
         }
     }
 

@@ -4,7 +4,7 @@ use super::abort::{Abort, AbortReason};
 use super::coalesce::{self, Follower, Role};
 use super::pack;
 use super::slots::Job;
-use super::{DaemonBackend, Shared, jitter};
+use super::{DaemonBackend, Shared, adaptive, jitter};
 use crate::domain::output::{ResultError, codes};
 use crate::domain::request::RequestState;
 use crate::domain::retry::{Decision, FailReason};
@@ -35,6 +35,14 @@ pub(super) async fn run<S: DaemonBackend>(
     let mut job = job;
     loop {
         let model = job.req.model.clone();
+        let owner = job.req.owner.clone();
+        if let Some(until) = shared.routes.paused_until(&model) {
+            // The upstream asked for a pause (here or to another daemon).
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = job.abort.fired() => {}
+            }
+        }
         match packing(&shared, &job) {
             Some((partners, params, inputs)) => {
                 let mut jobs = vec![job];
@@ -43,7 +51,7 @@ pub(super) async fn run<S: DaemonBackend>(
             }
             None => run_one(&shared, job.req, job.abort, &outcomes).await,
         }
-        match shared.slots.next_after(&model) {
+        match shared.slots.next_after(&model, &owner) {
             Some(next) => job = next,
             None => return,
         }
@@ -133,6 +141,7 @@ async fn run_pack<S: DaemonBackend>(
     let first = &jobs[0].req;
     let call = UpstreamRequest {
         request_id: first.id,
+        batch_id: first.batch_id,
         custom_id: None,
         model: &first.model,
         path: &first.path,
@@ -271,6 +280,7 @@ async fn run_one<S: DaemonBackend>(
     };
     let call = UpstreamRequest {
         request_id: req.id,
+        batch_id: req.batch_id,
         custom_id: req.custom_id.as_deref(),
         model: &req.model,
         path: &req.path,
@@ -285,9 +295,12 @@ async fn run_one<S: DaemonBackend>(
         why = abort.fired() => Err(why),
         o = client.send_grouped(&call, grouped.then_some(req.prefix_key)) => Ok(o),
     };
-    if outcome.is_ok() {
+    if let Ok(o) = &outcome {
+        let took = sent.elapsed();
+        shared.slots.observe(&req.model, took);
+        adapt(shared, &config, &req.model, o, took);
         metrics::histogram!("fusillade_upstream_latency_seconds", "model" => req.model.clone())
-            .record(sent.elapsed().as_secs_f64());
+            .record(took.as_secs_f64());
     }
     // What twins waiting on this call are given (nothing: they go back to
     // the queue).
@@ -343,6 +356,43 @@ async fn run_one<S: DaemonBackend>(
     }
     // The completer outlives every executor; a send error means it crashed.
     let _ = outcomes.send(write);
+}
+
+/// Takes an answer into the route's adaptive limit and pause.
+fn adapt<S: DaemonBackend>(
+    shared: &Shared<S>,
+    config: &crate::config::Config,
+    model: &str,
+    outcome: &CallOutcome,
+    took: Duration,
+) {
+    let CallOutcome::Answered {
+        status,
+        retry_after,
+        ..
+    } = outcome
+    else {
+        return;
+    };
+    let peers = shared.peers.load(Ordering::Relaxed).max(1);
+    let ceiling = config.route(model).concurrency.div_ceil(peers);
+    let in_flight = shared.slots.in_flight_of(model);
+    if let Some(cut) = shared
+        .routes
+        .record(model, ceiling, *status, took, in_flight)
+    {
+        tracing::debug!(
+            model,
+            limit = cut,
+            "upstream refused a call: route limit cut"
+        );
+        shared.slots.lower(model, cut);
+    }
+    if let (429 | 503, Some(pause)) = (*status, retry_after)
+        && !pause.is_zero()
+    {
+        adaptive::pause_everywhere(shared, model, *pause);
+    }
 }
 
 /// Ends a leader's call in the coalescer and settles its twins with

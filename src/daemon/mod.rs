@@ -13,6 +13,8 @@
 //! - `leases`: stopping calls whose lease was lost or batch cancelled.
 //! - `rescuer`: returns claims of dead daemons to the queue.
 //! - `finalizer`: completes, expires and cancels batches.
+//! - `adaptive`: each route's concurrency limit (AIMD under the configured
+//!   one) and `Retry-After` pauses shared through the database.
 //! - `monitor`: what the daemon's owner sees while it runs (calls in
 //!   flight, a broken upstream).
 //!
@@ -20,6 +22,7 @@
 //! tracked and awaited.
 
 mod abort;
+mod adaptive;
 mod coalesce;
 mod completer;
 mod executor;
@@ -39,7 +42,9 @@ use crate::domain::batch::BatchId;
 use crate::domain::daemon::{DaemonStats, NewDaemon};
 use crate::domain::ids::DaemonId;
 use crate::domain::request::RequestId;
-use crate::store::{DaemonStore, MaintenanceStore, QueueStore, StoreError, WorkNotifier};
+use crate::store::{
+    DaemonStore, MaintenanceStore, QueueStore, RouteStore, StoreError, WorkNotifier,
+};
 use crate::upstream::UpstreamClient;
 use abort::{Abort, AbortReason};
 pub use monitor::{Monitor, UpstreamFailure};
@@ -55,11 +60,27 @@ use tokio_util::task::TaskTracker;
 
 /// Everything the daemon needs from storage.
 pub trait DaemonBackend:
-    QueueStore + MaintenanceStore + DaemonStore + WorkNotifier + Clone + Send + Sync + 'static
+    QueueStore
+    + MaintenanceStore
+    + DaemonStore
+    + RouteStore
+    + WorkNotifier
+    + Clone
+    + Send
+    + Sync
+    + 'static
 {
 }
 impl<T> DaemonBackend for T where
-    T: QueueStore + MaintenanceStore + DaemonStore + WorkNotifier + Clone + Send + Sync + 'static
+    T: QueueStore
+        + MaintenanceStore
+        + DaemonStore
+        + RouteStore
+        + WorkNotifier
+        + Clone
+        + Send
+        + Sync
+        + 'static
 {
 }
 
@@ -92,6 +113,8 @@ struct Shared<S> {
     abandoned: AtomicU64,
     /// Identical deterministic requests in flight, and answers to reuse.
     coalescer: coalesce::Coalescer,
+    /// Each route's adaptive limit and pause.
+    routes: adaptive::Routes,
 }
 
 impl<S> Shared<S> {
@@ -206,6 +229,7 @@ impl<S: DaemonBackend> Daemon<S> {
             failed: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
             coalescer: coalesce::Coalescer::default(),
+            routes: adaptive::Routes::default(),
         });
         if let Ok(n) = shared.store.live_daemons(initial.daemon.stale_after).await {
             shared.peers.store(n.max(1), Ordering::Relaxed);
@@ -242,6 +266,7 @@ impl<S: DaemonBackend> Daemon<S> {
         tasks.spawn(leases::run(shared.clone(), background.clone()));
         tasks.spawn(rescuer::run(shared.clone(), background.clone()));
         tasks.spawn(finalizer::run(shared.clone(), background.clone()));
+        tasks.spawn(adaptive::run(shared.clone(), background.clone()));
 
         let tx_release = tx.clone();
         producer::run(shared.clone(), tx, executors.clone(), shutdown.clone()).await;

@@ -28,10 +28,17 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
     // This daemon's fair share of a limit; the database keeps the sum of
     // all daemons' slots within the whole limit.
     let share = |limit: u32| limit.div_ceil(peers);
-    let local: HashMap<String, _> = shared
-        .slots
-        .prepare_claim(|model| share(config.route(model).concurrency))
-        .into_iter()
+    // Under that, the route's adaptive limit (see `adaptive`).
+    let own = |model: &str| {
+        let share = share(config.route(model).concurrency);
+        share.min(shared.routes.limit(model, share))
+    };
+    let local: HashMap<String, _> = shared.slots.prepare_claim(own).into_iter().collect();
+    let mut schedule = config.schedule();
+    shared.slots.set_weights(schedule.weights.clone());
+    schedule.call_times = local
+        .iter()
+        .filter_map(|(m, s)| Some((m.clone(), s.call_time?)))
         .collect();
     let mut names: Vec<&String> = config.models.keys().collect();
     names.extend(local.keys().filter(|m| !config.models.contains_key(*m)));
@@ -50,7 +57,7 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
             ModelDemand {
                 model: m.clone(),
                 limit,
-                share: share(limit),
+                share: own(m),
                 in_flight: state.in_flight,
                 waiting: state.waiting.div_ceil(per_call),
                 per_call,
@@ -65,6 +72,7 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
         max_total,
         scope: shared.scope,
         grouped: config.daemon.prefix_grouping,
+        schedule,
     }
 }
 

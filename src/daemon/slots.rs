@@ -6,11 +6,19 @@
 //! that ends hands its slot straight to the next waiting request of its
 //! model, so slots stay busy while the database writes the result and the
 //! next claim runs.
+//!
+//! Waiting requests are queued per owner, and a freed slot goes to the
+//! waiting owner with the fewest calls in flight per unit of weight (the
+//! same rule the claims share by, see `domain::schedule`): a newcomer's
+//! first requests do not wait behind everything claimed before them, and an
+//! urgent owner, which the claims give every request, has every slot once
+//! the others' claimed requests are sent.
 
 use super::abort::Abort;
 use crate::store::ClaimedRequest;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// A claimed request and the token that stops it.
@@ -23,16 +31,88 @@ pub(super) struct Job {
     pub abort: Abort,
 }
 
+/// One owner's requests of a model in this daemon.
+#[derive(Debug, Default)]
+struct OwnerQueue {
+    /// Claimed, waiting for a slot, in claim order.
+    waiting: VecDeque<Job>,
+    /// Calls being made now.
+    in_flight: u32,
+}
+
+impl OwnerQueue {
+    /// Whether this owner (of weight `w`) should have the next slot before
+    /// `o` (of weight `wo`): fewer calls in flight per unit of weight, then
+    /// the earlier deadline of its next request.
+    fn before(&self, w: u64, o: &OwnerQueue, wo: u64) -> bool {
+        let (a, b) = (u64::from(self.in_flight), u64::from(o.in_flight));
+        match (a * wo).cmp(&(b * w)) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => {
+                let d = |q: &OwnerQueue| q.waiting.front().and_then(|j| j.req.deadline);
+                match (d(self), d(o)) {
+                    (Some(x), Some(y)) => x < y,
+                    (Some(_), None) => true,
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Model {
     /// Calls this daemon may make at once (granted by the last claim).
     granted: u32,
     /// Calls being made now.
     in_flight: u32,
-    /// Claimed, waiting for a slot, in claim order.
-    waiting: VecDeque<Job>,
+    /// Requests per owner.
+    owners: BTreeMap<String, OwnerQueue>,
+    /// Requests waiting, over all owners.
+    n_waiting: usize,
     /// Its last claim had embeddings lines (which may share calls).
     embeddings: bool,
+    /// Mean time of a call lately (an exponential average), once known.
+    call_time: Option<Duration>,
+}
+
+impl Model {
+    /// Takes the next waiting request (see the module docs) and counts it
+    /// in flight.
+    fn start_next(&mut self, weights: &BTreeMap<String, u32>) -> Option<Job> {
+        let weight = |o: &str| u64::from(weights.get(o).copied().unwrap_or(1).max(1));
+        let mut best: Option<(&String, &OwnerQueue)> = None;
+        for (name, q) in &self.owners {
+            if q.waiting.is_empty() {
+                continue;
+            }
+            if best.is_none_or(|(b_name, b)| q.before(weight(name), b, weight(b_name))) {
+                best = Some((name, q));
+            }
+        }
+        let name = best?.0.clone();
+        let q = self.owners.get_mut(&name).expect("just found");
+        let job = q.waiting.pop_front().expect("not empty");
+        q.in_flight += 1;
+        self.in_flight += 1;
+        self.n_waiting -= 1;
+        Some(job)
+    }
+
+    /// Counts a call of `owner` ended.
+    fn end(&mut self, owner: &str) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(q) = self.owners.get_mut(owner) {
+            q.in_flight = q.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Forgets owners with nothing here.
+    fn tidy(&mut self) {
+        self.owners
+            .retain(|_, q| q.in_flight > 0 || !q.waiting.is_empty());
+    }
 }
 
 /// What the claim needs to know of one model.
@@ -46,12 +126,16 @@ pub(super) struct ModelState {
     pub waiting: u32,
     /// Its lines are embeddings lines, which may share calls.
     pub embeddings: bool,
+    /// Mean time of a call lately, once known.
+    pub call_time: Option<Duration>,
 }
 
 /// Slots and waiting requests of every model.
 #[derive(Debug, Default)]
 pub(super) struct Slots {
     models: Mutex<HashMap<String, Model>>,
+    /// Owners' weights (see `domain::schedule`); 1 for owners not named.
+    weights: Mutex<BTreeMap<String, u32>>,
     /// Wakes the claim loop: waiting requests ran low, or a slot went idle.
     low: Notify,
     /// Signalled whenever a call ends (for the shutdown wait).
@@ -79,8 +163,9 @@ impl Slots {
                 let state = ModelState {
                     granted: m.granted,
                     in_flight: m.in_flight,
-                    waiting: m.waiting.len() as u32,
+                    waiting: m.n_waiting as u32,
                     embeddings: m.embeddings,
+                    call_time: m.call_time,
                 };
                 (name.clone(), state)
             })
@@ -91,45 +176,76 @@ impl Slots {
     /// the requests to start now (their slots are taken).
     pub fn refill(&self, granted: &[(String, u32)], claimed: Vec<Job>) -> Vec<Job> {
         let mut models = self.models.lock().expect("slots lock");
+        let weights = self.weights.lock().expect("weights lock");
         for (name, n) in granted {
             models.entry(name.clone()).or_default().granted = *n;
         }
         for job in claimed {
             let m = models.entry(job.req.model.clone()).or_default();
             m.embeddings = job.req.path.trim_end_matches('/').ends_with("/embeddings");
-            m.waiting.push_back(job);
+            m.n_waiting += 1;
+            let owner = m.owners.entry(job.req.owner.clone()).or_default();
+            owner.waiting.push_back(job);
         }
         let mut start = Vec::new();
         for m in models.values_mut() {
             while m.in_flight < m.granted {
-                let Some(job) = m.waiting.pop_front() else {
+                let Some(job) = m.start_next(&weights) else {
                     break;
                 };
-                m.in_flight += 1;
                 start.push(job);
             }
         }
-        models.retain(|_, m| m.granted > 0 || m.in_flight > 0 || !m.waiting.is_empty());
+        models.retain(|_, m| m.granted > 0 || m.in_flight > 0 || m.n_waiting > 0);
         start
     }
 
-    /// A call of `model` ended: returns the request to run in its slot, if
-    /// one waits and the slot is still granted; else frees the slot.
-    /// Wakes the claim loop when fewer than half the slots' worth of
+    /// Sets the owners' weights a freed slot is given by.
+    pub fn set_weights(&self, weights: BTreeMap<String, u32>) {
+        *self.weights.lock().expect("weights lock") = weights;
+    }
+
+    /// Lowers the slots of `model` this daemon may use to `n` at once (its
+    /// route's limit was cut): calls beyond it run on, and their slots are
+    /// not handed on when they end.
+    pub fn lower(&self, model: &str, n: u32) {
+        let mut models = self.models.lock().expect("slots lock");
+        if let Some(m) = models.get_mut(model) {
+            m.granted = m.granted.min(n);
+        }
+    }
+
+    /// Records how long a call of `model` took, for the call time that
+    /// deadline urgency is judged by.
+    pub fn observe(&self, model: &str, took: Duration) {
+        let mut models = self.models.lock().expect("slots lock");
+        if let Some(m) = models.get_mut(model) {
+            // An exponential average over about the last ten calls.
+            m.call_time = Some(match m.call_time {
+                None => took,
+                Some(t) => t.mul_f64(0.9) + took.mul_f64(0.1),
+            });
+        }
+    }
+
+    /// A call of `model` for `owner` ended: returns the request to run in
+    /// its slot, if one waits and the slot is still granted; else frees the
+    /// slot. Wakes the claim loop when fewer than half the slots' worth of
     /// requests still wait (a claim tops them up to the slots' worth).
-    pub fn next_after(&self, model: &str) -> Option<Job> {
+    pub fn next_after(&self, model: &str, owner: &str) -> Option<Job> {
         let next = {
             let mut models = self.models.lock().expect("slots lock");
+            let weights = self.weights.lock().expect("weights lock");
             let m = models.get_mut(model)?;
-            let next = if m.in_flight <= m.granted {
-                m.waiting.pop_front()
+            let hand_on = m.in_flight <= m.granted;
+            m.end(owner);
+            let next = if hand_on {
+                m.start_next(&weights)
             } else {
                 None
             };
-            if next.is_none() {
-                m.in_flight = m.in_flight.saturating_sub(1);
-            }
-            if next.is_none() || (m.waiting.len() as u32) < m.granted.div_ceil(2) {
+            m.tidy();
+            if next.is_none() || (m.n_waiting as u32) < m.granted.div_ceil(2) {
                 self.low.notify_one();
             }
             next
@@ -152,18 +268,27 @@ impl Slots {
             return Vec::new();
         };
         let mut taken = Vec::new();
-        let mut i = 0;
-        while i < m.waiting.len() && taken.len() < max {
-            match fits(&m.waiting[i].req) {
-                None => break,
-                Some(true) => taken.push(m.waiting.remove(i).expect("in range")),
-                Some(false) => i += 1,
+        'owners: for q in m.owners.values_mut() {
+            let mut i = 0;
+            while i < q.waiting.len() && taken.len() < max {
+                match fits(&q.waiting[i].req) {
+                    None => break 'owners,
+                    Some(true) => taken.push(q.waiting.remove(i).expect("in range")),
+                    Some(false) => i += 1,
+                }
             }
         }
-        if (m.waiting.len() as u32) < m.granted.div_ceil(2) {
+        m.n_waiting -= taken.len();
+        if (m.n_waiting as u32) < m.granted.div_ceil(2) {
             self.low.notify_one();
         }
         taken
+    }
+
+    /// Calls of `model` being made now.
+    pub fn in_flight_of(&self, model: &str) -> u32 {
+        let models = self.models.lock().expect("slots lock");
+        models.get(model).map_or(0, |m| m.in_flight)
     }
 
     /// Calls being made now, over all models.
@@ -175,10 +300,15 @@ impl Slots {
     /// Removes every waiting request (to release them on shutdown).
     pub fn drain_waiting(&self) -> Vec<Job> {
         let mut models = self.models.lock().expect("slots lock");
-        models
-            .values_mut()
-            .flat_map(|m| m.waiting.drain(..))
-            .collect()
+        let mut drained = Vec::new();
+        for m in models.values_mut() {
+            for q in m.owners.values_mut() {
+                drained.extend(q.waiting.drain(..));
+            }
+            m.n_waiting = 0;
+            m.tidy();
+        }
+        drained
     }
 
     /// Forgets every grant (after this daemon was declared dead: the
@@ -228,6 +358,7 @@ mod tests {
                 body: "{}".into(),
                 endpoint: String::new(),
                 prefix_key: 0,
+                owner: String::new(),
             },
             abort: Abort::new(),
         }
@@ -241,12 +372,12 @@ mod tests {
         assert_eq!(started.len(), 2);
         assert_eq!(s.in_flight(), 2);
         // An ended call takes the next waiting request into its slot.
-        assert!(s.next_after("a").is_some());
+        assert!(s.next_after("a", "").is_some());
         assert_eq!(s.in_flight(), 2);
-        assert!(s.next_after("a").is_some());
-        assert!(s.next_after("a").is_some());
+        assert!(s.next_after("a", "").is_some());
+        assert!(s.next_after("a", "").is_some());
         // Nothing waits any more: the slot frees.
-        assert!(s.next_after("a").is_none());
+        assert!(s.next_after("a", "").is_none());
         assert_eq!(s.in_flight(), 1);
     }
 
@@ -260,11 +391,29 @@ mod tests {
         assert_eq!(state[0].1.granted, 1);
         assert_eq!(state[0].1.in_flight, 3, "calls in flight run on");
         assert!(s.refill(&[("a".into(), 1)], Vec::new()).is_empty());
-        assert!(s.next_after("a").is_none(), "3 in flight > 1 usable");
-        assert!(s.next_after("a").is_none(), "2 in flight > 1 usable");
-        assert!(s.next_after("a").is_some(), "1 in flight: hand on");
+        assert!(s.next_after("a", "").is_none(), "3 in flight > 1 usable");
+        assert!(s.next_after("a", "").is_none(), "2 in flight > 1 usable");
+        assert!(s.next_after("a", "").is_some(), "1 in flight: hand on");
         assert_eq!(s.in_flight(), 1);
         assert_eq!(s.drain_waiting().len(), 2);
+    }
+
+    fn job_of(owner: &str) -> Job {
+        let mut j = job("a");
+        j.req.owner = owner.into();
+        j
+    }
+
+    #[test]
+    fn a_freed_slot_goes_to_the_owner_with_the_least_in_flight() {
+        let s = Slots::new();
+        let jobs = (0..4).map(|_| job_of("big")).collect();
+        assert_eq!(s.refill(&[("a".into(), 2)], jobs).len(), 2);
+        // A newcomer's request is claimed behind two waiting ones of "big".
+        assert!(s.refill(&[("a".into(), 2)], vec![job_of("new")]).is_empty());
+        let next = s.next_after("a", "big").expect("a slot was freed");
+        assert_eq!(next.req.owner, "new", "it does not wait behind them");
+        assert_eq!(s.next_after("a", "big").unwrap().req.owner, "big");
     }
 
     #[test]
@@ -273,7 +422,7 @@ mod tests {
         assert_eq!(s.refill(&[("a".into(), 1)], vec![job("a")]).len(), 1);
         s.forget_grants();
         assert!(s.refill(&[], vec![job("a")]).is_empty());
-        assert!(s.next_after("a").is_none());
+        assert!(s.next_after("a", "").is_none());
         assert_eq!(s.in_flight(), 0);
     }
 }

@@ -11,6 +11,7 @@ pub mod output;
 pub mod prefix;
 pub mod request;
 pub mod retry;
+pub mod schedule;
 pub mod step;
 pub mod usage;
 

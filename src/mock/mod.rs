@@ -43,6 +43,7 @@ mod alarm;
 mod cache;
 mod cache_args;
 mod cached;
+mod overload;
 mod reply;
 mod stats;
 use reply::REPLY_SEQ;
@@ -51,6 +52,7 @@ mod sse;
 
 pub use cache::{CacheModel, CacheStats, answer_for, embedding_for, prompt_tokens};
 pub use cache_args::CacheArgs;
+pub use overload::Overload;
 pub use reply::{MOCK_COMPLETION_TOKENS, MOCK_CONTENT, MOCK_PROMPT_TOKENS, MockReply};
 pub use simulate::{Fault, LatencyDistribution, Simulation};
 
@@ -89,6 +91,8 @@ pub struct MockBehavior {
     /// ([`answer_for`]), and `GET /_stats` gives the [`CacheStats`]. The
     /// latency and the responder are not used then.
     pub cache: Option<CacheModel>,
+    /// Answer 429 to calls beyond a number in flight (see [`Overload`]).
+    pub overload: Option<Overload>,
 }
 
 impl MockBehavior {
@@ -106,6 +110,12 @@ impl MockBehavior {
             cache: Some(model),
             ..Self::default()
         }
+    }
+
+    /// The same behavior, refusing calls beyond `overload.max_in_flight`.
+    pub fn with_overload(mut self, overload: Overload) -> Self {
+        self.overload = Some(overload);
+        self
     }
 
     /// The same behavior, answering through `responder`.
@@ -126,6 +136,7 @@ impl fmt::Debug for MockBehavior {
             .field("latency", &self.latency)
             .field("responder", &self.responder.as_ref().map(|_| "Fn"))
             .field("cache", &self.cache)
+            .field("overload", &self.overload)
             .finish()
     }
 }
@@ -227,6 +238,8 @@ struct Shared {
     last_answer: AtomicU64,
     /// The prefix cache, in cache-modelling mode.
     cache: Option<cache::PrefixCache>,
+    /// Calls in flight per batch, and overload refusals.
+    tally: overload::Tally,
 }
 
 impl Shared {
@@ -366,6 +379,7 @@ impl MockUpstream {
             epoch: Instant::now(),
             first_call: AtomicU64::new(u64::MAX),
             last_answer: AtomicU64::new(0),
+            tally: overload::Tally::default(),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let listener = listener.tap_io(|tcp| {
@@ -415,6 +429,18 @@ impl MockUpstream {
     /// Calls received so far (cheaper than [`MockUpstream::stats`]).
     pub fn total_calls(&self) -> u64 {
         self.shared.total.load(Relaxed)
+    }
+
+    /// Calls being handled now per batch (by the `X-Fusillade-Batch-Id`
+    /// header), over the batches seen so far.
+    pub fn in_flight_per_batch(&self) -> HashMap<String, u64> {
+        self.shared.tally.in_flight()
+    }
+
+    /// Calls answered 429 because more than [`Overload::max_in_flight`]
+    /// were in flight.
+    pub fn refused(&self) -> u64 {
+        self.shared.tally.refused.load(Relaxed)
     }
 
     /// Calls being handled now (cheaper than [`MockUpstream::stats`]).
@@ -506,6 +532,18 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let counters = shared.model(&model);
     let _in_flight = InFlight::enter(&shared, &counters);
     shared.total.fetch_add(1, Relaxed);
+    let _batch = header_str(&parts.headers, "x-fusillade-batch-id").map(|b| shared.tally.enter(b));
+    if let Some(o) = shared.behavior.overload
+        && shared.in_flight.load(Relaxed) > o.max_in_flight
+    {
+        shared.tally.refused.fetch_add(1, Relaxed);
+        let mut reply = MockReply::status(429, r#"{"error":{"message":"overloaded"}}"#);
+        if let Some(after) = o.retry_after {
+            reply = reply.with_header("retry-after", after.as_secs().to_string());
+        }
+        let request_id = HeaderValue::from_static("mock-overloaded");
+        return scripted(reply, request_id);
+    }
     let custom_id = header_str(&parts.headers, "x-fusillade-custom-id")
         .map(|v| crate::upstream::header_text::decode(v).unwrap_or_else(|| v.to_owned()));
     let custom_id = custom_id.as_deref();

@@ -169,6 +169,7 @@ impl Simulation {
                 sim.reply(n, call)
             })),
             cache: None,
+            overload: None,
         }
     }
 }

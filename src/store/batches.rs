@@ -124,9 +124,9 @@ o AS (
 ),
 r AS (
     INSERT INTO requests (id, batch_id, template_id, model, custom_id, deadline, private,
-                          prefix_key)
+                          prefix_key, owner)
     SELECT fusillade_request_id(b.id, t.line_number), b.id, t.id, t.model, t.custom_id,
-           b.expires_at, b.private, t.prefix_key
+           b.expires_at, b.private, t.prefix_key, b.owner
     FROM b JOIN request_templates t ON t.file_id = b.input_file_id
 )
 SELECT * FROM b";
@@ -347,9 +347,10 @@ impl PostgresStore {
             // grows at its right edge only.
             sqlx::query(
                 "INSERT INTO requests (id, batch_id, template_id, model, custom_id, deadline, \
-                                       private, prefix_key) \
+                                       private, prefix_key, owner) \
                  SELECT fusillade_request_id($1, t.line_number), \
-                        $1, t.id, t.model, t.custom_id, b.expires_at, b.private, t.prefix_key \
+                        $1, t.id, t.model, t.custom_id, b.expires_at, b.private, t.prefix_key, \
+                        b.owner \
                  FROM request_templates t, batches b \
                  WHERE t.file_id = $2 AND b.id = $1",
             )
@@ -542,11 +543,12 @@ impl BatchStore for PostgresStore {
              q AS ( \
                  INSERT INTO requests (id, batch_id, template_id, model, custom_id, state, \
                                        attempt, retries, not_before, deadline, created_at, \
-                                       private, prefix_key) \
+                                       private, prefix_key, owner) \
                  SELECT r.request_id, $1, r.template_id, r.model, r.custom_id, 'pending', \
                         r.attempt, 0, now(), now() + $2, r.created_at, \
                         (SELECT private FROM batches WHERE id = $1), \
-                        COALESCE(t.prefix_key, 0) \
+                        COALESCE(t.prefix_key, 0), \
+                        (SELECT owner FROM batches WHERE id = $1) \
                  FROM r LEFT JOIN request_templates t ON t.id = r.template_id), \
              n AS (SELECT count(*) AS n FROM r), \
              t AS (UPDATE batches SET n_failed = n_failed - (SELECT n FROM n) WHERE id = $1) \

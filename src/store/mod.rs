@@ -2,9 +2,11 @@
 //!
 //! The rest of the crate speaks to storage only through the traits below
 //! ([`FileStore`], [`BatchStore`], [`RequestStore`], [`DaemonStore`],
-//! [`ResponseStepStore`]), never through a raw pool, so that another backend
-//! (an embedded one is planned) can implement the same traits. Everything
-//! PostgreSQL-specific stays inside [`PostgresStore`].
+//! [`ResponseStepStore`]), never through a raw pool, so that every backend
+//! implements the same traits: [`PostgresStore`] and the embedded
+//! [`SqliteStore`] (`sqlite/`, with its own schema), chosen by [`open`] and
+//! held as a [`Store`]. Everything PostgreSQL-specific stays inside
+//! [`PostgresStore`].
 //!
 //! What every backend shares: [`StoreError`] (`error`), whose variants are
 //! all a caller matches (never a driver's error or a constraint's name);
@@ -57,6 +59,7 @@ mod postgres;
 mod queue;
 mod requests;
 mod response_steps;
+mod routes;
 mod rules;
 mod settle;
 mod sqlite;
@@ -78,6 +81,7 @@ pub use queue::{
     finish_sql,
 };
 pub use response_steps::ResponseStepStore;
+pub use routes::RouteStore;
 pub use settle::{FAILURES_BEFORE_SPLIT, Refused, RefusedEnd, Settled, Settlement, WriteKind};
 pub use sqlite::{SQLITE_MIGRATOR, SqliteStore};
 

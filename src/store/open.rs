@@ -6,8 +6,8 @@ use super::{
     DaemonRecord, DaemonStats, DaemonStore, DashboardStore, FileListQuery, FileStore,
     FinalizeReport, Finished, HealthStore, LiveRequestCounts, MaintenanceStore, ModelLoad,
     NewBatch, NewDaemon, NewFile, Owner, Page, PostgresStore, QueueStore, RequestDetail,
-    RequestStore, Requeue, RescueReport, ResponseStepStore, Result, SqliteStore, WorkNotifier,
-    WorkSignals,
+    RequestStore, Requeue, RescueReport, ResponseStepStore, Result, RouteStore, SqliteStore,
+    WorkNotifier, WorkSignals,
 };
 use crate::config::Config;
 use crate::domain::batch::{Batch, BatchId, RequestCounts};
@@ -317,6 +317,15 @@ impl MaintenanceStore for Store {
     }
     async fn vacuum_queue(&self, min_dead: i64) -> Result<bool> {
         either!(self, s => s.vacuum_queue(min_dead).await)
+    }
+}
+
+impl RouteStore for Store {
+    async fn pause_route(&self, model: &str, pause: Duration) -> Result<()> {
+        either!(self, s => s.pause_route(model, pause).await)
+    }
+    async fn route_pauses(&self) -> Result<Vec<(String, Duration)>> {
+        either!(self, s => s.route_pauses().await)
     }
 }
 

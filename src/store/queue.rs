@@ -10,6 +10,7 @@ use crate::domain::batch::BatchId;
 use crate::domain::ids::{DaemonId, TemplateId};
 use crate::domain::output::ResultError;
 use crate::domain::request::{RequestId, RequestState};
+use crate::domain::schedule::{OwnerLoad, Schedule, split};
 use crate::domain::usage::Usage;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -61,6 +62,10 @@ pub struct ClaimRequest {
     /// together; `false` takes them in line order (for comparison: the
     /// shared claim then sorts each deadline's pending rows).
     pub grouped: bool,
+    /// How each model's requests are shared between owners (weights, caps,
+    /// and the call times deadline urgency is judged by; see
+    /// `domain::schedule`). Scoped claims take one batch and ignore it.
+    pub schedule: Schedule,
 }
 
 /// What a claim returns.
@@ -106,6 +111,9 @@ pub struct ClaimedRequest {
     pub endpoint: String,
     /// Its prompt's prefix group (see `domain::prefix`): replicas are chosen by it.
     pub prefix_key: i64,
+    /// Its batch's owner ("" when auth is off, or for a request without a
+    /// batch): the daemon shares its slots between owners by it.
+    pub owner: String,
 }
 
 /// The final result of a request.
@@ -158,6 +166,22 @@ pub trait QueueStore: Send + Sync {
     /// lock, so the slots they read are never stale. Each model with slots
     /// gets enough requests to fill its free slots and have as many again
     /// waiting, so that calls that end are replaced at once.
+    ///
+    /// Unscoped, each model's requests are shared between the owners with
+    /// claimable work (pending, `not_before` and `deadline` not reached, not
+    /// private) by `domain::schedule::split(limit, want, loads,
+    /// &req.schedule, req.schedule.call_times[model], now)`, where `limit`
+    /// is the model's limit, `want` the requests to claim of it, and each
+    /// owner's [`OwnerLoad`] holds: `active`, its rows of the model claimed
+    /// or processing by any daemon; `deadline`, the earliest deadline of its
+    /// claimable rows (`None` for none); `remaining`, the batch of that row's
+    /// `total` less its completed, failed and cancelled requests (1 without
+    /// a batch). Each owner's share is taken earliest deadline first, then
+    /// by `prefix_key` when `grouped`, then by id. An owner that yields
+    /// fewer rows than its share drops out and what it left is split again
+    /// among the others (up to three rounds in all). Scoped claims take the
+    /// batch's rows without sharing. Every claimed request carries its
+    /// batch's owner.
     fn claim(&self, req: &ClaimRequest) -> impl Future<Output = Result<Claim>> + Send;
     /// Records final results in one statement; returns the ids whose lease
     /// still held (the others were rescued, expired or cancelled meanwhile
@@ -263,14 +287,16 @@ const SLOTS_SCOPED_SQL: &str = slots_sql!(
       AND batch_id = $9 AND state = 'pending'"
 );
 
-/// The claim statement with an extra filter on the pending rows and the
-/// order they are taken in.
+/// The claim statement over a list of (model, how many) rows `d` with an
+/// extra filter on the pending rows and the order they are taken in.
 macro_rules! claim_sql {
-    ($filter:literal, $order:literal) => {
+    ($demand:literal, $filter:literal, $order:literal) => {
         concat!(
             "
 WITH picked AS (
-    SELECT x.id FROM unnest($2::text[], $3::int[]) AS d(model, k) CROSS JOIN LATERAL (
+    SELECT x.id FROM ",
+            $demand,
+            " CROSS JOIN LATERAL (
         SELECT r.id FROM requests r
         WHERE r.state = 'pending' AND r.model = d.model",
             $filter,
@@ -289,27 +315,30 @@ SET state = 'claimed', attempt = q.attempt + 1, daemon_id = $1, claimed_at = now
 FROM picked p, request_templates t
 WHERE q.id = p.id AND q.state = 'pending' AND t.id = q.template_id
 RETURNING q.id, q.batch_id, q.template_id, q.attempt, q.retries, q.model, q.custom_id,
-          q.prefix_key,
+          q.prefix_key, q.owner,
           CASE WHEN q.deadline = 'infinity' THEN NULL ELSE q.deadline END AS deadline,
           t.path, t.body, t.endpoint"
         )
     };
 }
 /// The claim statement, for `EXPLAIN` in benchmarks: `$2` models, `$3` how
-/// many of each. Private batches' requests are left to their own daemon.
+/// many of each, `$5` whose (one owner per row: see `domain::schedule`).
+/// Private batches' requests are left to their own daemon.
 #[doc(hidden)]
 pub const CLAIM_SQL: &str = claim_sql!(
+    "unnest($2::text[], $3::int[], $5::text[]) AS d(model, k, owner)",
     "
-          AND NOT r.private",
+          AND r.owner = d.owner AND NOT r.private",
     "r.deadline, r.id"
 );
 
-/// [`CLAIM_SQL`] in prefix-group order within each deadline: a batch with
-/// an earlier deadline still goes first, whatever its groups.
+/// [`CLAIM_SQL`] in prefix-group order within each owner and deadline: a
+/// batch with an earlier deadline still goes first, whatever its groups.
 #[doc(hidden)]
 pub const CLAIM_GROUPED_SQL: &str = claim_sql!(
+    "unnest($2::text[], $3::int[], $5::text[]) AS d(model, k, owner)",
     "
-          AND NOT r.private",
+          AND r.owner = d.owner AND NOT r.private",
     "r.deadline, r.prefix_key, r.id"
 );
 
@@ -317,22 +346,66 @@ pub const CLAIM_GROUPED_SQL: &str = claim_sql!(
 /// in `requests_claim_private` (a scoped daemon runs a private batch).
 #[doc(hidden)]
 pub const CLAIM_SCOPED_GROUPED_SQL: &str = claim_sql!(
+    "unnest($2::text[], $3::int[]) AS d(model, k)",
     "
           AND r.batch_id = $5 AND r.private",
     "r.prefix_key, r.id"
 );
 
-/// [`CLAIM_SQL`] for a daemon scoped to the batch `$5`: the batch's own
+/// The claim for a daemon scoped to the batch `$5`: the batch's own
 /// range of ids, walked in id (line) order, so that other batches' backlogs
 /// are never scanned. (A batch's lines share one deadline, except failed
 /// lines re-queued by a user's retry, whose later deadline does not need to
 /// put them last.)
 #[doc(hidden)]
 pub const CLAIM_SCOPED_SQL: &str = claim_sql!(
+    "unnest($2::text[], $3::int[]) AS d(model, k)",
     "
           AND r.id BETWEEN fusillade_batch_lo($5) AND fusillade_batch_hi($5) AND r.batch_id = $5",
     "r.id"
 );
+
+/// The owners with claimable work of each model `$1`, with what
+/// `domain::schedule::split` needs of each: the rows of the model it holds
+/// claimed or in flight (over all daemons), the earliest deadline of its
+/// claimable rows, and the requests not yet ended of that row's batch.
+/// Owners are found by a skip scan of `requests_claim` (one probe per
+/// owner), so a large backlog costs no more than a small one.
+const OWNERS_SQL: &str = "
+WITH RECURSIVE owners(model, owner) AS (
+    SELECT m.model, (SELECT r.owner FROM requests r
+                     WHERE r.state = 'pending' AND NOT r.private AND r.model = m.model
+                     ORDER BY r.owner LIMIT 1)
+    FROM unnest($1::text[]) AS m(model)
+    UNION ALL
+    SELECT o.model, (SELECT r.owner FROM requests r
+                     WHERE r.state = 'pending' AND NOT r.private AND r.model = o.model
+                       AND r.owner > o.owner
+                     ORDER BY r.owner LIMIT 1)
+    FROM owners o WHERE o.owner IS NOT NULL
+),
+active AS (
+    SELECT model, owner, count(*) AS n FROM requests
+    WHERE state IN ('claimed', 'processing') AND model = ANY($1)
+    GROUP BY model, owner
+)
+SELECT o.model, o.owner, COALESCE(a.n, 0)::int AS active, h.deadline, h.remaining
+FROM owners o
+LEFT JOIN active a ON a.model = o.model AND a.owner = o.owner
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN r.deadline = 'infinity' THEN NULL ELSE r.deadline END AS deadline,
+           COALESCE((SELECT b.total - b.n_completed - b.n_failed - b.n_canceled
+                     FROM batches b WHERE b.id = r.batch_id), 1)::int8 AS remaining
+    FROM requests r
+    WHERE r.state = 'pending' AND NOT r.private AND r.model = o.model AND r.owner = o.owner
+      AND r.not_before <= now() AND r.deadline > now()
+    ORDER BY r.deadline
+    LIMIT 1) h
+WHERE o.owner IS NOT NULL";
+
+/// Rounds of sharing one claim: an owner that had fewer claimable rows
+/// than it was given drops out, and what it left is shared again.
+const SHARE_ROUNDS: usize = 3;
 
 /// Records results: deletes the queue rows whose lease holds, adds to their
 /// batches' counters and token totals, and appends their results.
@@ -452,40 +525,35 @@ impl QueueStore for PostgresStore {
         }
         claim.asked = claim.asked.min(req.max_total);
         if !models.is_empty() {
-            let claim_sql = match (req.scope, req.grouped) {
-                (None, false) => CLAIM_SQL,
-                (None, true) => CLAIM_GROUPED_SQL,
-                (Some(_), false) => CLAIM_SCOPED_SQL,
-                (Some(_), true) => CLAIM_SCOPED_GROUPED_SQL,
+            claim.requests = match req.scope {
+                Some(batch) => {
+                    let sql = if req.grouped {
+                        CLAIM_SCOPED_GROUPED_SQL
+                    } else {
+                        CLAIM_SCOPED_SQL
+                    };
+                    let rows = sqlx::query(sql)
+                        .bind(req.daemon)
+                        .bind(&models)
+                        .bind(&wants)
+                        .bind(i64::from(req.max_total))
+                        .bind(batch)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    rows.iter().map(claimed_from_row).collect::<Result<_>>()?
+                }
+                None => {
+                    let limits: Vec<u32> = models
+                        .iter()
+                        .map(|model| {
+                            m.iter()
+                                .find(|d| &d.model == model)
+                                .map_or(req.default_limit, |d| d.limit)
+                        })
+                        .collect();
+                    claim_shared(&mut tx, req, &models, &limits, &wants).await?
+                }
             };
-            let mut claiming = sqlx::query(claim_sql)
-                .bind(req.daemon)
-                .bind(&models)
-                .bind(&wants)
-                .bind(i64::from(req.max_total));
-            if let Some(batch) = req.scope {
-                claiming = claiming.bind(batch);
-            }
-            let rows = claiming.fetch_all(&mut *tx).await?;
-            claim.requests = rows
-                .iter()
-                .map(|r| {
-                    Ok(ClaimedRequest {
-                        id: r.try_get("id")?,
-                        batch_id: r.try_get("batch_id")?,
-                        template_id: r.try_get("template_id")?,
-                        attempt: r.try_get("attempt")?,
-                        retries: r.try_get("retries")?,
-                        model: r.try_get("model")?,
-                        custom_id: r.try_get("custom_id")?,
-                        deadline: r.try_get("deadline")?,
-                        path: r.try_get("path")?,
-                        body: r.try_get("body")?,
-                        endpoint: r.try_get("endpoint")?,
-                        prefix_key: r.try_get("prefix_key")?,
-                    })
-                })
-                .collect::<Result<_>>()?;
             if req.grouped {
                 // The UPDATE returns rows in no promised order; the daemon
                 // sends them in this one.
@@ -609,6 +677,118 @@ impl QueueStore for PostgresStore {
         .await?;
         Ok(lost)
     }
+}
+
+/// Claims `wants[i]` requests of each model `models[i]` (whose limit is
+/// `limits[i]`), shared between their owners by `domain::schedule::split`
+/// (see [`QueueStore::claim`]).
+async fn claim_shared(
+    tx: &mut sqlx::PgConnection,
+    req: &ClaimRequest,
+    models: &[String],
+    limits: &[u32],
+    wants: &[i32],
+) -> Result<Vec<ClaimedRequest>> {
+    let rows = sqlx::query(OWNERS_SQL)
+        .bind(models)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut loads: Vec<Vec<OwnerLoad>> = vec![Vec::new(); models.len()];
+    for r in &rows {
+        let model: String = r.try_get("model")?;
+        let Some(i) = models.iter().position(|m| *m == model) else {
+            continue;
+        };
+        loads[i].push(OwnerLoad {
+            owner: r.try_get("owner")?,
+            active: u32::try_from(r.try_get::<i32, _>("active")?).unwrap_or(0),
+            deadline: r.try_get("deadline")?,
+            remaining: u64::try_from(r.try_get::<i64, _>("remaining")?).unwrap_or(0),
+        });
+    }
+    let now = Utc::now();
+    let mut left: Vec<u32> = wants.iter().map(|&w| w.max(0) as u32).collect();
+    let mut budget = req.max_total;
+    let mut claimed = Vec::new();
+    let sql = if req.grouped {
+        CLAIM_GROUPED_SQL
+    } else {
+        CLAIM_SQL
+    };
+    for _ in 0..SHARE_ROUNDS {
+        // (model index, owner index, how many) of this round.
+        let mut asked = Vec::new();
+        for (i, model) in models.iter().enumerate() {
+            let call_time = req.schedule.call_times.get(model).copied();
+            let given = split(limits[i], left[i], &loads[i], &req.schedule, call_time, now);
+            for (j, k) in given.into_iter().enumerate() {
+                if k > 0 {
+                    asked.push((i, j, k));
+                }
+            }
+        }
+        if asked.is_empty() || budget == 0 {
+            break;
+        }
+        let d_models: Vec<&str> = asked.iter().map(|a| models[a.0].as_str()).collect();
+        let d_ks: Vec<i32> = asked.iter().map(|a| clamp_i32(a.2)).collect();
+        let d_owners: Vec<&str> = asked
+            .iter()
+            .map(|a| loads[a.0][a.1].owner.as_str())
+            .collect();
+        let rows = sqlx::query(sql)
+            .bind(req.daemon)
+            .bind(&d_models)
+            .bind(&d_ks)
+            .bind(i64::from(budget))
+            .bind(&d_owners)
+            .fetch_all(&mut *tx)
+            .await?;
+        let round: Vec<ClaimedRequest> =
+            rows.iter().map(claimed_from_row).collect::<Result<_>>()?;
+        budget = budget.saturating_sub(round.len() as u32);
+        // Owners that had fewer claimable rows than they were given.
+        let mut dry = Vec::new();
+        for &(i, j, k) in &asked {
+            let load = &loads[i][j];
+            let got = round
+                .iter()
+                .filter(|r| r.model == models[i] && r.owner == load.owner)
+                .count() as u32;
+            left[i] = left[i].saturating_sub(got);
+            loads[i][j].active = loads[i][j].active.saturating_add(got);
+            if got < k {
+                dry.push((i, j));
+            }
+        }
+        claimed.extend(round);
+        if dry.is_empty() {
+            break;
+        }
+        // Indices of one model ascend in `asked`: remove from the back.
+        for &(i, j) in dry.iter().rev() {
+            loads[i].remove(j);
+        }
+    }
+    Ok(claimed)
+}
+
+fn claimed_from_row(r: &sqlx::postgres::PgRow) -> Result<ClaimedRequest> {
+    Ok(ClaimedRequest {
+        id: r.try_get("id")?,
+        batch_id: r.try_get("batch_id")?,
+        template_id: r.try_get("template_id")?,
+        attempt: r.try_get("attempt")?,
+        retries: r.try_get("retries")?,
+        model: r.try_get("model")?,
+        custom_id: r.try_get("custom_id")?,
+        deadline: r.try_get("deadline")?,
+        path: r.try_get("path")?,
+        body: r.try_get("body")?,
+        endpoint: r.try_get("endpoint")?,
+        prefix_key: r.try_get("prefix_key")?,
+        owner: r.try_get("owner")?,
+    })
 }
 
 /// A body as the finish statement binds it: as text when a `text` column

@@ -274,6 +274,11 @@ pub(super) async fn send(
     } else {
         req.body.to_owned()
     };
+    let body = match route.priority_hint {
+        Some(hint) => super::priority::with_hint(hint, &body, req.deadline, chrono::Utc::now())
+            .unwrap_or(body),
+        None => body,
+    };
     let (route_base, replica) = if req.endpoint_override.is_empty() {
         clients.base(route, prefix_key)
     } else {
@@ -376,7 +381,7 @@ pub(super) async fn send(
 }
 
 fn headers(route: &Route, req: &UpstreamRequest<'_>) -> Result<HeaderMap, String> {
-    let mut h = HeaderMap::with_capacity(4);
+    let mut h = HeaderMap::with_capacity(6);
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(key) = &route.api_key {
         let mut v = HeaderValue::try_from(format!("Bearer {key}"))
@@ -385,7 +390,12 @@ fn headers(route: &Route, req: &UpstreamRequest<'_>) -> Result<HeaderMap, String
         h.insert(AUTHORIZATION, v);
     }
     let id = HeaderValue::try_from(req.request_id.to_string()).expect("a uuid is a header value");
-    h.insert("x-request-id", id);
+    h.insert("x-request-id", id.clone());
+    h.insert("x-fusillade-request-id", id);
+    if let Some(b) = req.batch_id {
+        let v = HeaderValue::try_from(b.to_string()).expect("a uuid is a header value");
+        h.insert("x-fusillade-batch-id", v);
+    }
     if let Some(c) = req.custom_id {
         let v = HeaderValue::try_from(super::header_text::encode(c))
             .expect("an encoded custom_id is a header value");

@@ -12,6 +12,7 @@
 
 mod client;
 pub mod header_text;
+pub mod priority;
 pub mod sse;
 
 use crate::config::Config;
@@ -23,8 +24,10 @@ use std::time::Duration;
 /// One call to make.
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamRequest<'a> {
-    /// The request's id, sent as `X-Request-Id`.
+    /// The request's id, sent as `X-Request-Id` and `X-Fusillade-Request-Id`.
     pub request_id: RequestId,
+    /// Its batch, sent as `X-Fusillade-Batch-Id` when present.
+    pub batch_id: Option<crate::domain::batch::BatchId>,
     /// The caller's id, sent as `X-Fusillade-Custom-Id` when present.
     pub custom_id: Option<&'a str>,
     /// Routes the call (see [`Config::route`]).

@@ -67,6 +67,7 @@ fn demand(daemon: DaemonId, want: u32, grouped: bool) -> ClaimRequest {
         max_total: want,
         scope: None,
         grouped,
+        schedule: Default::default(),
     }
 }
 

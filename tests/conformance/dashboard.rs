@@ -159,6 +159,7 @@ pub async fn model_loads_show_waiting_and_running_work<S: Backend>(store: &S) {
             max_total: 10,
             scope: Some(batch.id),
             grouped: false,
+            schedule: Default::default(),
         })
         .await
         .unwrap();

@@ -32,6 +32,7 @@ pub mod lifecycle;
 pub mod queue;
 pub mod requests;
 pub mod response_steps;
+pub mod sharing;
 
 use crate::common::{CHAT, chunked, collect, jsonl, line, new_batch};
 use fusillade::IngestLimits;
@@ -44,7 +45,7 @@ use fusillade::store::Owner;
 use fusillade::store::{
     BatchStore, ClaimRequest, ClaimedRequest, DaemonStore, DashboardStore, FileStore, Finished,
     HealthStore, MaintenanceStore, NewDaemon, NewFile, QueueStore, RequestStore, Requeue,
-    ResponseStepStore, WorkNotifier,
+    ResponseStepStore, RouteStore, WorkNotifier,
 };
 use std::collections::HashMap;
 
@@ -60,6 +61,7 @@ pub trait Backend:
     + HealthStore
     + DashboardStore
     + ResponseStepStore
+    + RouteStore
     + WorkNotifier
     + Clone
     + Send
@@ -119,6 +121,7 @@ pub fn claim_request(daemon: DaemonId, n: u32, scope: Option<BatchId>) -> ClaimR
         max_total: n,
         scope,
         grouped: false,
+        schedule: Default::default(),
     }
 }
 

@@ -51,6 +51,7 @@ fn demand(daemon: DaemonId, models: &[(&str, u32, u32)], max_total: u32) -> Clai
         max_total,
         scope: None,
         grouped: false,
+        schedule: Default::default(),
     }
 }
 
@@ -78,6 +79,7 @@ fn slots_demand(
         max_total: 1000,
         scope: None,
         grouped: false,
+        schedule: Default::default(),
     }
 }
 
@@ -268,6 +270,7 @@ pub async fn a_private_batch_is_claimed_only_by_its_scoped_daemon<S: Backend>(st
     let scoped = ClaimRequest {
         scope: Some(private),
         grouped: false,
+        schedule: Default::default(),
         ..demand(d, &[("m", 10, 10)], 100)
     };
     let mine = store.claim(&scoped).await.unwrap();
@@ -284,6 +287,7 @@ pub async fn a_scoped_claim_takes_only_its_batch<S: Backend>(store: &S) {
     let scoped = ClaimRequest {
         scope: Some(mine),
         grouped: false,
+        schedule: Default::default(),
         default_limit: 10,
         default_share: 10,
         ..demand(d, &[], 100)

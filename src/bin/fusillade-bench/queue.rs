@@ -149,6 +149,7 @@ pub async fn run(b: QueueBench) -> Result<()> {
         max_total: capacity,
         scope: None,
         grouped: true,
+        schedule: Default::default(),
     };
     let mut pg = GroupCpu::start("postgres");
     let mut claim_times: Vec<Duration> = Vec::new();
@@ -254,6 +255,7 @@ async fn explain(pool: &sqlx::PgPool, daemon: DaemonId, want: u32) -> Result<()>
     .bind(vec!["bench-model"])
     .bind(vec![want as i32])
     .bind(i64::from(want.max(1)))
+    .bind(vec![""])
     .fetch_all(&mut *tx)
     .await?;
     print_plan(rows, tx).await

@@ -292,9 +292,9 @@ impl SqliteStore {
             // low six bytes (domain::ids), so a batch is one key range.
             sqlx::query(
                 "INSERT INTO requests (id, batch_id, template_id, model, custom_id, not_before, \
-                                       deadline, created_at, private, prefix_key) \
+                                       deadline, created_at, private, prefix_key, owner) \
                  SELECT unhex(substr(hex(?1), 1, 20) || printf('%012X', t.line_number)), \
-                        ?1, t.id, t.model, t.custom_id, ?3, ?4, ?3, ?5, t.prefix_key \
+                        ?1, t.id, t.model, t.custom_id, ?3, ?4, ?3, ?5, t.prefix_key, ?6 \
                  FROM request_templates t WHERE t.file_id = ?2 ORDER BY t.line_number",
             )
             .bind(id)
@@ -302,6 +302,7 @@ impl SqliteStore {
             .bind(now)
             .bind(expires)
             .bind(new.private)
+            .bind(new.owner)
             .execute(&mut *tx)
             .await?;
         }
@@ -468,10 +469,11 @@ impl BatchStore for SqliteStore {
         };
         let retried = sqlx::query(&format!(
             "INSERT INTO requests (id, batch_id, template_id, model, custom_id, state, attempt, \
-                                   retries, not_before, deadline, created_at, private, prefix_key) \
+                                   retries, not_before, deadline, created_at, private, prefix_key, \
+                                   owner) \
              SELECT x.request_id, ?3, x.template_id, x.model, x.custom_id, {pending}, x.attempt, \
                     0, ?4, ?5, x.created_at, (SELECT private FROM batches WHERE id = ?3), \
-                    COALESCE(t.prefix_key, 0) \
+                    COALESCE(t.prefix_key, 0), (SELECT owner FROM batches WHERE id = ?3) \
              FROM request_results x LEFT JOIN request_templates t ON t.id = x.template_id \
              WHERE {failed}",
             pending = request_word(RequestState::Pending),

@@ -28,6 +28,8 @@ mod files;
 mod maintenance;
 mod queue;
 mod requests;
+mod routes;
+mod share;
 mod steps;
 mod types;
 
@@ -53,6 +55,11 @@ pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator =
 
 /// Read-only connections beside the writer.
 const READERS: u32 = 4;
+
+/// Page cache of the writer and of each reader, in KiB (SQLite's negative
+/// form): memory stays bounded whatever the database's size.
+const WRITER_CACHE: &str = "-16384";
+const READER_CACHE: &str = "-4096";
 
 /// How long a write waits for the one writer connection, at least: a
 /// batch's creation or a finalize holds it for a moment, and callers
@@ -106,14 +113,13 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
-            .pragma("temp_store", "memory")
-            .pragma("cache_size", "-16384");
+            .pragma("temp_store", "memory");
         let fail = |e: sqlx::Error| connect(BackendError::with_source(e.to_string(), e));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(acquire_timeout.max(WRITER_WAIT))
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("cache_size", WRITER_CACHE))
             .await
             .map_err(fail)?;
         SQLITE_MIGRATOR
@@ -123,7 +129,7 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .acquire_timeout(acquire_timeout)
-            .connect_lazy_with(options.read_only(true));
+            .connect_lazy_with(options.read_only(true).pragma("cache_size", READER_CACHE));
         let (bell, _) = broadcast::channel(16);
         let store = Self {
             writer,

@@ -7,8 +7,10 @@
 
 use super::SqliteStore;
 use super::ending::{RECORD, RESULT_RECORD};
-use super::types::{NEVER, batch_hi, batch_lo, micros, std_us, time};
-use crate::domain::ids::DaemonId;
+use super::share::{Wanted, claim_shared, claimed_from_row};
+use super::types::{batch_hi, batch_lo, micros, std_us};
+use crate::domain::batch::BatchId;
+use crate::domain::ids::{DaemonId, TemplateId};
 use crate::domain::request::{RequestId, RequestState};
 use crate::store::guards::{in_flight, request_word};
 use crate::store::{
@@ -21,9 +23,43 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The error line of a failure that came without one.
 const NO_ERROR: &str = r#"{"code":"upstream_error","message":""}"#;
 
+/// Bytes as lowercase hex, for SQLite's `unhex`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
 fn clamp_i64(v: u32) -> i64 {
     i64::from(v)
 }
+
+/// The distinct models of the shared pending work, one seek of the claim
+/// index each.
+const DISTINCT_PENDING: &str = "WITH RECURSIVE m(model) AS ( \
+     SELECT (SELECT model FROM requests INDEXED BY requests_claim \
+             WHERE state = 'pending' AND NOT private ORDER BY model LIMIT 1) \
+     UNION ALL \
+     SELECT (SELECT r.model FROM requests r INDEXED BY requests_claim \
+             WHERE r.state = 'pending' AND NOT r.private AND r.model > m.model \
+             ORDER BY r.model LIMIT 1) \
+     FROM m WHERE m.model IS NOT NULL) \
+     SELECT model FROM m WHERE model IS NOT NULL AND ?1 IS NULL";
+
+/// The distinct models of batch `?1`'s pending work.
+const DISTINCT_PENDING_SCOPED: &str = "WITH RECURSIVE m(model) AS ( \
+     SELECT (SELECT model FROM requests INDEXED BY requests_pending_batch \
+             WHERE batch_id = ?1 AND state = 'pending' ORDER BY model LIMIT 1) \
+     UNION ALL \
+     SELECT (SELECT r.model FROM requests r INDEXED BY requests_pending_batch \
+             WHERE r.batch_id = ?1 AND r.state = 'pending' AND r.model > m.model \
+             ORDER BY r.model LIMIT 1) \
+     FROM m WHERE m.model IS NOT NULL) \
+     SELECT model FROM m WHERE model IS NOT NULL";
 
 /// One model as the claim weighs it.
 struct Weighed {
@@ -47,25 +83,15 @@ impl QueueStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         // Models with work: never a private batch's, unless scoped to it.
-        let pending_models: Vec<String> = match req.scope {
-            None => {
-                sqlx::query_scalar(
-                    "SELECT DISTINCT model FROM requests \
-                     WHERE state = 'pending' AND NOT private ORDER BY model",
-                )
-                .fetch_all(&mut *tx)
-                .await?
-            }
-            Some(batch) => {
-                sqlx::query_scalar(
-                    "SELECT DISTINCT model FROM requests \
-                     WHERE batch_id = ? AND state = 'pending' ORDER BY model",
-                )
-                .bind(batch)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-        };
+        // Each model is one index seek (a loose index scan), whatever the
+        // backlog: a plain DISTINCT would read every pending row.
+        let pending_models: Vec<String> = sqlx::query_scalar(match req.scope {
+            None => DISTINCT_PENDING,
+            Some(_) => DISTINCT_PENDING_SCOPED,
+        })
+        .bind(req.scope)
+        .fetch_all(&mut *tx)
+        .await?;
         let pending: BTreeSet<&str> = pending_models.iter().map(String::as_str).collect();
         let mut models: Vec<Weighed> = req
             .models
@@ -112,7 +138,8 @@ impl QueueStore for SqliteStore {
             peers: u32::try_from(peers).unwrap_or(u32::MAX),
             ..Claim::default()
         };
-        let mut wants: Vec<(String, i64)> = Vec::new();
+        // (model, limit, how many to claim)
+        let mut wants: Vec<(String, i64, i64)> = Vec::new();
         for m in &models {
             let held = if running {
                 let wanted = if m.pending || m.waiting > 0 {
@@ -140,7 +167,7 @@ impl QueueStore for SqliteStore {
             let usable = held.min(m.share);
             let want = (2 * usable - m.in_flight - m.waiting).max(0) * m.per_call;
             if m.pending && usable > 0 && want > 0 {
-                wants.push((m.model.clone(), want));
+                wants.push((m.model.clone(), m.cap, want));
                 claim.asked = claim.asked.saturating_add(want.min(u32::MAX as i64) as u32);
             }
             claim
@@ -148,87 +175,52 @@ impl QueueStore for SqliteStore {
                 .push((m.model.clone(), usable.clamp(0, u32::MAX as i64) as u32));
         }
         claim.asked = claim.asked.min(req.max_total);
-        let mut left = i64::from(req.max_total);
-        let order = if req.grouped {
-            "deadline, prefix_key, id"
-        } else {
-            "deadline, id"
-        };
-        let pick = match (req.scope, req.grouped) {
-            (None, _) => format!(
-                "SELECT id FROM requests INDEXED BY requests_claim \
-                 WHERE state = 'pending' AND NOT private AND model = ?1 \
-                   AND not_before <= ?2 AND deadline > ?2 ORDER BY {order} LIMIT ?3"
-            ),
-            // A private batch's pending rows by prefix group.
-            (Some(_), true) => "SELECT id FROM requests INDEXED BY requests_pending_batch \
-                 WHERE batch_id = ?4 AND model = ?1 AND state = 'pending' \
-                   AND not_before <= ?2 AND deadline > ?2 ORDER BY prefix_key, id LIMIT ?3"
-                .to_owned(),
-            // The batch's own range of ids, walked in line order.
-            (Some(_), false) => "SELECT id FROM requests NOT INDEXED \
-                 WHERE id BETWEEN ?5 AND ?6 AND batch_id = ?4 AND model = ?1 \
-                   AND state = 'pending' AND not_before <= ?2 AND deadline > ?2 \
-                 ORDER BY id LIMIT ?3"
-                .to_owned(),
-        };
-        let update = format!(
-            "UPDATE requests SET state = 'claimed', attempt = attempt + 1, daemon_id = ?7, \
-                 claimed_at = ?2 \
-             WHERE id IN ({pick}) AND state = 'pending' \
-             RETURNING id, batch_id, template_id, attempt, retries, model, custom_id, \
-                       prefix_key, deadline"
-        );
-        let (lo, hi) = match req.scope {
-            Some(b) => (Some(batch_lo(b)), Some(batch_hi(b))),
-            None => (None, None),
-        };
-        for (model, want) in wants {
-            if left <= 0 {
-                break;
+        claim.requests = match req.scope {
+            None => {
+                let wanted: Vec<Wanted> = wants
+                    .into_iter()
+                    .map(|(model, limit, want)| Wanted {
+                        model,
+                        limit: limit.clamp(0, i64::from(u32::MAX)) as u32,
+                        want: want.clamp(0, i64::from(u32::MAX)) as u32,
+                    })
+                    .collect();
+                claim_shared(&mut tx, req, &wanted, req.max_total, now).await?
             }
-            let k = want.min(left);
-            let rows = sqlx::query(&update)
-                .bind(&model)
-                .bind(now)
-                .bind(k)
-                .bind(req.scope)
-                .bind(lo)
-                .bind(hi)
-                .bind(req.daemon)
-                .fetch_all(&mut *tx)
-                .await?;
-            left -= rows.len() as i64;
-            for r in &rows {
-                let deadline: i64 = r.try_get("deadline")?;
-                claim.requests.push(ClaimedRequest {
-                    id: r.try_get("id")?,
-                    batch_id: r.try_get("batch_id")?,
-                    template_id: r.try_get("template_id")?,
-                    attempt: r.try_get("attempt")?,
-                    retries: r.try_get("retries")?,
-                    model: r.try_get("model")?,
-                    custom_id: r.try_get("custom_id")?,
-                    deadline: (deadline != NEVER).then(|| time(deadline)),
-                    path: String::new(),
-                    body: String::new(),
-                    endpoint: String::new(),
-                    prefix_key: r.try_get("prefix_key")?,
-                });
-            }
-        }
-        // What to send: each template's line, by primary key.
-        for c in &mut claim.requests {
-            let t = sqlx::query(
-                "SELECT t.path, t.body, t.endpoint FROM requests q \
-                 JOIN request_templates t ON t.id = q.template_id WHERE q.id = ?",
+            Some(batch) => claim_scoped(&mut tx, req, batch, wants, now).await?,
+        };
+        // What to send: each template's line, by primary key, in one statement.
+        if !claim.requests.is_empty() {
+            let ids: Vec<String> = claim
+                .requests
+                .iter()
+                .map(|c| c.template_id.0.simple().to_string())
+                .collect();
+            let rows = sqlx::query(
+                "SELECT t.id, t.path, t.body, t.endpoint FROM json_each(?) j \
+                 JOIN request_templates t ON t.id = unhex(j.value)",
             )
-            .bind(c.id)
-            .fetch_one(&mut *tx)
+            .bind(serde_json::to_string(&ids).expect("ids serialize"))
+            .fetch_all(&mut *tx)
             .await?;
-            c.path = t.try_get("path")?;
-            c.body = t.try_get("body")?;
-            c.endpoint = t.try_get("endpoint")?;
+            let mut lines: BTreeMap<TemplateId, (String, String, String)> = BTreeMap::new();
+            for t in &rows {
+                lines.insert(
+                    t.try_get("id")?,
+                    (
+                        t.try_get("path")?,
+                        t.try_get("body")?,
+                        t.try_get("endpoint")?,
+                    ),
+                );
+            }
+            for c in &mut claim.requests {
+                // Requests of one line share its template: the last takes it.
+                let line = lines.get(&c.template_id).cloned().ok_or_else(|| {
+                    StoreError::Invalid(format!("request {} has no template", c.id))
+                })?;
+                (c.path, c.body, c.endpoint) = line;
+            }
         }
         tx.commit().await?;
         claim.requests.sort_by_key(|r| {
@@ -247,63 +239,97 @@ impl QueueStore for SqliteStore {
             return Ok(Vec::new());
         }
         let now = micros(chrono::Utc::now());
+        // The rows as one JSON array, so that each step below is one
+        // statement whatever their number (bodies as hex: JSON has no bytes).
+        let mut rows = Vec::with_capacity(items.len());
+        for i in items {
+            assert!(i.state.is_terminal(), "finish needs a terminal state");
+            let ok = i.state == RequestState::Completed;
+            let error = match (&i.error, ok) {
+                (_, true) => None,
+                (Some(e), false) => Some(serde_json::to_string(e).map_err(|e| {
+                    StoreError::Rejected(crate::store::BackendError::with_source(e.to_string(), e))
+                })?),
+                (None, false) => Some(NO_ERROR.to_owned()),
+            };
+            rows.push(serde_json::json!([
+                i.id.0.simple().to_string(),
+                i.attempt,
+                i.state.as_str(),
+                ok,
+                i.status_code,
+                i.upstream_request_id,
+                i.body.as_deref().map(hex),
+                error,
+            ]));
+        }
+        let rows = serde_json::Value::Array(rows).to_string();
         let write = async {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-            let mut accepted = Vec::with_capacity(items.len());
-            // Per batch: completed, failed, canceled, then the five token totals.
-            let mut tally: BTreeMap<crate::domain::batch::BatchId, [i64; 8]> = BTreeMap::new();
-            for i in items {
-                assert!(i.state.is_terminal(), "finish needs a terminal state");
-                let ok = i.state == RequestState::Completed;
-                let error = if ok {
-                    None
-                } else {
-                    Some(match &i.error {
-                        Some(e) => serde_json::to_string(e)
-                            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
-                        None => NO_ERROR.to_owned(),
-                    })
-                };
-                // In flight = not pending (the only other live state).
-                let row = sqlx::query(&format!(
-                    "INSERT INTO request_results ({RESULT_RECORD}, state, ok, status_code, \
-                         upstream_request_id, body, error, finished_at) \
-                     SELECT {RECORD}, ?3, ?4, ?5, ?6, ?7, ?8, ?9 FROM requests \
-                     WHERE id = ?1 AND attempt = ?2 AND state <> 'pending' \
-                     RETURNING batch_id"
-                ))
-                .bind(i.id)
-                .bind(i.attempt)
-                .bind(i.state)
-                .bind(ok)
-                .bind(i.status_code)
-                .bind(i.upstream_request_id.as_deref())
-                .bind(i.body.as_deref())
-                .bind(error)
-                .bind(now)
-                .fetch_optional(&mut *tx)
+            // Whose lease holds (in flight = not pending, the only other
+            // live state), as one row.
+            let held: Option<String> = sqlx::query_scalar(
+                "SELECT json_group_array(json_array(lower(hex(q.id)), lower(hex(q.batch_id)))) \
+                 FROM json_each(?1) j JOIN requests q ON q.id = unhex(j.value ->> 0) \
+                 WHERE q.attempt = j.value ->> 1 AND q.state <> 'pending'",
+            )
+            .bind(&rows)
+            .fetch_one(&mut *tx)
+            .await?;
+            let held: Vec<(String, Option<String>)> =
+                serde_json::from_str(held.as_deref().unwrap_or("[]"))
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            if held.is_empty() {
+                tx.rollback().await?;
+                return Ok::<_, sqlx::Error>(Vec::new());
+            }
+            sqlx::query(&format!(
+                "INSERT INTO request_results ({RESULT_RECORD}, state, ok, status_code, \
+                     upstream_request_id, body, error, finished_at) \
+                 SELECT {q_record}, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5, \
+                        unhex(j.value ->> 6), j.value ->> 7, ?2 \
+                 FROM json_each(?1) j JOIN requests q ON q.id = unhex(j.value ->> 0) \
+                 WHERE q.attempt = j.value ->> 1 AND q.state <> 'pending'",
+                q_record = RECORD
+                    .split(", ")
+                    .map(|c| format!("q.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ))
+            .bind(&rows)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let ids: Vec<&str> = held.iter().map(|h| h.0.as_str()).collect();
+            sqlx::query("DELETE FROM requests WHERE id IN (SELECT unhex(value) FROM json_each(?))")
+                .bind(serde_json::to_string(&ids).expect("ids serialize"))
+                .execute(&mut *tx)
                 .await?;
-                let Some(row) = row else { continue };
-                sqlx::query("DELETE FROM requests WHERE id = ?")
-                    .bind(i.id)
-                    .execute(&mut *tx)
-                    .await?;
-                accepted.push(i.id);
-                let batch: Option<crate::domain::batch::BatchId> = row.try_get("batch_id")?;
-                if let Some(b) = batch {
-                    let t = tally.entry(b).or_default();
-                    match i.state {
-                        RequestState::Completed => t[0] += 1,
-                        RequestState::Failed => t[1] += 1,
-                        _ => t[2] += 1,
-                    }
-                    if let Some(u) = &i.usage {
-                        t[3] += u.input_tokens;
-                        t[4] += u.cached_tokens;
-                        t[5] += u.output_tokens;
-                        t[6] += u.reasoning_tokens;
-                        t[7] += u.total_tokens;
-                    }
+            // Per batch: completed, failed, canceled, then the five token totals.
+            let items_by_id: BTreeMap<RequestId, &Finished> =
+                items.iter().rev().map(|i| (i.id, i)).collect();
+            let mut tally: BTreeMap<String, [i64; 8]> = BTreeMap::new();
+            let mut accepted = Vec::with_capacity(held.len());
+            for (id, batch) in &held {
+                let id = RequestId(
+                    uuid::Uuid::try_parse(id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                );
+                accepted.push(id);
+                let (Some(batch), Some(i)) = (batch, items_by_id.get(&id)) else {
+                    continue;
+                };
+                let t = tally.entry(batch.clone()).or_default();
+                match i.state {
+                    RequestState::Completed => t[0] += 1,
+                    RequestState::Failed => t[1] += 1,
+                    _ => t[2] += 1,
+                }
+                if let Some(u) = &i.usage {
+                    t[3] += u.input_tokens;
+                    t[4] += u.cached_tokens;
+                    t[5] += u.output_tokens;
+                    t[6] += u.reasoning_tokens;
+                    t[7] += u.total_tokens;
                 }
             }
             for (batch, t) in tally {
@@ -313,7 +339,7 @@ impl QueueStore for SqliteStore {
                          cached_tokens = cached_tokens + ?6, output_tokens = output_tokens + ?7, \
                          reasoning_tokens = reasoning_tokens + ?8, \
                          total_tokens = total_tokens + ?9 \
-                     WHERE id = ?1",
+                     WHERE id = unhex(?1)",
                 )
                 .bind(batch)
                 .bind(t[0])
@@ -328,7 +354,7 @@ impl QueueStore for SqliteStore {
                 .await?;
             }
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(accepted)
+            Ok(accepted)
         };
         write.await.map_err(StoreError::from_write)
     }
@@ -405,4 +431,57 @@ impl QueueStore for SqliteStore {
             })
             .collect()
     }
+}
+
+/// Claims `wants` (model, limit, how many) of batch `batch`'s requests, at
+/// most `req.max_total` in all, without sharing: a scoped daemon runs its
+/// one batch.
+async fn claim_scoped(
+    tx: &mut sqlx::SqliteConnection,
+    req: &ClaimRequest,
+    batch: BatchId,
+    wants: Vec<(String, i64, i64)>,
+    now: i64,
+) -> Result<Vec<ClaimedRequest>> {
+    let pick = if req.grouped {
+        // A private batch's pending rows by prefix group.
+        "SELECT id FROM requests INDEXED BY requests_pending_batch \
+         WHERE batch_id = ?4 AND model = ?1 AND state = 'pending' \
+           AND not_before <= ?2 AND deadline > ?2 ORDER BY prefix_key, id LIMIT ?3"
+    } else {
+        // The batch's own range of ids, walked in line order.
+        "SELECT id FROM requests NOT INDEXED \
+         WHERE id BETWEEN ?5 AND ?6 AND batch_id = ?4 AND model = ?1 \
+           AND state = 'pending' AND not_before <= ?2 AND deadline > ?2 \
+         ORDER BY id LIMIT ?3"
+    };
+    let update = format!(
+        "UPDATE requests SET state = 'claimed', attempt = attempt + 1, daemon_id = ?7, \
+             claimed_at = ?2 \
+         WHERE id IN ({pick}) AND state = 'pending' \
+         RETURNING id, batch_id, template_id, attempt, retries, model, custom_id, \
+                   prefix_key, deadline, owner"
+    );
+    let mut left = i64::from(req.max_total);
+    let mut claimed = Vec::new();
+    for (model, _, want) in wants {
+        if left <= 0 {
+            break;
+        }
+        let rows = sqlx::query(&update)
+            .bind(&model)
+            .bind(now)
+            .bind(want.min(left))
+            .bind(batch)
+            .bind(batch_lo(batch))
+            .bind(batch_hi(batch))
+            .bind(req.daemon)
+            .fetch_all(&mut *tx)
+            .await?;
+        left -= rows.len() as i64;
+        for r in &rows {
+            claimed.push(claimed_from_row(r)?);
+        }
+    }
+    Ok(claimed)
 }

@@ -134,6 +134,8 @@ CREATE TABLE requests (
     started_at   INTEGER,
     private      INTEGER NOT NULL DEFAULT 0,
     prefix_key   INTEGER NOT NULL DEFAULT 0,
+    -- Its batch's owner, for sharing a model's slots between owners.
+    owner        TEXT    NOT NULL DEFAULT '',
     CHECK (state NOT IN ('claimed', 'processing') OR (daemon_id IS NOT NULL AND claimed_at IS NOT NULL)),
     CHECK (state <> 'processing' OR started_at IS NOT NULL),
     CHECK (state IN ('claimed', 'processing') OR daemon_id IS NULL)
