@@ -1,12 +1,15 @@
 //! fusillade runs large batches of LLM requests against OpenAI-compatible
-//! inference servers, with PostgreSQL as its only state.
+//! inference servers, with a database as its only state: PostgreSQL for many
+//! workers and machines, or an embedded SQLite file for one process.
 //!
 //! # Layout
 //!
 //! - [`domain`]: pure types and rules (ids, states and their transitions,
 //!   JSONL parsing and validation, output lines). No SQL, no I/O.
-//! - [`store`]: every SQL statement, one module per table, behind traits.
-//! - `migrations/`: the PostgreSQL schema, the only place it changes.
+//! - [`store`]: every SQL statement, one module per table, behind traits,
+//!   with two backends (PostgreSQL; SQLite in `store::sqlite`).
+//! - `migrations/`: the PostgreSQL schema, the only place it changes;
+//!   SQLite's own is in `src/store/sqlite/migrations/`.
 //! - [`api`]: the OpenAI-compatible HTTP API (axum): `api::router(state)`,
 //!   with the dashboard (a static app at `/`) and the `/v1` extensions it reads.
 //! - `cli` (in the binary): one module per subcommand.
