@@ -381,14 +381,24 @@ function pageBatch(main, id, params) {
   };
 
   let statsGen = 0;
+  // Whether statistics asked for after the batch was seen ended have been
+  // shown: the statistics of the poll that first sees it ended may have been
+  // read before its last results (or failed), so polling goes on until a
+  // later read is on the page.
+  let settled = false;
   async function refresh() {
     // All at once: the head paints as soon as the batch arrives, without
     // waiting for the statistics (the slowest call) or the requests.
     const mine = ++statsGen;
-    api(`/v1/batches/${id}/stats`).then((s) => { if (mine === statsGen) renderStats(s); }).catch((e) => flash(e.message));
+    const afterEnd = batch !== null && !LIVE.has(batch.status);
+    const stats = api(`/v1/batches/${id}/stats`)
+      .then((s) => { if (mine === statsGen) { renderStats(s); settled = settled || afterEnd; } })
+      .catch((e) => flash(e.message));
     batch = await api(`/v1/batches/${id}`);
     renderHead(batch);
-    return LIVE.has(batch.status);
+    if (LIVE.has(batch.status)) return true;
+    await stats;
+    return !settled;
   }
   let live = true;
   poll(async () => {
