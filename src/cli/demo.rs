@@ -52,14 +52,17 @@ pub struct Args {
 }
 
 /// The simulated server: 25 ms on average before the first byte, decoding
-/// at 1000 tokens a second, 3% of calls refused with 429 and 2% with 503.
+/// at 1000 tokens a second, 0.2% of calls refused with 429 and 2% with 503.
+/// 429s are kept rare: each carries `Retry-After: 1`, which pauses the
+/// whole route (see the README's "Scheduling"), so a few show the pause
+/// and more would spend the demo waiting.
 fn simulation() -> Simulation {
     Simulation {
         latency: Duration::from_millis(25),
         distribution: LatencyDistribution::Uniform,
         faults: vec![
             Fault {
-                rate: 0.03,
+                rate: 0.002,
                 status: 429,
             },
             Fault {
