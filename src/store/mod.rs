@@ -42,23 +42,36 @@
 //! The pools derived from `primary` are lazy (connections open on first
 //! use) and copy its connection settings.
 
+#[path = "postgres/batches.rs"]
 mod batches;
+#[path = "postgres/copy.rs"]
 mod copy;
+#[path = "postgres/daemons.rs"]
 mod daemons;
+#[path = "postgres/dashboard.rs"]
 mod dashboard;
+#[path = "postgres/ending.rs"]
 mod ending;
 mod error;
+#[path = "postgres/files.rs"]
 mod files;
 mod fingerprints;
 mod guards;
+#[path = "postgres/maintenance.rs"]
 mod maintenance;
+#[path = "postgres/notify.rs"]
 mod notify;
 mod open;
+#[path = "postgres/pools.rs"]
 mod pools;
 mod postgres;
+#[path = "postgres/queue.rs"]
 mod queue;
+#[path = "postgres/requests.rs"]
 mod requests;
+#[path = "postgres/response_steps.rs"]
 mod response_steps;
+#[path = "postgres/routes.rs"]
 mod routes;
 mod rules;
 mod settle;
