@@ -6,8 +6,8 @@
 //!
 //! - [`domain`]: pure types and rules (ids, states and their transitions,
 //!   JSONL parsing and validation, output lines). No SQL, no I/O.
-//! - [`store`]: every SQL statement, one module per table, behind traits,
-//!   with two backends (PostgreSQL; SQLite in `store::sqlite`).
+//! - [`store`]: storage behind traits, with two backends (PostgreSQL in
+//!   `store::postgres`, SQLite in `store::sqlite`), each one module per table.
 //! - `migrations/`: the PostgreSQL schema, the only place it changes;
 //!   SQLite's own is in `src/store/sqlite/migrations/`.
 //! - [`api`]: the OpenAI-compatible HTTP API (axum): `api::router(state)`,

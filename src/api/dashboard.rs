@@ -4,7 +4,7 @@
 //! - `GET /v1/me`: the caller's owner name and whether it is an admin;
 //! - `GET /v1/batches/{id}/stats`: counts by state, throughput over time,
 //!   latency percentiles and failures by code, each at a fixed cost
-//!   whatever the batch's size (see `store::dashboard`);
+//!   whatever the batch's size (see `store::traits::dashboard`);
 //! - `GET /v1/batches/{id}/requests/{request_id}`: one request with its
 //!   input body and its answer or error;
 //! - `GET /v1/files/{id}/validation`: an upload's refused lines, by line

@@ -1,7 +1,7 @@
 //! The prefix key of a request: requests that share it share the leading
 //! part of their prompt, which an upstream with a prefix cache computes
 //! once while it stays cached. Claims take requests in key order (see
-//! `store::queue`), so calls with the same prefix run close together, and
+//! `store::traits::queue`), so calls with the same prefix run close together, and
 //! the upstream client sends a key to the same replica.
 
 use serde::Deserialize;

@@ -1,110 +1,67 @@
-//! Every SQL statement lives here, one module per table.
+//! Storage: the traits the rest of the crate uses, the store's errors, and
+//! the rules every backend shares. Every SQL statement lives in a backend.
 //!
-//! The rest of the crate speaks to storage only through the traits below
-//! ([`FileStore`], [`BatchStore`], [`RequestStore`], [`DaemonStore`],
+//! The rest of the crate speaks to storage only through the traits here and
+//! in `traits/` ([`FileStore`], [`BatchStore`], [`RequestStore`],
+//! [`HealthStore`], [`DaemonStore`], [`QueueStore`], [`MaintenanceStore`],
+//! [`RouteStore`], [`DashboardStore`], [`WorkNotifier`],
 //! [`ResponseStepStore`]), never through a raw pool, so that every backend
-//! implements the same traits: [`PostgresStore`] and the embedded
-//! [`SqliteStore`] (`sqlite/`, with its own schema), chosen by [`open`] and
-//! held as a [`Store`]. Everything PostgreSQL-specific stays inside
-//! [`PostgresStore`].
+//! implements the same traits: [`PostgresStore`] (`postgres/`) and the
+//! embedded [`SqliteStore`] (`sqlite/`, with its own schema), chosen by
+//! [`open`] and held as a [`Store`].
 //!
 //! What every backend shares: [`StoreError`] (`error`), whose variants are
 //! all a caller matches (never a driver's error or a constraint's name);
-//! [`open`] (`open`), which picks the backend from the database URL; and
-//! the SQL guards derived from the domain's transition tables (`guards`).
-//! `postgres/` holds what only PostgreSQL knows: how domain types are
-//! encoded, how its errors sort into [`StoreError`], and how it connects.
-//! The per-table modules here are PostgreSQL's too and move under
-//! `postgres/` once the branches that change them have merged.
-//!
-//! Reads that serve the API go to the replica pool; anything that decides a
-//! write reads from the primary.
-//!
-//! # Connections by role
-//!
-//! One pool per role, so that no role can wait behind another's traffic:
-//!
-//! - `primary` and `replica` (given to [`PostgresStore::new`]): the API's own
-//!   reads and writes. `fusillade serve` gives them a short acquire timeout,
-//!   so an exhausted pool or a missing database answers 503 quickly.
-//! - `queue`: the daemon's hot path (claims, results, lease checks).
-//! - `background`: the daemon's timed roles (registry and heartbeat,
-//!   rescuer, finalizer and vacuum), one connection per role, so a
-//!   heartbeat never waits behind API traffic, uploads or a long finalize.
-//! - `ordered`: reads that walk a batch in order (downloads, request lists).
-//! - `creates`: batch creation's one statement, with its plan kept per
-//!   connection (see `store::batches`), so creates never replan it.
-//! - `ingest`: uploads being parsed into the database, at most
-//!   [`INGEST_CONNECTIONS`] at a time; the rest wait their turn (without a
-//!   timeout: their bytes are already on disk, see `api::files`), so uploads
-//!   can never take the API's connections.
-//!
-//! The pools derived from `primary` are lazy (connections open on first
-//! use) and copy its connection settings.
+//! [`open`] (`open`), which picks the backend from the database URL; the
+//! SQL guards derived from the domain's transition tables (`guards`); the
+//! checks of a new batch (`rules`); the upload's duplicate detection
+//! (`fingerprints`); and how a batched write of results is retried and
+//! split ([`Settlement`], `settle`). Everything that names PostgreSQL (its
+//! SQL, pools, type encodings, error codes, LISTEN/NOTIFY) is in
+//! `postgres/`, one module per table; SQLite's in `sqlite/`.
 
-#[path = "postgres/batches.rs"]
-mod batches;
-#[path = "postgres/copy.rs"]
-mod copy;
-#[path = "postgres/daemons.rs"]
-mod daemons;
-#[path = "postgres/dashboard.rs"]
-mod dashboard;
-#[path = "postgres/ending.rs"]
-mod ending;
 mod error;
-#[path = "postgres/files.rs"]
-mod files;
 mod fingerprints;
 mod guards;
-#[path = "postgres/maintenance.rs"]
-mod maintenance;
-#[path = "postgres/notify.rs"]
-mod notify;
 mod open;
-#[path = "postgres/pools.rs"]
-mod pools;
 mod postgres;
-#[path = "postgres/queue.rs"]
-mod queue;
-#[path = "postgres/requests.rs"]
-mod requests;
-#[path = "postgres/response_steps.rs"]
-mod response_steps;
-#[path = "postgres/routes.rs"]
-mod routes;
 mod rules;
 mod settle;
 mod sqlite;
+mod traits;
 
-pub use batches::{BatchListQuery, NewBatch};
-pub use daemons::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
-pub use dashboard::{
+pub use crate::domain::daemon::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
+pub use error::{BackendError, StoreError, UniqueKey};
+pub use open::{OpenError, Store, open, redact, sqlite_path};
+pub use postgres::{
+    API_CONNECTIONS, BACKGROUND_CONNECTIONS, CLAIM_SQL, DbPools, INGEST_CONNECTIONS, MIGRATOR,
+    PostgresRequestManager, PostgresResponseStepManager, PostgresStore, QUEUE_SETTINGS,
+    TestDbPools, WORK_CHANNEL, finish_sql, migrate, queue_session_settings,
+};
+pub use settle::{FAILURES_BEFORE_SPLIT, Refused, RefusedEnd, Settled, Settlement, WriteKind};
+pub use sqlite::{SQLITE_MIGRATOR, SqliteStore};
+pub use traits::dashboard::{
     BODY_PREVIEW, BatchSample, DashboardStore, ERROR_SAMPLE, ErrorGroup, ModelLoad,
     PENDING_COUNT_CAP, RequestDetail, ResultSample, STATS_SAMPLE,
 };
-pub use error::{BackendError, StoreError, UniqueKey};
-pub use files::{FileListQuery, NewFile, Order};
-pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
-pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
-pub use open::{OpenError, Store, open, redact, sqlite_path};
-pub use pools::{API_ACQUIRE_TIMEOUT, API_CONNECTIONS, DbPools, TestDbPools};
-pub use queue::{
-    CLAIM_SQL, Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue,
-    finish_sql,
+pub use traits::maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
+pub use traits::notify::{WorkNotifier, WorkSignals};
+pub use traits::queue::{
+    Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue,
 };
-pub use response_steps::ResponseStepStore;
-pub use routes::RouteStore;
-pub use settle::{FAILURES_BEFORE_SPLIT, Refused, RefusedEnd, Settled, Settlement, WriteKind};
-pub use sqlite::{SQLITE_MIGRATOR, SqliteStore};
+pub use traits::response_steps::ResponseStepStore;
+pub use traits::routes::RouteStore;
 
-use crate::domain::batch::{Batch, BatchId, RequestCounts};
-use crate::domain::file::{File, FileId, IngestLimits};
+use crate::domain::batch::{Batch, BatchId, BatchStatus, RequestCounts};
+use crate::domain::file::{File, FileId, FilePurpose};
 use crate::domain::ids::DaemonId;
 use crate::domain::request::{RequestId, RequestRecord};
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures_util::stream::BoxStream;
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::time::Duration;
 
 /// Shorthand for store results.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -112,95 +69,11 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A stream of bytes (file content), owning everything it needs.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 
-/// Planner settings for statements that must walk an index in order and
-/// stop early: no bitmap scans, sorts or sequential scans, no JIT. Needed
-/// because the bulk tables' statistics lag far behind their contents (a
-/// batch of a million rows is written in seconds): with "one row" estimates
-/// the planner reads a whole batch and sorts it for every page, and a plan
-/// that must use a disabled node anyway looks costly enough to be compiled
-/// by the JIT (half a second). Set on the sessions of dedicated pools.
-const ORDERED_SETTINGS: &[(&str, &str)] = &[
-    ("jit", "off"),
-    ("enable_bitmapscan", "off"),
-    ("enable_sort", "off"),
-    ("enable_seqscan", "off"),
-];
-
-/// The daemon's hot path (claims, results, requeues, lease checks) runs on
-/// connections of its own with [`ORDERED_SETTINGS`], joins by nested loops
-/// only (its statements join a few hundred ids to their rows by primary
-/// key; a hash join would scan a whole index of live or dead rows), and
-/// plans made once per connection: replanning every statement cost about a
-/// quarter of its database time, and these settings leave one good plan.
-#[doc(hidden)]
-pub const QUEUE_SETTINGS: &[(&str, &str)] = &[
-    ("enable_hashjoin", "off"),
-    ("enable_mergejoin", "off"),
-    ("plan_cache_mode", "force_generic_plan"),
-];
-
-/// Every setting of the hot path's sessions, for `EXPLAIN` in benchmarks.
-#[doc(hidden)]
-pub fn queue_session_settings() -> impl Iterator<Item = (&'static str, &'static str)> {
-    ORDERED_SETTINGS.iter().chain(QUEUE_SETTINGS).copied()
-}
-
-/// Most connections of the hot path's pool: one claim, one result writer,
-/// one lease check at a time, and a spare.
-const QUEUE_CONNECTIONS: u32 = 4;
-
-/// Most connections of the pool of ordered reads (downloads and lists).
-const ORDERED_CONNECTIONS: u32 = 8;
-
-/// Connections of the daemon's timed roles: one each for the heartbeat (until
-/// it runs on a [detached](DaemonStore::detached) copy), the rescuer, the
-/// finalizer (which also vacuums) and the new-work listener (which holds its
-/// connection), so none waits for another.
-pub const BACKGROUND_CONNECTIONS: u32 = 4;
-
-/// Connections of a [detached](DaemonStore::detached) store: the heartbeat
-/// and, rarely, the clean-up after this daemon lost its standing.
-const DETACHED_CONNECTIONS: u32 = 2;
-
-/// Uploads parsed into the database at once. Ingest runs at disk speed from
-/// a spooled file, so a few at a time keep the database busy enough.
-pub const INGEST_CONNECTIONS: u32 = 2;
-
-/// Connections that create batches: each create is one short statement.
-const CREATE_CONNECTIONS: u32 = 4;
-
-/// Planner settings of the `creates` pool: batch creation's statement
-/// (index lookups and inserts only) keeps one plan per connection, since
-/// planning it cost twice its execution.
-const CREATE_SETTINGS: &[(&str, &str)] = &[("plan_cache_mode", "force_generic_plan")];
-
-/// A pool on the same server as `primary` whose sessions use `settings` on
-/// top of [`ORDERED_SETTINGS`], with this acquire timeout.
-fn pool_with(
-    primary: &sqlx::PgPool,
-    settings: &[(&str, &str)],
-    max: u32,
-    acquire: std::time::Duration,
-) -> sqlx::PgPool {
-    let options = primary
-        .connect_options()
-        .as_ref()
-        .clone()
-        .options(ORDERED_SETTINGS.iter().chain(settings).copied());
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(acquire)
-        .connect_lazy_with(options)
-}
-
-/// A pool on the same server as `primary`, with its session settings, at
-/// most `max` connections, and this acquire timeout.
-fn pool_like(primary: &sqlx::PgPool, max: u32, acquire: std::time::Duration) -> sqlx::PgPool {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(acquire)
-        .connect_lazy_with(primary.connect_options().as_ref().clone())
-}
+/// How long an API call waits for one of the API's connections before it
+/// answers 503: when the database is away or the pool is exhausted, callers
+/// and probes hear it in seconds, not after half a minute. The daemon's own
+/// pools keep sqlx's long default and retry.
+pub const API_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One page of a keyset-paginated list.
 #[derive(Debug, Clone, PartialEq)]
@@ -252,6 +125,42 @@ impl<'a> Owner<'a> {
 /// The most items a list call returns.
 pub const MAX_PAGE: i64 = 10_000;
 
+/// What is known about an upload before its bytes arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFile {
+    /// Who owns it ("" when auth is off).
+    pub owner: String,
+    /// The name it was uploaded with.
+    pub filename: String,
+    /// When it may be deleted, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Sort order of a list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first.
+    Asc,
+    /// Newest first.
+    #[default]
+    Desc,
+}
+
+/// Which files to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileListQuery<'a> {
+    /// Whose files.
+    pub owner: Owner<'a>,
+    /// Only files with this purpose.
+    pub purpose: Option<FilePurpose>,
+    /// Start after this file (exclusive).
+    pub after: Option<FileId>,
+    /// At most this many (capped at [`MAX_PAGE`]).
+    pub limit: i64,
+    /// Newest or oldest first.
+    pub order: Order,
+}
+
 /// Files: upload, look up, list, delete, download.
 pub trait FileStore: Send + Sync {
     /// Stores an uploaded JSONL file, parsing and validating it line by line as
@@ -292,6 +201,39 @@ pub trait FileStore: Send + Sync {
         id: FileId,
         expires_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// What is needed to create a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBatch<'a> {
+    /// Who creates it; the input file must be theirs ("" when auth is off).
+    pub owner: &'a str,
+    /// The input file to run.
+    pub input_file_id: FileId,
+    /// The endpoint every line must target.
+    pub endpoint: &'a str,
+    /// `24h`, `90m`, ...
+    pub completion_window: &'a str,
+    /// The caller's key/value pairs.
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// A repeat with the same key returns the first batch instead of a new one.
+    pub idempotency_key: Option<&'a str>,
+    /// Run only by a daemon scoped to this batch (`fusillade run`, with its
+    /// own routes): other daemons never claim its requests.
+    pub private: bool,
+}
+
+/// Which batches to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchListQuery<'a> {
+    /// Whose batches.
+    pub owner: Owner<'a>,
+    /// Only batches in this status.
+    pub status: Option<BatchStatus>,
+    /// Start after this batch (exclusive), newest first.
+    pub after: Option<BatchId>,
+    /// At most this many (capped at [`MAX_PAGE`]).
+    pub limit: i64,
 }
 
 /// Batches: create from a file, look up, list, cancel, count.
@@ -410,104 +352,4 @@ pub trait DaemonStore: Send + Sync {
     fn detached(&self) -> Self
     where
         Self: Sized;
-}
-
-/// The PostgreSQL store: every trait above over one pair of pools.
-#[derive(Debug, Clone)]
-pub struct PostgresStore {
-    pools: DbPools,
-    /// The daemon's hot path: the primary server, [`QUEUE_SETTINGS`].
-    queue: sqlx::PgPool,
-    /// Reads that walk a batch's requests or results in order (lists and
-    /// output files): the replica, [`ORDERED_SETTINGS`], read-only.
-    ordered: sqlx::PgPool,
-    /// The daemon's timed roles: registry, heartbeat, rescuer, finalizer, new-work listener.
-    background: sqlx::PgPool,
-    /// Uploads being parsed into the database.
-    ingest: sqlx::PgPool,
-    /// Turns at the ingest pool: waiting here has no timeout, while the
-    /// pool's own acquire timeout (the primary's) still catches a database
-    /// that is away.
-    ingest_turns: std::sync::Arc<tokio::sync::Semaphore>,
-    /// Batch creation (API calls): [`CREATE_SETTINGS`].
-    creates: sqlx::PgPool,
-    limits: IngestLimits,
-    /// Announces batches made claimable by this process.
-    bell: std::sync::Arc<notify::WorkBell>,
-}
-
-/// The reference crate's name for the request store, kept so its users can move.
-pub type PostgresRequestManager = PostgresStore;
-/// The store of response steps (the same store; named as the seed test uses it).
-pub type PostgresResponseStepManager = PostgresStore;
-
-impl PostgresStore {
-    /// A store over these pools with default upload limits.
-    pub fn new(pools: impl Into<DbPools>) -> Self {
-        let pools = pools.into();
-        // The API's pools decide how long an API call may wait for a
-        // connection; the daemon's keep the default, and retry anyway.
-        let api_wait = pools.primary.options().get_acquire_timeout();
-        let default_wait = sqlx::postgres::PgPoolOptions::new().get_acquire_timeout();
-        Self {
-            queue: pool_with(
-                &pools.primary,
-                QUEUE_SETTINGS,
-                QUEUE_CONNECTIONS,
-                default_wait,
-            ),
-            ordered: pool_with(
-                &pools.replica,
-                &[("default_transaction_read_only", "on")],
-                ORDERED_CONNECTIONS,
-                api_wait,
-            ),
-            background: pool_like(&pools.primary, BACKGROUND_CONNECTIONS, default_wait),
-            ingest: pool_like(&pools.primary, INGEST_CONNECTIONS, api_wait),
-            creates: pool_with(
-                &pools.primary,
-                CREATE_SETTINGS,
-                CREATE_CONNECTIONS,
-                api_wait,
-            ),
-            ingest_turns: std::sync::Arc::new(tokio::sync::Semaphore::new(
-                INGEST_CONNECTIONS as usize,
-            )),
-            pools,
-            limits: IngestLimits::default(),
-            bell: Default::default(),
-        }
-    }
-
-    /// Replaces the upload limits and allowed endpoints.
-    pub fn with_limits(mut self, limits: IngestLimits) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// The pools this store uses.
-    pub fn pools(&self) -> &DbPools {
-        &self.pools
-    }
-
-    /// The upload limits in force.
-    pub fn limits(&self) -> &IngestLimits {
-        &self.limits
-    }
-
-    /// How many migrations have been applied to this database.
-    pub async fn migrations_applied(&self) -> Result<i64> {
-        let n = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&self.pools.primary)
-            .await?;
-        Ok(n)
-    }
-}
-
-/// The embedded migrations in `migrations/`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// Applies every migration not yet applied; safe to run any number of times.
-pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
 }

@@ -1,50 +1,20 @@
 //! `batches`: created from a file with set-based SQL, listed, cancelled, counted.
 
-use super::guards::batch_word;
+use super::PostgresStore;
 use super::maintenance::{cancel_step, cancelled_error};
-use super::{BatchStore, MAX_PAGE, Owner, Page, PostgresStore, Result, StoreError, UniqueKey};
 use crate::domain::batch::{
     Batch, BatchCounts, BatchError, BatchId, BatchStatus, CompletionWindow, RequestCounts,
 };
 use crate::domain::file::{FileId, FileKind, LineError};
 use crate::domain::request::RequestState;
+use crate::store::guards::batch_word;
+use crate::store::{
+    BatchListQuery, BatchStore, MAX_PAGE, NewBatch, Owner, Page, Result, StoreError, UniqueKey,
+};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgExecutor, Row};
 use std::collections::BTreeMap;
-
-/// What is needed to create a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewBatch<'a> {
-    /// Who creates it; the input file must be theirs ("" when auth is off).
-    pub owner: &'a str,
-    /// The input file to run.
-    pub input_file_id: FileId,
-    /// The endpoint every line must target.
-    pub endpoint: &'a str,
-    /// `24h`, `90m`, ...
-    pub completion_window: &'a str,
-    /// The caller's key/value pairs.
-    pub metadata: Option<BTreeMap<String, String>>,
-    /// A repeat with the same key returns the first batch instead of a new one.
-    pub idempotency_key: Option<&'a str>,
-    /// Run only by a daemon scoped to this batch (`fusillade run`, with its
-    /// own routes): other daemons never claim its requests.
-    pub private: bool,
-}
-
-/// Which batches to list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchListQuery<'a> {
-    /// Whose batches.
-    pub owner: Owner<'a>,
-    /// Only batches in this status.
-    pub status: Option<BatchStatus>,
-    /// Start after this batch (exclusive), newest first.
-    pub after: Option<BatchId>,
-    /// At most this many (capped at [`MAX_PAGE`]).
-    pub limit: i64,
-}
 
 const BATCH_COLUMNS: &str = "b.id, b.owner, b.input_file_id, b.endpoint, b.completion_window, \
      b.metadata, b.status, b.errors, b.output_file_id, b.error_file_id, b.total, b.created_at, \

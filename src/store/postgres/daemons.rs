@@ -1,9 +1,10 @@
 //! `daemons`: the registry of worker processes and their heartbeats.
 
-use super::{DaemonStore, PostgresStore, Result, StoreError};
+use super::PostgresStore;
 use crate::domain::IllegalTransition;
-pub use crate::domain::daemon::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
+use crate::domain::daemon::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
 use crate::domain::ids::DaemonId;
+use crate::store::{DaemonStore, Result, StoreError};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 

@@ -1,16 +1,18 @@
 //! `files`, `file_parts` and `request_templates`: uploads parsed as they
 //! stream in, and bulk-loaded with binary COPY.
 
+use super::PostgresStore;
 use super::copy::{BinaryCopy, HEADER, TRAILER};
-use super::fingerprints::{Fingerprints, Seen};
-use super::{
-    ByteStream, FileStore, MAX_PAGE, Owner, Page, PostgresStore, RequestStore, Result, StoreError,
-};
 use crate::domain::file::{
-    File, FileId, FileKind, FilePurpose, IngestLimits, LineError, LineErrorCode, LineSplitter,
-    RawLine, parse_line,
+    File, FileId, FileKind, IngestLimits, LineError, LineErrorCode, LineSplitter, RawLine,
+    parse_line,
 };
 use crate::domain::ids::TemplateId;
+use crate::store::fingerprints::{Fingerprints, Seen};
+use crate::store::{
+    ByteStream, FileListQuery, FileStore, MAX_PAGE, NewFile, Order, Owner, Page, RequestStore,
+    Result, StoreError,
+};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
@@ -19,42 +21,6 @@ use sqlx::{Postgres, Row, Transaction};
 use std::collections::BTreeSet;
 use std::hash::{BuildHasher, RandomState};
 use tokio::sync::mpsc;
-
-/// What is known about an upload before its bytes arrive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewFile {
-    /// Who owns it ("" when auth is off).
-    pub owner: String,
-    /// The name it was uploaded with.
-    pub filename: String,
-    /// When it may be deleted, if ever.
-    pub expires_at: Option<DateTime<Utc>>,
-}
-
-/// Sort order of a list.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Order {
-    /// Oldest first.
-    Asc,
-    /// Newest first.
-    #[default]
-    Desc,
-}
-
-/// Which files to list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileListQuery<'a> {
-    /// Whose files.
-    pub owner: Owner<'a>,
-    /// Only files with this purpose.
-    pub purpose: Option<FilePurpose>,
-    /// Start after this file (exclusive).
-    pub after: Option<FileId>,
-    /// At most this many (capped at [`MAX_PAGE`]).
-    pub limit: i64,
-    /// Newest or oldest first.
-    pub order: Order,
-}
 
 /// Bytes of templates sent to the database at a time, and the most bytes of
 /// one stored part: big enough to amortise round trips, small enough to keep

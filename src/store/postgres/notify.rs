@@ -10,51 +10,15 @@
 //! notification for all the batches one process creates within a few
 //! milliseconds, outside their transactions.
 
-use super::{PostgresStore, Result};
+use super::PostgresStore;
+use crate::store::{Result, WorkNotifier, WorkSignals};
 use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The channel name.
 pub const WORK_CHANNEL: &str = "fusillade_work";
-
-/// A stream that yields whenever new work may be claimable.
-pub type WorkSignals = BoxStream<'static, ()>;
-
-/// Subscribing to new-work signals.
-///
-/// # Which writes wake listeners
-///
-/// Every backend signals, once the work is visible to a claim, after each
-/// write that makes requests claimable at once:
-///
-/// - creating a batch that has requests ([`BatchStore::create_batch`]);
-/// - a user's retry that requeued at least one request
-///   ([`BatchStore::retry_failed`]);
-/// - a requeue of which at least one row is due now (no backoff delay)
-///   ([`QueueStore::requeue`]);
-/// - a rescue or retirement that returned claims to pending
-///   ([`MaintenanceStore::rescue`], [`MaintenanceStore::retire_daemon`]).
-///
-/// Nothing else signals: results, cancels and finalizing end work rather
-/// than make it, and a requeue with a delay becomes due later, which the
-/// daemon's polling finds (it polls whatever it hears). A signal may be
-/// lost or come twice, so it is a hint to claim soon, never a promise of
-/// work; several signals close together may arrive as one.
-///
-/// [`BatchStore::create_batch`]: super::BatchStore::create_batch
-/// [`BatchStore::retry_failed`]: super::BatchStore::retry_failed
-/// [`QueueStore::requeue`]: super::QueueStore::requeue
-/// [`MaintenanceStore::rescue`]: super::MaintenanceStore::rescue
-/// [`MaintenanceStore::retire_daemon`]: super::MaintenanceStore::retire_daemon
-pub trait WorkNotifier: Send + Sync {
-    /// A stream of signals. After a lost connection it reconnects; signals
-    /// sent meanwhile are lost, which the daemon's polling covers.
-    fn listen_for_work(&self) -> impl Future<Output = Result<WorkSignals>> + Send;
-}
 
 impl WorkNotifier for PostgresStore {
     async fn listen_for_work(&self) -> Result<WorkSignals> {

@@ -2,17 +2,10 @@
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use std::time::Duration;
 
 /// Connections of the pool `fusillade serve` and `worker` give a store as
 /// its primary (the API's own reads and writes, with `serve`).
 pub const API_CONNECTIONS: u32 = 8;
-
-/// How long an API call waits for one of the API's connections before it
-/// answers 503: when the database is away or the pool is exhausted, callers
-/// and probes hear it in seconds, not after half a minute. The daemon's own
-/// pools keep sqlx's long default and retry.
-pub const API_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A primary pool for writes and reads that decide writes, and a replica
 /// pool for API reads. Both may point at the same server.

@@ -1,13 +1,13 @@
 //! `requests` and `request_results` as the API reads them: single requests,
 //! lists, and the output and error files streamed page by page.
 
-use super::{
-    ByteStream, HealthStore, LiveRequestCounts, MAX_PAGE, Page, PostgresStore, RequestStore,
-    Result, StoreError,
-};
+use super::PostgresStore;
 use crate::domain::batch::BatchId;
 use crate::domain::output::{ResultError, ResultRow};
 use crate::domain::request::{RequestId, RequestRecord};
+use crate::store::{
+    ByteStream, HealthStore, LiveRequestCounts, MAX_PAGE, Page, RequestStore, Result, StoreError,
+};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use sqlx::postgres::PgRow;

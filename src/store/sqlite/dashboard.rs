@@ -1,5 +1,5 @@
 //! What the dashboard reads beyond the OpenAI objects (see the trait docs
-//! in `store::dashboard`).
+//! in `store::traits::dashboard`).
 
 use super::SqliteStore;
 use super::requests::{before_batch, ended_records, live_records, request_from_row};
