@@ -154,6 +154,7 @@ macro_rules! for_each_case {
                 steps_are_read_back_and_listed_by_chain_and_scope,
                 a_step_ends_once_and_a_retry_goes_back_to_pending,
                 a_second_successor_of_one_kind_is_refused,
+                a_refused_step_change_says_why,
             ],
             sharing: [
                 a_models_requests_are_shared_between_owners_by_weight,

@@ -1,10 +1,15 @@
-//! Rules of batch creation that are not storage, shared by every backend:
-//! what a new batch must satisfy before the database is asked, and how a
-//! file's refused lines become a failed batch's errors.
+//! Rules that are not storage, shared by every backend: what a new batch
+//! must satisfy before the database is asked, how a file's refused lines
+//! become a failed batch's errors, which batches a user may retry, and how
+//! a guarded state change that touched no row becomes an error.
 
 use super::{NewBatch, Result, StoreError};
-use crate::domain::batch::{BatchError, CompletionWindow, check_metadata};
+use crate::domain::IllegalTransition;
+use crate::domain::batch::{BatchError, BatchStatus, CompletionWindow, check_metadata};
+use crate::domain::daemon::DaemonStatus;
 use crate::domain::file::{IngestLimits, LineError};
+use crate::domain::ids::{DaemonId, StepId};
+use crate::domain::step::StepState;
 
 /// The checks of a new batch that need no database.
 pub(super) fn check_new_batch(
@@ -74,4 +79,62 @@ pub(super) fn batch_errors(
         });
     }
     errors
+}
+
+/// A user's retry of a batch in `status`: a conflict unless the status
+/// reopens on a retry (see [`BatchStatus::reopens_on_user_retry`]).
+pub(super) fn check_user_retry(status: BatchStatus) -> Result<()> {
+    if status.reopens_on_user_retry() {
+        return Ok(());
+    }
+    Err(StoreError::Conflict(IllegalTransition {
+        kind: "batch",
+        from: status.as_str(),
+        to: BatchStatus::InProgress.as_str(),
+    }))
+}
+
+/// Why a guarded change of daemon `id` to `to` touched no row: there is no
+/// such daemon (`found` is `None`), or its status may not become `to`.
+pub(super) fn daemon_refused(
+    id: DaemonId,
+    found: Option<DaemonStatus>,
+    to: DaemonStatus,
+) -> StoreError {
+    refused(
+        "daemon",
+        "daemon",
+        id,
+        found.map(DaemonStatus::as_str),
+        to.as_str(),
+    )
+}
+
+/// Why a guarded change of step `id` to `to` touched no row: there is no
+/// such step (`found` is `None`), or its state may not become `to`.
+pub(super) fn step_refused(id: StepId, found: Option<StepState>, to: StepState) -> StoreError {
+    refused(
+        "response step",
+        "step",
+        id,
+        found.map(StepState::as_str),
+        to.as_str(),
+    )
+}
+
+/// Not found when nothing was `found`, else a conflict from it to `to`.
+fn refused(
+    what: &'static str,
+    kind: &'static str,
+    id: impl std::fmt::Display,
+    found: Option<&'static str>,
+    to: &'static str,
+) -> StoreError {
+    match found {
+        None => StoreError::NotFound {
+            what,
+            id: id.to_string(),
+        },
+        Some(from) => StoreError::Conflict(IllegalTransition { kind, from, to }),
+    }
 }

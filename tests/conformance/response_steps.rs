@@ -5,6 +5,7 @@
 //! the parent.
 
 use super::*;
+use fusillade::StoreError;
 use fusillade::response_step::{CreateStepInput, StepKind, StepState};
 
 use serde_json::json;
@@ -175,4 +176,26 @@ pub async fn a_second_successor_of_one_kind_is_refused<S: Backend>(store: &S) {
         .create_step(step(request, Some(first), None, StepKind::ModelCall, 4))
         .await
         .unwrap();
+}
+
+pub async fn a_refused_step_change_says_why<S: Backend>(store: &S) {
+    let request = parent(store).await;
+    let done = store
+        .create_step(step(request, None, None, StepKind::ModelCall, 1))
+        .await
+        .unwrap();
+    // Pending cannot complete: it must be processing first.
+    match store.complete_step(done, json!({})).await {
+        Err(StoreError::Conflict(t)) => {
+            assert_eq!((t.kind, t.from, t.to), ("step", "pending", "completed"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let missing = fusillade::domain::ids::StepId::new();
+    match store.cancel_step(missing).await {
+        Err(StoreError::NotFound { what, id }) => {
+            assert_eq!((what, id), ("response step", missing.to_string()))
+        }
+        other => panic!("{other:?}"),
+    }
 }

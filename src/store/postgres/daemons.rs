@@ -1,9 +1,9 @@
 //! `daemons`: the registry of worker processes and their heartbeats.
 
 use super::PostgresStore;
-use crate::domain::IllegalTransition;
 use crate::domain::daemon::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
 use crate::domain::ids::DaemonId;
+use crate::store::rules::daemon_refused;
 use crate::store::{DaemonStore, Result, StoreError};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -40,15 +40,7 @@ impl PostgresStore {
                 .await;
         match status {
             Err(e) => e.into(),
-            Ok(None) => StoreError::NotFound {
-                what: "daemon",
-                id: id.to_string(),
-            },
-            Ok(Some(from)) => StoreError::Conflict(IllegalTransition {
-                kind: "daemon",
-                from: from.as_str(),
-                to: to.as_str(),
-            }),
+            Ok(found) => daemon_refused(id, found, to),
         }
     }
 }

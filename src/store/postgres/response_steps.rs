@@ -3,6 +3,7 @@
 use super::PostgresStore;
 use crate::domain::ids::{RequestId, StepId};
 use crate::domain::step::{CreateStepInput, ResponseStep, StepState};
+use crate::store::rules::step_refused;
 use crate::store::{ResponseStepStore, Result, StoreError};
 use serde_json::Value;
 use sqlx::Row;
@@ -61,17 +62,7 @@ impl PostgresStore {
                 .bind(id)
                 .fetch_optional(&self.pools.primary)
                 .await?;
-        match current {
-            None => Err(StoreError::NotFound {
-                what: "response step",
-                id: id.to_string(),
-            }),
-            Some(from) => Err(StoreError::Conflict(crate::domain::IllegalTransition {
-                kind: "step",
-                from: from.as_str(),
-                to: to.as_str(),
-            })),
-        }
+        Err(step_refused(id, current, to))
     }
 }
 

@@ -10,7 +10,7 @@ use crate::domain::file::{FileId, FileKind, LineError};
 use crate::domain::output::{ResultError, codes};
 use crate::domain::request::RequestState;
 use crate::store::guards::{batch_from, batch_word, in_flight, in_list, request_word};
-use crate::store::rules::{batch_errors, check_new_batch};
+use crate::store::rules::{batch_errors, check_new_batch, check_user_retry};
 use crate::store::{
     BatchListQuery, BatchStore, MAX_PAGE, NewBatch, Owner, Page, Result, StoreError,
 };
@@ -446,13 +446,7 @@ impl BatchStore for SqliteStore {
         .await?
         .ok_or_else(not_found)?;
         let status: BatchStatus = row.try_get("status")?;
-        if !status.reopens_on_user_retry() {
-            return Err(StoreError::Conflict(crate::domain::IllegalTransition {
-                kind: "batch",
-                from: status.as_str(),
-                to: BatchStatus::InProgress.as_str(),
-            }));
-        }
+        check_user_retry(status)?;
         let window: String = row.try_get("completion_window")?;
         let window =
             CompletionWindow::parse(&window).map_err(|e| StoreError::Invalid(e.to_string()))?;

@@ -2,9 +2,9 @@
 
 use super::SqliteStore;
 use super::types::{micros, std_us, time, time_opt};
-use crate::domain::IllegalTransition;
 use crate::domain::daemon::{DaemonRecord, DaemonStats, DaemonStatus, NewDaemon};
 use crate::domain::ids::DaemonId;
+use crate::store::rules::daemon_refused;
 use crate::store::{DaemonStore, Result, StoreError};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -46,15 +46,7 @@ impl SqliteStore {
                 .await;
         match status {
             Err(e) => e.into(),
-            Ok(None) => StoreError::NotFound {
-                what: "daemon",
-                id: id.to_string(),
-            },
-            Ok(Some(from)) => StoreError::Conflict(IllegalTransition {
-                kind: "daemon",
-                from: from.as_str(),
-                to: to.as_str(),
-            }),
+            Ok(found) => daemon_refused(id, found, to),
         }
     }
 }

@@ -5,6 +5,7 @@ use super::types::{micros, time, time_opt};
 use crate::domain::ids::{RequestId, StepId};
 use crate::domain::step::{CreateStepInput, ResponseStep, StepState};
 use crate::store::guards::in_list;
+use crate::store::rules::step_refused;
 use crate::store::{ResponseStepStore, Result, StoreError};
 use serde_json::Value;
 use sqlx::Row;
@@ -71,17 +72,7 @@ impl SqliteStore {
                 .bind(id)
                 .fetch_optional(&self.writer)
                 .await?;
-        match current {
-            None => Err(StoreError::NotFound {
-                what: "response step",
-                id: id.to_string(),
-            }),
-            Some(from) => Err(StoreError::Conflict(crate::domain::IllegalTransition {
-                kind: "step",
-                from: from.as_str(),
-                to: to.as_str(),
-            })),
-        }
+        Err(step_refused(id, current, to))
     }
 
     async fn steps_where(
