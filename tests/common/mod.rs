@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod http;
 pub mod process;
+pub mod queue;
 pub mod sqlite;
 
 use bytes::Bytes;
