@@ -111,6 +111,7 @@ fn done(c: &ClaimedRequest) -> Finished {
         body: Some(r#"{"ok":true}"#.into()),
         error: None,
         usage: None,
+        coalesced: None,
     }
 }
 

@@ -242,6 +242,19 @@ pub struct BatchObject {
     pub model: Option<String>,
     /// Token totals.
     pub usage: UsageObject,
+    /// Extension: completed lines answered without a call of their own.
+    pub coalesced_lines: i64,
+    /// Extension: those lines by kind.
+    pub coalesced_lines_details: CoalescedLinesDetails,
+}
+
+/// `coalesced_lines_details` (extension).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CoalescedLinesDetails {
+    /// Lines that took an identical line's answer.
+    pub identical: i64,
+    /// Lines answered by a packed embeddings call.
+    pub packed: i64,
 }
 
 impl From<&Batch> for BatchObject {
@@ -291,6 +304,11 @@ impl From<&Batch> for BatchObject {
                     reasoning_tokens: u.reasoning_tokens,
                 },
                 total_tokens: u.total_tokens,
+            },
+            coalesced_lines: b.coalesced.total(),
+            coalesced_lines_details: CoalescedLinesDetails {
+                identical: b.coalesced.identical,
+                packed: b.coalesced.packed,
             },
         }
     }

@@ -335,6 +335,35 @@ pub struct Batch {
     pub request_counts: BatchCounts,
     /// Tokens used by its successful requests so far.
     pub usage: super::usage::Usage,
+    /// Its completed lines answered without a call of their own.
+    pub coalesced: CoalescedCounts,
+}
+
+/// How a line was answered without a call of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Coalesced {
+    /// It took the answer of an identical line's call.
+    Identical,
+    /// It went out with other lines in one packed embeddings call.
+    Packed,
+}
+
+/// A batch's completed lines answered without a call of their own, kept by
+/// the statements that record results (a line that failed is not counted,
+/// so retrying failed lines never counts one twice).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoalescedCounts {
+    /// Lines that took an identical line's answer.
+    pub identical: i64,
+    /// Lines answered by a packed embeddings call (all of its lines).
+    pub packed: i64,
+}
+
+impl CoalescedCounts {
+    /// Both kinds together.
+    pub fn total(&self) -> i64 {
+        self.identical + self.packed
+    }
 }
 
 #[cfg(test)]
