@@ -9,6 +9,7 @@
 //! fusillade-bench chaos --lines 50000            # kills, restarts, faults; then checks
 //! fusillade-bench mock --cache                  # a mock with a prefix cache (GET /_stats)
 //! fusillade-bench coalesce --replicas 1         # mixed-prefix workload, coalescing off vs on
+//! fusillade-bench coalesce --scenario window    # a 2m-window batch during a 24h one
 //! fusillade-bench dashboard [--browser]          # page loads: 1,000 batches + a 1M batch
 //! ```
 //! `ingest` uploads the file through the store exactly as the API does
@@ -19,6 +20,7 @@ mod api;
 mod api_load;
 mod chaos;
 mod coalesce;
+mod coalesce_window;
 mod dashboard;
 mod procs;
 mod procstat;
