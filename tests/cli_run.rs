@@ -729,3 +729,44 @@ async fn run_applies_the_endpoints_and_upload_limit_of_the_api_section(pool: PgP
     assert!(stderr(&out).contains("100 bytes"), "{}", stderr(&out));
     assert_eq!(mock.stats().total_calls, 0);
 }
+
+#[sqlx::test]
+async fn the_summary_counts_lines_answered_by_a_shared_call(pool: PgPool) {
+    let mock = MockUpstream::start(MockBehavior::default()).await;
+    let dir = tempdir();
+    let db = database_url(&pool).await;
+    let body = |q: &str| {
+        serde_json::json!({"model": "m", "temperature": 0,
+            "messages": [{"role": "user", "content": q}]})
+        .to_string()
+    };
+    let mut lines: Vec<String> = (0..4)
+        .map(|i| line_with(&format!("twin-{i}"), CHAT, &body("same")))
+        .collect();
+    lines.push(line_with("alone", CHAT, &body("other")));
+    std::fs::write(dir.join("in.jsonl"), jsonl(&lines)).unwrap();
+    let mut cmd = run_cmd(&dir, &db);
+    cmd.arg("--upstream").arg(mock.url()).arg("--json");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["request_counts"]["completed"], 5, "{summary}");
+    assert_eq!(summary["coalesced_lines"], 3, "{summary}");
+    assert_eq!(summary["coalesced_lines_details"]["identical"], 3);
+    assert_eq!(summary["coalesced_lines_details"]["packed"], 0);
+    assert_eq!(
+        mock.stats().total_calls,
+        2,
+        "one call for the twins, one for the other"
+    );
+    // The line on stderr says it too (a rerun of the finished batch).
+    let mut cmd = run_cmd(&dir, &db);
+    cmd.arg("--upstream").arg(mock.url());
+    let out = output(cmd).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("3 answered by a shared call (3 identical, 0 packed)"),
+        "{err}"
+    );
+}
