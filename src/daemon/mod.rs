@@ -47,7 +47,7 @@ use crate::store::{
 };
 use crate::upstream::UpstreamClient;
 use abort::{Abort, AbortReason};
-pub use monitor::{Monitor, UpstreamFailure};
+pub use monitor::{Monitor, RouteLimit, UpstreamFailure};
 use slots::Slots;
 use standing::Standing;
 use std::collections::HashMap;
@@ -114,7 +114,7 @@ struct Shared<S> {
     /// Identical deterministic requests in flight, and answers to reuse.
     coalescer: coalesce::Coalescer,
     /// Each route's adaptive limit and pause.
-    routes: adaptive::Routes,
+    routes: Arc<adaptive::Routes>,
 }
 
 impl<S> Shared<S> {
@@ -211,6 +211,7 @@ impl<S: DaemonBackend> Daemon<S> {
         let initial = self.config.borrow().clone();
         let registered = std::time::Instant::now();
         let id = register(&self.store, &initial, &shutdown).await?;
+        let routes = self.monitor.routes();
         let shared = Arc::new(Shared {
             store: self.store,
             slots: self.slots,
@@ -229,7 +230,7 @@ impl<S: DaemonBackend> Daemon<S> {
             failed: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
             coalescer: coalesce::Coalescer::default(),
-            routes: adaptive::Routes::default(),
+            routes,
         });
         if let Ok(n) = shared.store.live_daemons(initial.daemon.stale_after).await {
             shared.peers.store(n.max(1), Ordering::Relaxed);
