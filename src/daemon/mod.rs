@@ -13,10 +13,11 @@
 //! - `leases`: stopping calls whose lease was lost or batch cancelled.
 //! - `rescuer`: returns claims of dead daemons to the queue.
 //! - `finalizer`: completes, expires and cancels batches.
-//! - `adaptive`: each route's concurrency limit (AIMD under the configured
-//!   one) and `Retry-After` pauses shared through the database.
+//! - `adaptive`: each route's concurrency limit (AIMD on refusals and a
+//!   latency gradient, under the configured one) and `Retry-After` pauses
+//!   shared through the database.
 //! - `monitor`: what the daemon's owner sees while it runs (calls in
-//!   flight, a broken upstream).
+//!   flight, the routes' limits, a broken upstream).
 //!
 //! Shutdown is passed in as a [`CancellationToken`]; every spawned task is
 //! tracked and awaited.
