@@ -193,6 +193,31 @@ async fn failed_lines_exit_3_and_say_how_many_and_where(pool: PgPool) {
     assert_eq!(read_lines(&dir.join("err.jsonl")).len(), 1);
 }
 
+#[sqlx::test]
+async fn run_takes_minute_windows_and_the_tiers_names(pool: PgPool) {
+    let mock = MockUpstream::start(MockBehavior::default()).await;
+    let db = database_url(&pool).await;
+    for window in ["90m", "priority", "flex", "0s"] {
+        let dir = tempdir();
+        std::fs::write(dir.join("in.jsonl"), jsonl(&lines_for("m", "r-", 2))).unwrap();
+        let mut cmd = run_cmd(&dir, &db);
+        cmd.arg("--upstream")
+            .arg(mock.url())
+            .arg("--fresh")
+            .arg("--completion-window")
+            .arg(window);
+        let out = output(cmd).await;
+        assert_eq!(out.status.code(), Some(0), "{window}: {}", stderr(&out));
+        assert_eq!(read_lines(&dir.join("out.jsonl")).len(), 2, "{window}");
+    }
+    let windows: Vec<String> =
+        sqlx::query_scalar("SELECT completion_window FROM batches ORDER BY created_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(windows, ["90m", "priority", "flex", "0s"]);
+}
+
 // 3. Resume: a `--fresh` run resumes; a finished run with failed lines
 // offers --retry-failed, which re-sends only those.
 

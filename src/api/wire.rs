@@ -2,7 +2,7 @@
 //! Batch and list objects, the request bodies it accepts, and the prefixed
 //! ids SDK users recognise (`file-…`, `batch_…`, `batch_req_…`).
 
-use crate::domain::batch::{Batch, BatchError};
+use crate::domain::batch::{Batch, BatchError, CompletionWindow, ServiceTier};
 use crate::domain::file::{File, FileId, FileKind};
 use crate::domain::ids::{BatchId, RequestId};
 use crate::domain::output::{ResultError, line_id};
@@ -210,6 +210,9 @@ pub struct BatchObject {
     pub input_file_id: String,
     /// As given, e.g. `24h`.
     pub completion_window: String,
+    /// `priority`, `flex` or `default`, derived from the completion window
+    /// (`domain::batch::ServiceTier`); an extension of ours on batches.
+    pub service_tier: &'static str,
     /// OpenAI's status word.
     pub status: &'static str,
     /// Successful results (downloadable while the batch runs, too).
@@ -261,6 +264,9 @@ impl From<&Batch> for BatchObject {
     fn from(b: &Batch) -> Self {
         let c = &b.request_counts;
         let u = &b.usage;
+        // Stored windows were checked on creation; the default tier otherwise.
+        let tier = CompletionWindow::parse(&b.completion_window)
+            .map_or(ServiceTier::Default, CompletionWindow::tier);
         Self {
             id: batch_id(b.id),
             object: "batch",
@@ -275,6 +281,7 @@ impl From<&Batch> for BatchObject {
                 }),
             input_file_id: file_id(b.input_file_id),
             completion_window: b.completion_window.clone(),
+            service_tier: tier.as_str(),
             status: b.status.as_str(),
             output_file_id: b.output_file_id.map(file_id),
             error_file_id: b.error_file_id.map(file_id),
@@ -432,7 +439,8 @@ pub struct CreateBatchBody {
     pub input_file_id: String,
     /// One of the allowed endpoints.
     pub endpoint: String,
-    /// `24h`, or (extension) any `Nh` / `Nm` of at least a minute.
+    /// `24h`, or (extension) any `Nh` / `Nm` of at least a minute, `0s` or
+    /// `priority` (the priority tier, given one minute), `flex` (`1h`).
     pub completion_window: String,
     /// Up to 16 pairs.
     #[serde(default)]

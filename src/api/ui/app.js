@@ -472,7 +472,8 @@ function pageModels(main) {
       last.set(m.model, { calls: m.calls_total, at: now });
       const pct = m.limit ? Math.min(100, (100 * m.in_flight) / m.limit) : 0;
       return h("tr", { "data-model": m.model }, h("td", {}, m.model),
-        h("td", {}, h("div", { class: "row", style: "margin:0" }, h("div", { class: "bar" }, h("div", { class: "r", style: `width:${pct}%` })), `${fmtNum(m.in_flight)} / ${fmtNum(m.limit)}`)),
+        h("td", {}, h("div", { class: "row", style: "margin:0" }, h("div", { class: "bar" }, h("div", { class: "r", style: `width:${pct}%` })), `${fmtNum(m.in_flight)} / ${fmtNum(m.limit)}`,
+          m.route_limit != null && m.route_limit < m.limit ? h("span", { class: "muted", "data-route-limit": m.route_limit }, ` · limit ${fmtNum(m.route_limit)}/${fmtNum(m.limit)} (this server)`) : null)),
         h("td", {}, fmtNum(m.slots_held)), h("td", {}, fmtNum(m.pending) + (m.pending_capped ? "+" : "")),
         h("td", {}, rate === null ? "…" : `${rate.toFixed(1)}/s`));
     }));
