@@ -250,13 +250,29 @@ async fn create_errors(pool: PgPool) {
         .await
         .error(422, None);
     assert_eq!(e["param"], "input_file_id");
-    // Extension windows: minutes and hours.
-    for w in ["1m", "2h", "24h"] {
+    // Extension windows: minutes and hours, and the tiers' names; each
+    // batch shows the service tier its window stands for.
+    for (w, tier, secs) in [
+        ("1m", "flex", 60),
+        ("2h", "default", 7_200),
+        ("24h", "default", 86_400),
+        ("0s", "priority", 60),
+        ("priority", "priority", 60),
+        ("flex", "flex", 3_600),
+    ] {
         let b = api
             .post("/v1/batches", ALICE, with("completion_window", json!(w)))
             .await
             .ok();
         assert_eq!(b["completion_window"], w);
+        assert_eq!(b["service_tier"], tier, "{b}");
+        let window = b["expires_at"].as_i64().unwrap() - b["created_at"].as_i64().unwrap();
+        assert!((secs..=secs + 1).contains(&window), "{w}: {window} s");
+        let read = api
+            .get(&format!("/v1/batches/{}", id(&b)), ALICE)
+            .await
+            .ok();
+        assert_eq!(read["service_tier"], tier, "{read}");
     }
 }
 

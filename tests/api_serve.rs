@@ -257,3 +257,109 @@ async fn metrics_count_the_daemons_work(pool: PgPool) {
         "{text}"
     );
 }
+
+#[sqlx::test]
+async fn shared_calls_are_counted_in_metrics_and_on_the_batch(pool: PgPool) {
+    use common::{EMBEDDINGS, line_with};
+    use fusillade::mock::CacheModel;
+    let mock = MockUpstream::start(MockBehavior::with_cache(CacheModel {
+        decode: Duration::from_millis(100),
+        ..CacheModel::default()
+    }))
+    .await;
+    let dir = TempDir::new("coalesced-metrics");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[upstream]\nurl = \"{}\"\nconcurrency = 4\n", mock.url()),
+    )
+    .unwrap();
+    let mut cmd = process::fusillade();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .args(["--database-url", &database_url(&pool).await]);
+    let server = process::serve(cmd, LONG).await;
+    let api = Client::new(&server.base, None);
+
+    // Five identical temperature-0 lines (one call), and two identical
+    // lines at 0.7 (two calls).
+    let chat = |t: f64| {
+        serde_json::json!({"model": "m", "temperature": t,
+            "messages": [{"role": "user", "content": "same"}]})
+        .to_string()
+    };
+    let mut lines: Vec<String> = (0..5)
+        .map(|i| line_with(&format!("cold-{i}"), common::CHAT, &chat(0.0)))
+        .collect();
+    lines.extend((0..2).map(|i| line_with(&format!("warm-{i}"), common::CHAT, &chat(0.7))));
+    let batch = api.create_batch(&api.upload(jsonl(&lines)).await).await;
+    let done = api.finished_batch(&batch, LONG).await;
+    assert_eq!(done["request_counts"]["completed"], 7, "{done}");
+    assert_eq!(done["coalesced_lines"], 4, "{done}");
+    assert_eq!(done["coalesced_lines_details"]["identical"], 4, "{done}");
+    assert_eq!(done["coalesced_lines_details"]["packed"], 0, "{done}");
+
+    // Single-input embeddings lines: packed (how many per call depends on
+    // what was waiting), every call counted once.
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            let body = serde_json::json!({"model": "e", "input": format!("text {i}")});
+            line_with(&format!("e{i}"), EMBEDDINGS, &body.to_string())
+        })
+        .collect();
+    let file = api.upload(jsonl(&lines)).await;
+    let (status, created) = api
+        .post(
+            "/v1/batches",
+            &serde_json::json!({"input_file_id": file["id"], "endpoint": EMBEDDINGS,
+                                "completion_window": "24h"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let embedded = api.finished_batch(&created, LONG).await;
+    assert_eq!(embedded["request_counts"]["completed"], 40, "{embedded}");
+    let stats = mock.cache_stats().unwrap();
+    let packed = embedded["coalesced_lines_details"]["packed"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        packed >= 40 - stats.embedding_calls as i64 && stats.embedding_calls < 40,
+        "{embedded} {stats:?}"
+    );
+
+    let text = api.get("/metrics").await.1;
+    let m = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels);
+    assert_eq!(
+        m(
+            "fusillade_upstream_requests_total",
+            &[("model", "m"), ("outcome", "completed")]
+        ),
+        Some(3.0),
+        "real calls only: {text}"
+    );
+    assert_eq!(
+        m(
+            "fusillade_coalesced_lines_total",
+            &[("model", "m"), ("kind", "identical")]
+        ),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        m(
+            "fusillade_coalesced_lines_total",
+            &[("model", "e"), ("kind", "packed")]
+        ),
+        Some(packed as f64),
+        "{text}"
+    );
+    assert_eq!(
+        m(
+            "fusillade_upstream_requests_total",
+            &[("model", "e"), ("outcome", "completed")]
+        ),
+        Some(stats.embedding_calls as f64),
+        "each call once, a packed one too: {text}"
+    );
+}

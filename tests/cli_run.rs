@@ -193,6 +193,31 @@ async fn failed_lines_exit_3_and_say_how_many_and_where(pool: PgPool) {
     assert_eq!(read_lines(&dir.join("err.jsonl")).len(), 1);
 }
 
+#[sqlx::test]
+async fn run_takes_minute_windows_and_the_tiers_names(pool: PgPool) {
+    let mock = MockUpstream::start(MockBehavior::default()).await;
+    let db = database_url(&pool).await;
+    for window in ["90m", "priority", "flex", "0s"] {
+        let dir = tempdir();
+        std::fs::write(dir.join("in.jsonl"), jsonl(&lines_for("m", "r-", 2))).unwrap();
+        let mut cmd = run_cmd(&dir, &db);
+        cmd.arg("--upstream")
+            .arg(mock.url())
+            .arg("--fresh")
+            .arg("--completion-window")
+            .arg(window);
+        let out = output(cmd).await;
+        assert_eq!(out.status.code(), Some(0), "{window}: {}", stderr(&out));
+        assert_eq!(read_lines(&dir.join("out.jsonl")).len(), 2, "{window}");
+    }
+    let windows: Vec<String> =
+        sqlx::query_scalar("SELECT completion_window FROM batches ORDER BY created_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(windows, ["90m", "priority", "flex", "0s"]);
+}
+
 // 3. Resume: a `--fresh` run resumes; a finished run with failed lines
 // offers --retry-failed, which re-sends only those.
 
@@ -728,4 +753,45 @@ async fn run_applies_the_endpoints_and_upload_limit_of_the_api_section(pool: PgP
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("100 bytes"), "{}", stderr(&out));
     assert_eq!(mock.stats().total_calls, 0);
+}
+
+#[sqlx::test]
+async fn the_summary_counts_lines_answered_by_a_shared_call(pool: PgPool) {
+    let mock = MockUpstream::start(MockBehavior::default()).await;
+    let dir = tempdir();
+    let db = database_url(&pool).await;
+    let body = |q: &str| {
+        serde_json::json!({"model": "m", "temperature": 0,
+            "messages": [{"role": "user", "content": q}]})
+        .to_string()
+    };
+    let mut lines: Vec<String> = (0..4)
+        .map(|i| line_with(&format!("twin-{i}"), CHAT, &body("same")))
+        .collect();
+    lines.push(line_with("alone", CHAT, &body("other")));
+    std::fs::write(dir.join("in.jsonl"), jsonl(&lines)).unwrap();
+    let mut cmd = run_cmd(&dir, &db);
+    cmd.arg("--upstream").arg(mock.url()).arg("--json");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["request_counts"]["completed"], 5, "{summary}");
+    assert_eq!(summary["coalesced_lines"], 3, "{summary}");
+    assert_eq!(summary["coalesced_lines_details"]["identical"], 3);
+    assert_eq!(summary["coalesced_lines_details"]["packed"], 0);
+    assert_eq!(
+        mock.stats().total_calls,
+        2,
+        "one call for the twins, one for the other"
+    );
+    // The line on stderr says it too (a rerun of the finished batch).
+    let mut cmd = run_cmd(&dir, &db);
+    cmd.arg("--upstream").arg(mock.url());
+    let out = output(cmd).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("3 answered by a shared call (3 identical, 0 packed)"),
+        "{err}"
+    );
 }

@@ -381,3 +381,22 @@ async fn an_upload_s_refused_lines_are_listed_by_number(pool: PgPool) {
         .ok();
     assert_eq!(cfg, json!({"auth": true}));
 }
+
+#[sqlx::test]
+async fn a_routes_adaptive_limit_shows_on_the_models_page(pool: PgPool) {
+    let api = api(&pool).await;
+    // What a daemon of this process sets as it adapts (daemon::adaptive);
+    // a model without the gauge has no daemon limit to show.
+    metrics::gauge!("fusillade_route_limit", "model" => "m-limited").set(40.0);
+    let models = api.get("/v1/admin/models", ALICE).await.ok();
+    let data = models["data"].as_array().unwrap();
+    let m = data
+        .iter()
+        .find(|m| m["model"] == "m-limited")
+        .unwrap_or_else(|| panic!("the limited route is listed: {models}"));
+    assert_eq!(m["route_limit"], 40, "{m}");
+    assert_eq!(m["limit"], 64, "the ceiling beside it: {m}");
+    for m in data.iter().filter(|m| m["model"] != "m-limited") {
+        assert!(m["route_limit"].is_null(), "{m}");
+    }
+}

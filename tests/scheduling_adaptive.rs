@@ -1,6 +1,8 @@
 //! Concurrency that adapts to the upstream (issue 15), on two daemons: a
 //! route configured far above what its server takes settles near what it
-//! takes, with few refusals; and a `Retry-After` stops every daemon's calls.
+//! takes, with few refusals; a healthy upstream of steady latency keeps its
+//! limit at the ceiling under full load; and a `Retry-After` stops every
+//! daemon's calls.
 
 mod common;
 
@@ -60,6 +62,40 @@ async fn a_route_above_what_its_server_takes_settles_near_it(pool: PgPool) {
     for d in daemons {
         d.stop().await;
     }
+}
+
+#[sqlx::test]
+async fn a_healthy_upstream_at_full_load_keeps_the_limit_at_its_ceiling(pool: PgPool) {
+    let store = store(&pool).await;
+    let mock = MockUpstream::start(MockBehavior::with_latency(Duration::from_millis(50))).await;
+    let cfg = config(&mock.url(), "concurrency = 512", DAEMON, "");
+    let d = start(&store, cfg);
+    let batch = batch_from_lines(&store, &lines_for("m", "l-", 20_000)).await;
+    eventually(PATIENCE, "calls", || async { mock.total_calls() > 0 }).await;
+    // Sampled while the batch keeps the route loaded (the latency rule only
+    // acts then), well past the rule's warm-up of 4 × 512 answers.
+    let (mut limits, mut most_in_flight) = (Vec::new(), 0);
+    let until = Instant::now() + PATIENCE;
+    while mock.total_calls() < 10_000 && Instant::now() < until {
+        most_in_flight = most_in_flight.max(mock.in_flight());
+        limits.extend(d.monitor.route_limits());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "{} samples, up to {most_in_flight} calls in flight, {} calls in all",
+        limits.len(),
+        mock.total_calls()
+    );
+    assert!(
+        most_in_flight >= 256,
+        "the route was never loaded: {most_in_flight}"
+    );
+    assert!(!limits.is_empty());
+    for l in &limits {
+        assert_eq!((l.limit, l.ceiling), (512, 512), "{l:?}");
+    }
+    store.cancel_batch(Owner::Any, batch).await.unwrap();
+    d.stop().await;
 }
 
 #[sqlx::test]

@@ -64,6 +64,7 @@ macro_rules! for_each_case {
                 lines_at_a_temperature_are_always_sent,
                 coalesce_never_sends_every_line,
                 single_input_embeddings_share_calls_and_a_bad_input_fails_alone,
+                finish_counts_lines_answered_by_a_shared_call,
             ],
             daemon_runtime: [
                 one_daemon_fills_each_model_to_its_limit_and_no_further,

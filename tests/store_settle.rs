@@ -69,6 +69,7 @@ fn completed(c: &ClaimedRequest, body: &[u8]) -> Finished {
         body: Some(body.to_vec()),
         error: None,
         usage: None,
+        coalesced: None,
     }
 }
 

@@ -634,3 +634,30 @@ async fn the_path_goes_under_the_base_url_with_or_without_a_prefix() {
         format!("/other{CHAT}")
     );
 }
+
+#[tokio::test]
+async fn traceparent_is_sent_when_tracing_is_on_and_not_otherwise() {
+    let (mock, calls) = recording(MockReply::ok_for).await;
+    let batch = fusillade::domain::batch::BatchId::new();
+    let req = UpstreamRequest {
+        batch_id: Some(batch),
+        ..request(BODY)
+    };
+    let off = client(&mock.url(), "");
+    assert_eq!(answered(off.send(&req).await).0, 200);
+    let on = client(&mock.url(), "traceparent = true");
+    for _ in 0..2 {
+        assert_eq!(answered(on.send(&req).await).0, 200);
+    }
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls[0].traceparent, None, "tracing off: no header");
+    let headers: Vec<String> = calls[1..]
+        .iter()
+        .map(|c| c.traceparent.clone().expect("tracing on: a traceparent"))
+        .collect();
+    for h in &headers {
+        assert!(fusillade::upstream::trace::is_well_formed(h), "{h}");
+        assert_eq!(&h[3..35], batch.0.simple().to_string(), "the batch's trace");
+    }
+    assert_ne!(headers[0][36..52], headers[1][36..52], "a span per attempt");
+}

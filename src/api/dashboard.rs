@@ -314,12 +314,17 @@ pub async fn file_validation<S: ApiBackend>(
 
 /// Upstream calls per model made by this process's daemon, from its metrics.
 fn calls_by_model<S: ApiBackend>(state: &ApiState<S>) -> BTreeMap<String, f64> {
+    by_model(state, "fusillade_upstream_requests_total")
+}
+
+/// A metric of this process's daemon summed per `model` label.
+fn by_model<S: ApiBackend>(state: &ApiState<S>, metric: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     let Some(handle) = state.metrics() else {
         return out;
     };
     for line in handle.render().lines() {
-        let Some(rest) = line.strip_prefix("fusillade_upstream_requests_total{") else {
+        let Some(rest) = line.strip_prefix(metric).and_then(|r| r.strip_prefix('{')) else {
             continue;
         };
         let Some((labels, value)) = rest.rsplit_once("} ") else {
@@ -344,9 +349,12 @@ pub async fn admin_models<S: ApiBackend>(
     let config = state.config();
     let loads = state.store().model_loads().await?;
     let calls = calls_by_model(&state);
+    // This process's daemon's adaptive limits (absent without one).
+    let route_limits = by_model(&state, "fusillade_route_limit");
     let mut names: Vec<String> = config.models.keys().cloned().collect();
     names.extend(loads.iter().map(|l| l.model.clone()));
     names.extend(calls.keys().cloned());
+    names.extend(route_limits.keys().cloned());
     names.sort();
     names.dedup();
     let data: Vec<Value> = names
@@ -362,6 +370,7 @@ pub async fn admin_models<S: ApiBackend>(
                 "pending": load.map_or(0, |l| l.pending),
                 "pending_capped": load.is_some_and(|l| l.pending >= crate::store::PENDING_COUNT_CAP),
                 "calls_total": calls.get(name).copied().unwrap_or(0.0),
+                "route_limit": route_limits.get(name).map(|&l| l as u64),
             })
         })
         .collect();

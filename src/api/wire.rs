@@ -2,7 +2,7 @@
 //! Batch and list objects, the request bodies it accepts, and the prefixed
 //! ids SDK users recognise (`file-…`, `batch_…`, `batch_req_…`).
 
-use crate::domain::batch::{Batch, BatchError};
+use crate::domain::batch::{Batch, BatchError, CompletionWindow, ServiceTier};
 use crate::domain::file::{File, FileId, FileKind};
 use crate::domain::ids::{BatchId, RequestId};
 use crate::domain::output::{ResultError, line_id};
@@ -210,6 +210,9 @@ pub struct BatchObject {
     pub input_file_id: String,
     /// As given, e.g. `24h`.
     pub completion_window: String,
+    /// `priority`, `flex` or `default`, derived from the completion window
+    /// (`domain::batch::ServiceTier`); an extension of ours on batches.
+    pub service_tier: &'static str,
     /// OpenAI's status word.
     pub status: &'static str,
     /// Successful results (downloadable while the batch runs, too).
@@ -242,12 +245,28 @@ pub struct BatchObject {
     pub model: Option<String>,
     /// Token totals.
     pub usage: UsageObject,
+    /// Extension: completed lines answered without a call of their own.
+    pub coalesced_lines: i64,
+    /// Extension: those lines by kind.
+    pub coalesced_lines_details: CoalescedLinesDetails,
+}
+
+/// `coalesced_lines_details` (extension).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CoalescedLinesDetails {
+    /// Lines that took an identical line's answer.
+    pub identical: i64,
+    /// Lines answered by a packed embeddings call.
+    pub packed: i64,
 }
 
 impl From<&Batch> for BatchObject {
     fn from(b: &Batch) -> Self {
         let c = &b.request_counts;
         let u = &b.usage;
+        // Stored windows were checked on creation; the default tier otherwise.
+        let tier = CompletionWindow::parse(&b.completion_window)
+            .map_or(ServiceTier::Default, CompletionWindow::tier);
         Self {
             id: batch_id(b.id),
             object: "batch",
@@ -262,6 +281,7 @@ impl From<&Batch> for BatchObject {
                 }),
             input_file_id: file_id(b.input_file_id),
             completion_window: b.completion_window.clone(),
+            service_tier: tier.as_str(),
             status: b.status.as_str(),
             output_file_id: b.output_file_id.map(file_id),
             error_file_id: b.error_file_id.map(file_id),
@@ -291,6 +311,11 @@ impl From<&Batch> for BatchObject {
                     reasoning_tokens: u.reasoning_tokens,
                 },
                 total_tokens: u.total_tokens,
+            },
+            coalesced_lines: b.coalesced.total(),
+            coalesced_lines_details: CoalescedLinesDetails {
+                identical: b.coalesced.identical,
+                packed: b.coalesced.packed,
             },
         }
     }
@@ -414,7 +439,8 @@ pub struct CreateBatchBody {
     pub input_file_id: String,
     /// One of the allowed endpoints.
     pub endpoint: String,
-    /// `24h`, or (extension) any `Nh` / `Nm` of at least a minute.
+    /// `24h`, or (extension) any `Nh` / `Nm` of at least a minute, `0s` or
+    /// `priority` (the priority tier, given one minute), `flex` (`1h`).
     pub completion_window: String,
     /// Up to 16 pairs.
     #[serde(default)]

@@ -6,6 +6,7 @@
 //! line is never glued onto the bar. Elsewhere (a file, a pipe) plain lines
 //! are printed every few seconds, without colours.
 
+use fusillade::daemon::RouteLimit;
 use fusillade::domain::batch::BatchCounts;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -105,13 +106,14 @@ impl Progress {
         }
     }
 
-    /// Shows the counts; `in_flight` is the calls the upstream is answering.
-    /// Off a terminal only every few seconds, unless `force`.
-    pub fn show(&mut self, c: &BatchCounts, in_flight: u32, force: bool) {
+    /// Shows the counts; `in_flight` is the calls the upstream is answering,
+    /// `limits` the routes' adaptive limits (shown while below their
+    /// ceilings). Off a terminal only every few seconds, unless `force`.
+    pub fn show(&mut self, c: &BatchCounts, in_flight: u32, limits: &[RouteLimit], force: bool) {
         if self.quiet {
             return;
         }
-        let line = self.render(c, in_flight);
+        let line = self.render(c, in_flight) + &limits_text(limits);
         match &self.bar {
             Some(bar) => {
                 bar.set_length(c.total.max(0) as u64);
@@ -178,6 +180,24 @@ impl Drop for Progress {
     }
 }
 
+/// `  limit 40/256` for each route held below its ceiling (with the model
+/// named when there are several routes); empty when none is.
+fn limits_text(limits: &[RouteLimit]) -> String {
+    let named = limits.len() > 1;
+    limits
+        .iter()
+        .filter(|l| l.limit < l.ceiling)
+        .map(|l| {
+            let model = if named {
+                format!(" {}", l.model)
+            } else {
+                String::new()
+            };
+            format!("  limit{model} {}/{}", l.limit, l.ceiling)
+        })
+        .collect()
+}
+
 /// The line printed off a terminal: the fraction first, as a bar would show.
 fn plain(c: &BatchCounts, line: &str) -> String {
     let pct = if c.total > 0 {
@@ -194,5 +214,29 @@ fn format_duration(d: Duration) -> String {
         format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
     } else {
         format!("{:02}:{:02}", s / 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(model: &str, limit: u32, ceiling: u32) -> RouteLimit {
+        RouteLimit {
+            model: model.into(),
+            limit,
+            ceiling,
+        }
+    }
+
+    #[test]
+    fn route_limits_show_while_below_their_ceilings() {
+        assert_eq!(limits_text(&[]), "");
+        assert_eq!(limits_text(&[limit("m", 256, 256)]), "");
+        assert_eq!(limits_text(&[limit("m", 40, 256)]), "  limit 40/256");
+        assert_eq!(
+            limits_text(&[limit("a", 8, 8), limit("b", 3, 16)]),
+            "  limit b 3/16"
+        );
     }
 }

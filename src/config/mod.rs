@@ -99,6 +99,7 @@ struct RawRoute {
     embeddings_pack: Option<u32>,
     embeddings_pack_tokens: Option<u64>,
     priority_hint: Option<String>,
+    traceparent: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +159,9 @@ pub struct Route {
     /// The deadline written into each body as a scheduling hint for the
     /// server (`priority_hint`; see `upstream::priority`), if any.
     pub priority_hint: Option<crate::upstream::priority::PriorityHint>,
+    /// Tracing on: each call carries a W3C `traceparent` (`traceparent =
+    /// true`; see `upstream::trace`).
+    pub traceparent: bool,
 }
 
 impl std::fmt::Debug for Route {
@@ -604,6 +608,7 @@ fn merge(base: &RawRoute, o: &RawRoute) -> RawRoute {
             .priority_hint
             .clone()
             .or_else(|| base.priority_hint.clone()),
+        traceparent: o.traceparent.or(base.traceparent),
     }
 }
 
@@ -693,6 +698,7 @@ fn route(
     };
     Ok(Route {
         priority_hint,
+        traceparent: r.traceparent.unwrap_or(false),
         embeddings_pack,
         embeddings_pack_tokens: r.embeddings_pack_tokens.unwrap_or(8192).max(1),
         url: url.trim_end_matches('/').to_owned(),

@@ -5,6 +5,7 @@ use super::coalesce::{self, Follower, Role};
 use super::pack;
 use super::slots::Job;
 use super::{DaemonBackend, Shared, adaptive, jitter};
+use crate::domain::batch::Coalesced;
 use crate::domain::output::{ResultError, codes};
 use crate::domain::request::RequestState;
 use crate::domain::retry::{Decision, FailReason};
@@ -158,8 +159,10 @@ async fn run_pack<S: DaemonBackend>(
         o = client.send_grouped(&call, None) => Some(o),
     };
     metrics::counter!("fusillade_packed_calls_total", "model" => first.model.clone()).increment(1);
+    let model = first.model.clone();
     let Some(o) = outcome else {
         // One line was stopped: the others go back to the queue.
+        count_call(&model, "released");
         for j in jobs {
             settle_with(&config, j.req, &j.abort, None, Duration::ZERO, outcomes);
         }
@@ -171,6 +174,7 @@ async fn run_pack<S: DaemonBackend>(
         .monitor
         .record(|| called_url(&config, &jobs[0].req), &o)
     {
+        count_call(&model, "released");
         for j in jobs {
             settle_with(&config, j.req, &j.abort, None, HOLD, outcomes);
         }
@@ -184,8 +188,10 @@ async fn run_pack<S: DaemonBackend>(
             ..
         } if (200..300).contains(status) => {
             let Some(parts) = pack::split(body, &refs) else {
+                count_call(&model, "failed");
                 return one_by_one(shared, jobs, outcomes).await;
             };
+            count_call(&model, "completed");
             for (j, part) in jobs.into_iter().zip(parts) {
                 let write = match j.abort.reason() {
                     Some(AbortReason::Abandoned) => continue,
@@ -199,30 +205,37 @@ async fn run_pack<S: DaemonBackend>(
                         usage: crate::domain::usage::usage_of(&part),
                         body: Some(part),
                         error: None,
+                        coalesced: Some(Coalesced::Packed),
                     }),
                 };
+                if let Outcome::Finish(f) = &write
+                    && f.coalesced.is_some()
+                {
+                    count_coalesced(&j.req.model, Coalesced::Packed);
+                }
                 let _ = outcomes.send(write);
             }
         }
         CallOutcome::Answered { status, .. }
             if (400..500).contains(status) && !matches!(status, 408 | 409 | 429) =>
         {
+            count_call(&model, "failed");
             let half = jobs.len() / 2;
             let (later_jobs, later_inputs) = (jobs.split_off(half), inputs.split_off(half));
             run_packed(shared, jobs, params, inputs, outcomes).await;
             run_packed(shared, later_jobs, params, later_inputs, outcomes).await;
         }
         _ => {
+            // The call counts as what its lines' rules made of it.
+            let mut label = None;
             for j in jobs {
-                settle_with(
-                    &config,
-                    j.req,
-                    &j.abort,
-                    Some(o.clone()),
-                    Duration::ZERO,
-                    outcomes,
-                );
+                let write = settled(&config, j.req, &j.abort, Some(o.clone()), Duration::ZERO);
+                label = label.or(write.as_ref().map(label_of));
+                if let Some(w) = write {
+                    let _ = outcomes.send(w);
+                }
             }
+            count_call(&model, label.unwrap_or("abandoned"));
         }
     }
 }
@@ -344,16 +357,7 @@ async fn run_one<S: DaemonBackend>(
         }
     };
     hand_on(shared, &config, key.as_deref(), handed, outcomes);
-    let (label, retried) = match &write {
-        Outcome::Requeue(r) if r.is_retry => ("retried", true),
-        Outcome::Requeue(_) => ("released", false),
-        Outcome::Finish(f) => (f.state.as_str(), false),
-    };
-    metrics::counter!("fusillade_upstream_requests_total", "model" => req.model.clone(), "outcome" => label)
-        .increment(1);
-    if retried {
-        metrics::counter!("fusillade_retries_total", "model" => req.model.clone()).increment(1);
-    }
+    count_call(&req.model, label_of(&write));
     // The completer outlives every executor; a send error means it crashed.
     let _ = outcomes.send(write);
 }
@@ -410,6 +414,34 @@ fn hand_on<S>(
     }
 }
 
+/// The `outcome` label of a call whose request is written as `write`.
+fn label_of(write: &Outcome) -> &'static str {
+    match write {
+        Outcome::Requeue(r) if r.is_retry => "retried",
+        Outcome::Requeue(_) => "released",
+        Outcome::Finish(f) => f.state.as_str(),
+    }
+}
+
+/// Counts one upstream call (a packed one too: once) by its outcome.
+fn count_call(model: &str, label: &'static str) {
+    metrics::counter!("fusillade_upstream_requests_total", "model" => model.to_owned(), "outcome" => label)
+        .increment(1);
+    if label == "retried" {
+        metrics::counter!("fusillade_retries_total", "model" => model.to_owned()).increment(1);
+    }
+}
+
+/// Counts a line completed by a call it shared.
+fn count_coalesced(model: &str, kind: Coalesced) {
+    let kind = match kind {
+        Coalesced::Identical => "identical",
+        Coalesced::Packed => "packed",
+    };
+    metrics::counter!("fusillade_coalesced_lines_total", "model" => model.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
 /// Settles a request that was not sent alone: with `outcome` by the retry
 /// rules (without usage), or, with none, back to the queue after `delay`;
 /// its own abort comes first.
@@ -421,9 +453,23 @@ fn settle_with(
     delay: Duration,
     outcomes: &UnboundedSender<Outcome>,
 ) {
+    if let Some(write) = settled(config, req, abort, outcome, delay) {
+        let _ = outcomes.send(write);
+    }
+}
+
+/// The write [`settle_with`] sends (none for a request whose daemon lost
+/// its standing).
+fn settled(
+    config: &crate::config::Config,
+    req: ClaimedRequest,
+    abort: &Abort,
+    outcome: Option<CallOutcome>,
+    delay: Duration,
+) -> Option<Outcome> {
     let req = &req;
     let write = match (abort.reason(), outcome) {
-        (Some(AbortReason::Abandoned), _) => return,
+        (Some(AbortReason::Abandoned), _) => return None,
         (Some(AbortReason::Cancelled), _) => cancelled(req),
         (Some(AbortReason::Released), _) => Outcome::Requeue(Requeue {
             id: req.id,
@@ -445,7 +491,7 @@ fn settle_with(
             w
         }
     };
-    let _ = outcomes.send(write);
+    Some(write)
 }
 
 /// Settles a request that was not sent, with its twin's outcome: the same
@@ -456,8 +502,17 @@ fn settle_follower(
     outcome: Option<CallOutcome>,
     outcomes: &UnboundedSender<Outcome>,
 ) {
-    metrics::counter!("fusillade_coalesced_total", "model" => f.req.model.clone()).increment(1);
-    settle_with(config, f.req, &f.abort, outcome, Duration::ZERO, outcomes);
+    let model = f.req.model.clone();
+    let Some(mut write) = settled(config, f.req, &f.abort, outcome, Duration::ZERO) else {
+        return;
+    };
+    if let Outcome::Finish(done) = &mut write
+        && done.state == RequestState::Completed
+    {
+        done.coalesced = Some(Coalesced::Identical);
+        count_coalesced(&model, Coalesced::Identical);
+    }
+    let _ = outcomes.send(write);
 }
 
 /// A request whose batch is being cancelled.
@@ -474,6 +529,7 @@ fn cancelled(req: &ClaimedRequest) -> Outcome {
             "the batch was cancelled while this request was running",
         )),
         usage: None,
+        coalesced: None,
     })
 }
 
@@ -533,6 +589,7 @@ fn decide_write(req: &ClaimedRequest, o: CallOutcome, decision: Decision) -> Out
                 usage: crate::domain::usage::usage_of(&body),
                 body: Some(body),
                 error: None,
+                coalesced: None,
             })
         }
         Decision::Fail(reason) => {
@@ -603,6 +660,7 @@ fn decide_write(req: &ClaimedRequest, o: CallOutcome, decision: Decision) -> Out
                 body,
                 error: Some(error),
                 usage: None,
+                coalesced: None,
             })
         }
     }

@@ -13,10 +13,11 @@
 //! - `leases`: stopping calls whose lease was lost or batch cancelled.
 //! - `rescuer`: returns claims of dead daemons to the queue.
 //! - `finalizer`: completes, expires and cancels batches.
-//! - `adaptive`: each route's concurrency limit (AIMD under the configured
-//!   one) and `Retry-After` pauses shared through the database.
+//! - `adaptive`: each route's concurrency limit (AIMD on refusals and a
+//!   latency gradient, under the configured one) and `Retry-After` pauses
+//!   shared through the database.
 //! - `monitor`: what the daemon's owner sees while it runs (calls in
-//!   flight, a broken upstream).
+//!   flight, the routes' limits, a broken upstream).
 //!
 //! Shutdown is passed in as a [`CancellationToken`]; every spawned task is
 //! tracked and awaited.
@@ -47,7 +48,7 @@ use crate::store::{
 };
 use crate::upstream::UpstreamClient;
 use abort::{Abort, AbortReason};
-pub use monitor::{Monitor, UpstreamFailure};
+pub use monitor::{Monitor, RouteLimit, UpstreamFailure};
 use slots::Slots;
 use standing::Standing;
 use std::collections::HashMap;
@@ -114,7 +115,7 @@ struct Shared<S> {
     /// Identical deterministic requests in flight, and answers to reuse.
     coalescer: coalesce::Coalescer,
     /// Each route's adaptive limit and pause.
-    routes: adaptive::Routes,
+    routes: Arc<adaptive::Routes>,
 }
 
 impl<S> Shared<S> {
@@ -211,6 +212,7 @@ impl<S: DaemonBackend> Daemon<S> {
         let initial = self.config.borrow().clone();
         let registered = std::time::Instant::now();
         let id = register(&self.store, &initial, &shutdown).await?;
+        let routes = self.monitor.routes();
         let shared = Arc::new(Shared {
             store: self.store,
             slots: self.slots,
@@ -229,7 +231,7 @@ impl<S: DaemonBackend> Daemon<S> {
             failed: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
             coalescer: coalesce::Coalescer::default(),
-            routes: adaptive::Routes::default(),
+            routes,
         });
         if let Ok(n) = shared.store.live_daemons(initial.daemon.stale_after).await {
             shared.peers.store(n.max(1), Ordering::Relaxed);

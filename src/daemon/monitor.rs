@@ -7,6 +7,7 @@
 //! misconfiguration are released back to the queue rather than recorded as
 //! failed, so the batch stays resumable once the configuration is fixed.
 
+use super::adaptive::Routes;
 use super::slots::Slots;
 use crate::upstream::CallOutcome;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,11 +45,25 @@ pub struct Monitor {
     /// How many calls must fail the same way to judge the upstream broken;
     /// until then (and after) such calls are held back. 0: nothing is held.
     stop_after: u32,
+    /// The routes' adaptive limits, shared with the daemon.
+    routes: Arc<Routes>,
+}
+
+/// One route's adaptive limit in a daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLimit {
+    /// The route's model.
+    pub model: String,
+    /// Calls the daemon lets be in flight now.
+    pub limit: u32,
+    /// Its ceiling: the route's `concurrency` (this daemon's share of it).
+    pub ceiling: u32,
 }
 
 impl Monitor {
     pub(super) fn new(slots: Arc<Slots>, stop_after: u32) -> Self {
         Self {
+            routes: Arc::default(),
             slots,
             first: Arc::default(),
             settled: Arc::default(),
@@ -59,6 +74,23 @@ impl Monitor {
     /// Calls being made to the upstream now (not requests claimed ahead).
     pub fn in_flight(&self) -> u32 {
         self.slots.in_flight()
+    }
+
+    /// Each route's adaptive limit, by model (routes that had calls).
+    pub fn route_limits(&self) -> Vec<RouteLimit> {
+        self.routes
+            .limits()
+            .into_iter()
+            .map(|(model, limit, ceiling)| RouteLimit {
+                model,
+                limit,
+                ceiling,
+            })
+            .collect()
+    }
+
+    pub(super) fn routes(&self) -> Arc<Routes> {
+        self.routes.clone()
     }
 
     /// The failure shared by every call so far, once enough calls failed

@@ -126,20 +126,75 @@ impl BatchStatus {
 /// The longest completion window accepted (a year), so deadlines stay sane.
 pub const MAX_COMPLETION_WINDOW: Duration = Duration::days(366);
 
-/// A completion window such as `24h` or `90m`, as a duration.
+/// A completion window such as `24h` or `90m`, as a duration, with the
+/// service tier it stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CompletionWindow(Duration);
+pub struct CompletionWindow {
+    duration: Duration,
+    tier: ServiceTier,
+}
+
+/// The service tier of a batch, derived from its completion window and
+/// shown as `service_tier` (OpenAI's values) on the batch object:
+/// `0s` (or `priority`) is the priority tier, a window of an hour or less
+/// (`flex` is `1h`) the flex tier, a longer one the default tier.
+///
+/// The tier changes nothing by itself: scheduling goes by the window's
+/// deadline (earliest first, and urgency when a batch cannot drain in time
+/// at its fair share), and the priority tier's window is the shortest the
+/// queue holds, [`PRIORITY_WINDOW`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceTier {
+    /// `0s` or `priority`: due as soon as it can be.
+    Priority,
+    /// An hour or less.
+    Flex,
+    /// Longer windows, such as `24h`.
+    Default,
+}
+
+impl ServiceTier {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Priority => "priority",
+            Self::Flex => "flex",
+            Self::Default => "default",
+        }
+    }
+}
+
+/// The names of the priority tier's window.
+pub const PRIORITY_WINDOWS: [&str; 2] = ["0s", "priority"];
+
+/// The window a priority batch is given: the shortest the queue holds (a
+/// request past its deadline is never claimed, so `0s` cannot be taken
+/// literally). Its deadline is then earlier than any other batch's made
+/// since, and deadline urgency gives it the slots it needs.
+pub const PRIORITY_WINDOW: Duration = Duration::minutes(1);
+
+/// The longest window of the flex tier.
+pub const FLEX_WINDOW: Duration = Duration::hours(1);
 
 /// Why a completion window was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "completion_window must look like `24h` or `90m` (a positive whole number of hours or minutes, at most a year), not {0:?}"
+    "completion_window must look like `24h` or `90m` (a positive whole number of hours or minutes, at most a year), or be `0s`, `priority` or `flex`, not {0:?}"
 )]
 pub struct BadCompletionWindow(pub String);
 
 impl CompletionWindow {
-    /// Parses `Nh` or `Nm`.
+    /// Parses `Nh`, `Nm`, `0s`, `priority` or `flex`.
     pub fn parse(text: &str) -> Result<Self, BadCompletionWindow> {
+        if PRIORITY_WINDOWS.contains(&text) {
+            return Ok(Self {
+                duration: PRIORITY_WINDOW,
+                tier: ServiceTier::Priority,
+            });
+        }
+        if text == "flex" {
+            return Ok(Self::of(FLEX_WINDOW));
+        }
         let bad = || BadCompletionWindow(text.to_owned());
         // The unit is the last character, which need not be one byte.
         let (digits, unit) = match text.char_indices().next_back() {
@@ -159,12 +214,26 @@ impl CompletionWindow {
         if n == 0 || duration > MAX_COMPLETION_WINDOW {
             return Err(bad());
         }
-        Ok(Self(duration))
+        Ok(Self::of(duration))
+    }
+
+    fn of(duration: Duration) -> Self {
+        let tier = if duration <= FLEX_WINDOW {
+            ServiceTier::Flex
+        } else {
+            ServiceTier::Default
+        };
+        Self { duration, tier }
     }
 
     /// The window's length.
     pub fn duration(self) -> Duration {
-        self.0
+        self.duration
+    }
+
+    /// The service tier it stands for.
+    pub fn tier(self) -> ServiceTier {
+        self.tier
     }
 }
 
@@ -335,6 +404,35 @@ pub struct Batch {
     pub request_counts: BatchCounts,
     /// Tokens used by its successful requests so far.
     pub usage: super::usage::Usage,
+    /// Its completed lines answered without a call of their own.
+    pub coalesced: CoalescedCounts,
+}
+
+/// How a line was answered without a call of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Coalesced {
+    /// It took the answer of an identical line's call.
+    Identical,
+    /// It went out with other lines in one packed embeddings call.
+    Packed,
+}
+
+/// A batch's completed lines answered without a call of their own, kept by
+/// the statements that record results (a line that failed is not counted,
+/// so retrying failed lines never counts one twice).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoalescedCounts {
+    /// Lines that took an identical line's answer.
+    pub identical: i64,
+    /// Lines answered by a packed embeddings call (all of its lines).
+    pub packed: i64,
+}
+
+impl CoalescedCounts {
+    /// Both kinds together.
+    pub fn total(&self) -> i64 {
+        self.identical + self.packed
+    }
 }
 
 #[cfg(test)]
@@ -394,6 +492,26 @@ mod tests {
                 .check(BatchStatus::InProgress)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn windows_give_their_service_tiers() {
+        for (window, tier, length) in [
+            ("0s", ServiceTier::Priority, Duration::minutes(1)),
+            ("priority", ServiceTier::Priority, Duration::minutes(1)),
+            ("1m", ServiceTier::Flex, Duration::minutes(1)),
+            ("flex", ServiceTier::Flex, Duration::hours(1)),
+            ("10m", ServiceTier::Flex, Duration::minutes(10)),
+            ("60m", ServiceTier::Flex, Duration::hours(1)),
+            ("61m", ServiceTier::Default, Duration::minutes(61)),
+            ("24h", ServiceTier::Default, Duration::hours(24)),
+        ] {
+            let w = CompletionWindow::parse(window).unwrap();
+            assert_eq!((w.tier(), w.duration()), (tier, length), "{window}");
+        }
+        for bad in ["1s", "0m", "Priority", "flex ", "default", "auto"] {
+            assert!(CompletionWindow::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

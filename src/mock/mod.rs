@@ -158,6 +158,8 @@ pub struct MockCall {
     pub authorization: Option<String>,
     /// The body as JSON (`Null` when it is not JSON).
     pub body: Value,
+    /// The W3C `traceparent` header.
+    pub traceparent: Option<String>,
 }
 
 impl MockCall {
@@ -557,6 +559,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             attempt,
             authorization: header_str(&parts.headers, "authorization").map(str::to_owned),
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            traceparent: header_str(&parts.headers, "traceparent").map(str::to_owned),
         })
     });
     let delay = reply

@@ -187,6 +187,7 @@ mod tests {
             attempt: 1,
             authorization: None,
             body,
+            traceparent: None,
         }
     }
 

@@ -331,6 +331,7 @@ fn failures_of(rows: &Rows, why: &str) -> Vec<Finished> {
         body: None,
         error: Some(ResultError::new(codes::STORAGE_REFUSED, message)),
         usage: None,
+        coalesced: None,
     };
     match rows {
         Rows::Finish(f) => f

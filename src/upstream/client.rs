@@ -401,6 +401,12 @@ fn headers(route: &Route, req: &UpstreamRequest<'_>) -> Result<HeaderMap, String
             .expect("an encoded custom_id is a header value");
         h.insert("x-fusillade-custom-id", v);
     }
+    if route.traceparent {
+        let trace = req.batch_id.map_or(req.request_id.0, |b| b.0);
+        let v = HeaderValue::try_from(super::trace::traceparent(trace))
+            .expect("hex digits are a header value");
+        h.insert("traceparent", v);
+    }
     Ok(h)
 }
 

@@ -14,6 +14,7 @@ mod client;
 pub mod header_text;
 pub mod priority;
 pub mod sse;
+pub mod trace;
 
 use crate::config::Config;
 use crate::domain::request::RequestId;

@@ -3,7 +3,7 @@
 use super::*;
 use fusillade::BatchStore;
 use fusillade::config::Config;
-use fusillade::daemon::{Daemon, DaemonBackend, DaemonReport};
+use fusillade::daemon::{Daemon, DaemonBackend, DaemonReport, Monitor};
 use fusillade::domain::batch::{Batch, BatchCounts};
 use fusillade::store::Owner;
 use std::sync::Arc;
@@ -33,6 +33,8 @@ pub fn config(url: &str, upstream: &str, daemon: &str, extra: &str) -> Arc<Confi
 
 /// A daemon running on the test's runtime.
 pub struct Running {
+    /// A live view of the daemon (calls in flight, route limits).
+    pub monitor: Monitor,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<fusillade::store::Result<DaemonReport>>,
 }
@@ -53,8 +55,16 @@ pub fn start_reloadable<S: DaemonBackend>(
     let (tx, rx) = tokio::sync::watch::channel(config);
     let stop = CancellationToken::new();
     let daemon = Daemon::new(store.clone(), rx);
+    let monitor = daemon.monitor();
     let handle = tokio::spawn(daemon.run(stop.clone()));
-    (tx, Running { stop, handle })
+    (
+        tx,
+        Running {
+            monitor,
+            stop,
+            handle,
+        },
+    )
 }
 
 impl Running {

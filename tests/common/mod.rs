@@ -285,6 +285,7 @@ async fn end(
         body: body.map(|b| b.as_bytes().to_vec()),
         error,
         usage: None,
+        coalesced: None,
     };
     let taken = PostgresStore::new(pool.clone())
         .finish(&[result])

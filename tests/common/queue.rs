@@ -110,5 +110,6 @@ pub fn done(c: &ClaimedRequest) -> Finished {
         body: Some(r#"{"ok":true}"#.into()),
         error: None,
         usage: None,
+        coalesced: None,
     }
 }

@@ -139,7 +139,13 @@ pub async fn a_valid_file_gives_a_running_batch_with_one_request_per_line<S: Bac
 
 pub async fn the_window_sets_the_deadline<S: Backend>(store: &S) {
     let d = daemon(store).await;
-    for (window, length) in [("90m", Duration::minutes(90)), ("1h", Duration::hours(1))] {
+    for (window, length) in [
+        ("90m", Duration::minutes(90)),
+        ("1h", Duration::hours(1)),
+        ("0s", Duration::minutes(1)),
+        ("priority", Duration::minutes(1)),
+        ("flex", Duration::hours(1)),
+    ] {
         // A model of its own each time, so the claim has a free slot.
         let file = upload(store, "alice", &valid_file(window, 1)).await;
         let batch = store

@@ -4,8 +4,10 @@
 use super::*;
 use crate::common::daemon::*;
 use crate::common::{CHAT, EMBEDDINGS, jsonl, line_with, new_batch};
+use fusillade::domain::batch::{Coalesced, CoalescedCounts};
+use fusillade::domain::request::RequestState;
 use fusillade::mock::{CacheModel, MockBehavior, MockUpstream, answer_for, embedding_for};
-use fusillade::store::Owner;
+use fusillade::store::{ClaimedRequest, Finished, Owner};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -90,6 +92,14 @@ pub async fn identical_temperature_zero_lines_are_sent_once_and_each_answered<S:
     // Usage counts what the upstream billed: 4 calls, not 11 answers.
     let prompt: u64 = stats.prompt_tokens;
     assert_eq!(batch.usage.input_tokens as u64, prompt, "{:?}", batch.usage);
+    assert_eq!(
+        batch.coalesced,
+        CoalescedCounts {
+            identical: 7,
+            packed: 0
+        },
+        "7 of the 8 twins took the answer of the one that was sent"
+    );
 }
 
 pub async fn lines_at_a_temperature_are_always_sent<S: Backend>(store: &S) {
@@ -103,9 +113,10 @@ pub async fn lines_at_a_temperature_are_always_sent<S: Backend>(store: &S) {
     for i in 0..2 {
         lines.push(line_with(&format!("none-{i}"), CHAT, &body.to_string()));
     }
-    let (out, _, _) = run(store, &mock, &lines, "").await;
+    let (out, _, batch) = run(store, &mock, &lines, "").await;
     assert_eq!(out.len(), 6);
     assert_eq!(mock.cache_stats().unwrap().calls, 6);
+    assert_eq!(batch.coalesced, CoalescedCounts::default());
 }
 
 pub async fn coalesce_never_sends_every_line<S: Backend>(store: &S) {
@@ -113,9 +124,10 @@ pub async fn coalesce_never_sends_every_line<S: Backend>(store: &S) {
     let lines: Vec<String> = (0..5)
         .map(|i| chat(&format!("same-{i}"), "q", 0.0).0)
         .collect();
-    let (out, _, _) = run(store, &mock, &lines, "coalesce = \"never\"").await;
+    let (out, _, batch) = run(store, &mock, &lines, "coalesce = \"never\"").await;
     assert_eq!(out.len(), 5);
     assert_eq!(mock.cache_stats().unwrap().calls, 5);
+    assert_eq!(batch.coalesced, CoalescedCounts::default());
 }
 
 fn embedding_line(i: usize, input: &str) -> String {
@@ -175,4 +187,64 @@ pub async fn single_input_embeddings_share_calls_and_a_bad_input_fails_alone<S: 
     );
     let b = store.get_batch(Owner::Any, batch).await.unwrap().unwrap();
     assert_eq!(b.usage.input_tokens, 199 * 3, "usage adds up to the calls'");
+    // Every completed line came from a pack but those sent alone (at most
+    // one per call), and the failed one is not counted.
+    assert_eq!(b.coalesced.identical, 0);
+    let alone = stats.embedding_calls as i64;
+    assert!(
+        b.coalesced.packed <= 199 && b.coalesced.packed >= 199 - alone,
+        "{} packed lines, {alone} calls",
+        b.coalesced.packed
+    );
+}
+
+/// The counters the finish statement keeps: each result marked as
+/// answered by a shared call adds to its own batch's count of its kind.
+pub async fn finish_counts_lines_answered_by_a_shared_call<S: Backend>(store: &S) {
+    let (a, b) = (batch_of(store, 5).await, batch_of(store, 2).await);
+    let d = daemon(store).await;
+    let claimed = claim(store, d, 7).await;
+    assert_eq!(claimed.len(), 7);
+    let marks = |c: &ClaimedRequest, i: usize| {
+        let kind = match (c.batch_id == Some(a.id), i) {
+            (true, 0) => None,
+            (true, 1 | 2) => Some(Coalesced::Identical),
+            (true, _) => Some(Coalesced::Packed),
+            (false, 0) => Some(Coalesced::Packed),
+            (false, _) => None,
+        };
+        Finished {
+            coalesced: kind,
+            ..outcome(c, RequestState::Completed)
+        }
+    };
+    let mut seen: std::collections::HashMap<Option<fusillade::domain::ids::BatchId>, usize> =
+        Default::default();
+    let results: Vec<Finished> = claimed
+        .iter()
+        .map(|c| {
+            let n = seen.entry(c.batch_id).or_default();
+            *n += 1;
+            marks(c, *n - 1)
+        })
+        .collect();
+    assert_eq!(store.finish(&results).await.unwrap().len(), 7);
+    assert_eq!(
+        batch(store, a.id).await.coalesced,
+        CoalescedCounts {
+            identical: 2,
+            packed: 2
+        }
+    );
+    assert_eq!(
+        batch(store, b.id).await.coalesced,
+        CoalescedCounts {
+            identical: 0,
+            packed: 1
+        }
+    );
+    // A stale write counts nothing.
+    let again: Vec<Finished> = results.clone();
+    assert!(store.finish(&again).await.unwrap().is_empty());
+    assert_eq!(batch(store, a.id).await.coalesced.total(), 4);
 }

@@ -146,6 +146,7 @@ pub fn outcome(c: &ClaimedRequest, state: RequestState) -> Finished {
         body: ok.then(|| br#"{"ok":true}"#.to_vec()),
         error: (!ok).then(|| ResultError::new("test", "ended by the test")),
         usage: None,
+        coalesced: None,
     }
 }
 
@@ -200,6 +201,7 @@ pub fn result(
         body: body.map(|b| b.as_bytes().to_vec()),
         error: error.map(|e| serde_json::from_value(e).expect("an error object")),
         usage: None,
+        coalesced: None,
     }
 }
 

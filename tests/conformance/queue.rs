@@ -241,6 +241,7 @@ pub async fn finish_writes_results_once_and_rejects_stale_attempts<S: Backend>(s
         body: Some(r#"{"error":{"message":"bad"}}"#.into()),
         error: Some(ResultError::new("upstream_error", "HTTP 400")),
         usage: None,
+        coalesced: None,
     };
     let stale = Finished {
         attempt: ok.attempt - 1,
@@ -570,6 +571,7 @@ pub async fn finalize_completes_and_cancels<S: Backend>(store: &S) {
         body: None,
         error: Some(ResultError::new("batch_cancelled", "cancelled")),
         usage: None,
+        coalesced: None,
     };
     assert_eq!(store.finish(&[canceled]).await.unwrap().len(), 1);
     assert_eq!(store.finalize(10).await.unwrap().cancelled, vec![b3]);

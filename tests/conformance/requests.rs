@@ -305,6 +305,7 @@ pub async fn streams_cross_pages_and_give_every_line_once<S: Backend>(store: &S)
                 body: (!failing).then(|| json!({"echo": custom}).to_string().into_bytes()),
                 error: failing.then(|| ResultError::new("request_timeout", "slow")),
                 usage: None,
+                coalesced: None,
             }
         })
         .collect();

@@ -350,7 +350,9 @@ function pageBatch(main, id, params) {
     put(head, 
       h("div", { class: "row" }, h("h1", {}, `Batch ${b.id}`), statusTag(b.status), batchActions(b, refresh), links),
       h("div", { class: "row" }, p.bar, h("span", { class: "pct", id: "progress-pct" }, `${p.pct}%`),
-        h("span", { class: "muted" }, `${fmtNum(b.request_counts.completed)} completed · ${fmtNum(b.request_counts.failed)} failed · ${fmtNum(p.total - p.done)} left`)),
+        h("span", { class: "muted" }, `${fmtNum(b.request_counts.completed)} completed · ${fmtNum(b.request_counts.failed)} failed · ${fmtNum(p.total - p.done)} left`),
+        b.coalesced_lines ? h("span", { class: "muted", id: "coalesced", title: "completed lines answered without a call of their own" },
+          `· ${fmtNum(b.coalesced_lines)} answered by a shared call (${fmtNum(b.coalesced_lines_details.identical)} identical, ${fmtNum(b.coalesced_lines_details.packed)} packed)`) : null),
       h("p", { class: "muted" }, `${b.endpoint} · window ${b.completion_window}`, left !== null ? ` (${fmtDur(left)} left)` : "",
         ` · average ${fmtRate(rate)}`, eta !== null ? ` · ETA ${fmtDur(eta)}` : "", ` · created ${fmtTime(b.created_at)}`),
       b.errors && b.errors.data && b.errors.data.length ? h("div", { class: "panel", id: "batch-errors" }, h("b", {}, "Validation errors"),
@@ -470,7 +472,8 @@ function pageModels(main) {
       last.set(m.model, { calls: m.calls_total, at: now });
       const pct = m.limit ? Math.min(100, (100 * m.in_flight) / m.limit) : 0;
       return h("tr", { "data-model": m.model }, h("td", {}, m.model),
-        h("td", {}, h("div", { class: "row", style: "margin:0" }, h("div", { class: "bar" }, h("div", { class: "r", style: `width:${pct}%` })), `${fmtNum(m.in_flight)} / ${fmtNum(m.limit)}`)),
+        h("td", {}, h("div", { class: "row", style: "margin:0" }, h("div", { class: "bar" }, h("div", { class: "r", style: `width:${pct}%` })), `${fmtNum(m.in_flight)} / ${fmtNum(m.limit)}`,
+          m.route_limit != null && m.route_limit < m.limit ? h("span", { class: "muted", "data-route-limit": m.route_limit }, ` · limit ${fmtNum(m.route_limit)}/${fmtNum(m.limit)} (this server)`) : null)),
         h("td", {}, fmtNum(m.slots_held)), h("td", {}, fmtNum(m.pending) + (m.pending_capped ? "+" : "")),
         h("td", {}, rate === null ? "…" : `${rate.toFixed(1)}/s`));
     }));

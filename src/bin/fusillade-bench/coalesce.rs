@@ -45,6 +45,13 @@ pub struct Args {
     /// Instead of the chat workload: this many single-input embedding lines.
     #[arg(long)]
     embeddings: Option<u64>,
+    /// `throughput`: the workload with coalescing off, then on; `window`: a
+    /// tight-window batch submitted during a large 24 h batch of the same
+    /// model (coalescing on), timed against its window.
+    #[arg(long, default_value = "throughput", value_parser = ["throughput", "window"])]
+    scenario: String,
+    #[command(flatten)]
+    window: crate::coalesce_window::WindowArgs,
     #[command(flatten)]
     cache: CacheArgs,
     #[command(flatten)]
@@ -199,6 +206,10 @@ struct Outcome {
 pub async fn run(a: Args) -> Result<()> {
     let dir = PathBuf::from("bench-data");
     std::fs::create_dir_all(&dir)?;
+    if a.scenario == "window" {
+        return crate::coalesce_window::run(&a.window, a.concurrency, &a.cache, &a.db.url, &dir)
+            .await;
+    }
     let (lines, url) = match a.embeddings {
         Some(n) => (embedding_workload(n), "/v1/embeddings"),
         None => (chat_workload(&a), "/v1/chat/completions"),

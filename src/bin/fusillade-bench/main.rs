@@ -9,16 +9,19 @@
 //! fusillade-bench chaos --lines 50000            # kills, restarts, faults; then checks
 //! fusillade-bench mock --cache                  # a mock with a prefix cache (GET /_stats)
 //! fusillade-bench coalesce --replicas 1         # mixed-prefix workload, coalescing off vs on
+//! fusillade-bench coalesce --scenario window    # a 2m-window batch during a 24h one
 //! fusillade-bench dashboard [--browser]          # page loads: 1,000 batches + a 1M batch
 //! ```
 //! `ingest` uploads the file through the store exactly as the API does
 //! (streamed from disk in 256 KiB chunks), creates a batch from it, and
 //! prints the rates and the process's peak RSS.
 
+mod adaptive;
 mod api;
 mod api_load;
 mod chaos;
 mod coalesce;
+mod coalesce_window;
 mod dashboard;
 mod procs;
 mod procstat;
@@ -117,6 +120,10 @@ enum Command {
     /// `fusillade run` against cache-modelling mocks, with coalescing off
     /// (file order, round-robin) and on; checks every answer.
     Coalesce(coalesce::Args),
+    /// `fusillade run` against a mock that answers 429 above 40 calls in
+    /// flight: configured at 256 (adaptive) and at exactly 40; prints mean
+    /// in flight, 429 share and throughput of each, and their ratio.
+    Adaptive(adaptive::Args),
     /// Uploads a ~SIZE MB file through `fusillade serve --api-only` over
     /// HTTP, then downloads a batch output of it; prints MB/s and the
     /// server's peak RSS.
@@ -212,6 +219,7 @@ fn main() -> Result<()> {
             cache,
         } => runtime()?.block_on(mock(latency_ms, port, report_on_eof, cache.model())),
         Command::Coalesce(args) => runtime()?.block_on(coalesce::run(args)),
+        Command::Adaptive(args) => runtime()?.block_on(adaptive::run(args)),
         Command::ApiUpload {
             size_mb,
             no_download,

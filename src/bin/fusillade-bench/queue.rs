@@ -189,6 +189,7 @@ pub async fn run(b: QueueBench) -> Result<()> {
                 body: Some(r#"{"id":"x","object":"chat.completion","choices":[]}"#.into()),
                 error: None,
                 usage: None,
+                coalesced: None,
             })
             .collect();
         if b.explain && explained && !explained_finish {

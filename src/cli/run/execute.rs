@@ -115,7 +115,12 @@ async fn watch(
                 if let Some(f) = monitor.broken_upstream() {
                     return Ok((b, Some(f)));
                 }
-                progress.show(&b.request_counts, monitor.in_flight(), false);
+                progress.show(
+                    &b.request_counts,
+                    monitor.in_flight(),
+                    &monitor.route_limits(),
+                    false,
+                );
                 last = b;
             }
             Err(Read::Unavailable(why)) => {

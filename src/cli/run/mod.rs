@@ -68,7 +68,8 @@ pub struct Args {
     /// to the upstream's origin (without it, routes keep the config's keys).
     #[arg(long, value_name = "VAR")]
     api_key_env: Option<String>,
-    /// The batch's completion window (`24h`, `90m`, ...).
+    /// The batch's completion window (`24h`, `90m`, ...; `0s` or `priority`
+    /// for the priority tier, `flex` for `1h`).
     #[arg(long, default_value = "24h")]
     completion_window: String,
     /// Start a new batch even if this input was run before.

@@ -28,7 +28,7 @@ pub fn error_lines(b: &Batch) -> i64 {
 /// The one-line summary for stderr.
 pub fn line(b: &Batch, w: &Written) -> String {
     format!(
-        "batch {} {}: {} of {} lines succeeded ({} in {}), {} failed ({} in {}), {:.1}s",
+        "batch {} {}: {} of {} lines succeeded ({} in {}), {} failed ({} in {}), {}{:.1}s",
         b.id,
         b.status,
         b.request_counts.completed,
@@ -38,7 +38,22 @@ pub fn line(b: &Batch, w: &Written) -> String {
         error_lines(b),
         bytes(w.error_bytes),
         w.targets.errors.describe(),
+        coalesced(b),
         w.elapsed.as_secs_f64(),
+    )
+}
+
+/// The summary's part on lines answered by a shared call ("" for none).
+fn coalesced(b: &Batch) -> String {
+    let c = &b.coalesced;
+    if c.total() == 0 {
+        return String::new();
+    }
+    format!(
+        "{} answered by a shared call ({} identical, {} packed), ",
+        c.total(),
+        c.identical,
+        c.packed
     )
 }
 
@@ -65,6 +80,11 @@ pub fn json(b: &Batch, w: &Written) -> serde_json::Value {
         "elapsed_seconds": w.elapsed.as_secs_f64(),
         "created_at": b.created_at,
         "completed_at": b.completed_at,
+        "coalesced_lines": b.coalesced.total(),
+        "coalesced_lines_details": {
+            "identical": b.coalesced.identical,
+            "packed": b.coalesced.packed,
+        },
         "usage": {
             "input_tokens": b.usage.input_tokens,
             "cached_tokens": b.usage.cached_tokens,

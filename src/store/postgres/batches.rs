@@ -21,7 +21,7 @@ const BATCH_COLUMNS: &str = "b.id, b.owner, b.input_file_id, b.endpoint, b.compl
      b.metadata, b.status, b.errors, b.output_file_id, b.error_file_id, b.total, b.created_at, \
      b.in_progress_at, b.expires_at, b.finalizing_at, b.completed_at, b.failed_at, b.expired_at, \
      b.cancelling_at, b.cancelled_at, b.n_completed, b.n_failed, b.n_canceled, b.input_tokens, b.cached_tokens, b.output_tokens, \
-     b.reasoning_tokens, b.total_tokens";
+     b.reasoning_tokens, b.total_tokens, b.n_coalesced_identical, b.n_coalesced_packed";
 
 fn batch_from_row(row: &PgRow) -> Result<Batch> {
     let metadata: Option<Json<BTreeMap<String, String>>> = row.try_get("metadata")?;
@@ -58,6 +58,10 @@ fn batch_from_row(row: &PgRow) -> Result<Batch> {
             output_tokens: row.try_get("output_tokens")?,
             reasoning_tokens: row.try_get("reasoning_tokens")?,
             total_tokens: row.try_get("total_tokens")?,
+        },
+        coalesced: crate::domain::batch::CoalescedCounts {
+            identical: row.try_get("n_coalesced_identical")?,
+            packed: row.try_get("n_coalesced_packed")?,
         },
     })
 }

@@ -234,10 +234,10 @@ static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
                  SELECT *, state = 'completed' AS ok
                  FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[],
                              $6::text[], $7::jsonb[], $8::int8[], $9::int8[], $10::int8[],
-                             $11::int8[], $12::int8[], $13::bytea[])
+                             $11::int8[], $12::int8[], $13::bytea[], $14::text[])
                      AS o(id, attempt, state, status_code, upstream_request_id, body, error,
                           input_tokens, cached_tokens, output_tokens, reasoning_tokens,
-                          total_tokens, body_bytes)),
+                          total_tokens, body_bytes, coalesced)),
              -- The queue row goes; its whole record moves into the result.
              done AS (
                  DELETE FROM requests q
@@ -251,7 +251,7 @@ static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
                  RETURNING {DELETED_RECORD},
                            o.state, o.ok, o.status_code, o.upstream_request_id, o.body,
                            o.body_bytes, o.error, o.input_tokens, o.cached_tokens,
-                           o.output_tokens, o.reasoning_tokens, o.total_tokens),
+                           o.output_tokens, o.reasoning_tokens, o.total_tokens, o.coalesced),
              tally AS (
                  UPDATE batches b
                  SET n_completed = b.n_completed + s.n_completed,
@@ -261,7 +261,9 @@ static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
                      cached_tokens = b.cached_tokens + s.cached_tokens,
                      output_tokens = b.output_tokens + s.output_tokens,
                      reasoning_tokens = b.reasoning_tokens + s.reasoning_tokens,
-                     total_tokens = b.total_tokens + s.total_tokens
+                     total_tokens = b.total_tokens + s.total_tokens,
+                     n_coalesced_identical = b.n_coalesced_identical + s.n_identical,
+                     n_coalesced_packed = b.n_coalesced_packed + s.n_packed
                  FROM (SELECT batch_id,
                               count(*) FILTER (WHERE state = 'completed') AS n_completed,
                               count(*) FILTER (WHERE state = 'failed') AS n_failed,
@@ -270,7 +272,9 @@ static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
                               sum(cached_tokens) AS cached_tokens,
                               sum(output_tokens) AS output_tokens,
                               sum(reasoning_tokens) AS reasoning_tokens,
-                              sum(total_tokens) AS total_tokens
+                              sum(total_tokens) AS total_tokens,
+                              count(*) FILTER (WHERE coalesced = 'identical') AS n_identical,
+                              count(*) FILTER (WHERE coalesced = 'packed') AS n_packed
                        FROM done WHERE batch_id IS NOT NULL
                        GROUP BY batch_id) s
                  WHERE b.id = s.batch_id)
@@ -284,6 +288,20 @@ static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
              RETURNING request_id"
     )
 });
+
+/// Each result's [`Coalesced`](crate::domain::batch::Coalesced) as the
+/// finish statement's text parameter.
+fn coalesced_words(items: &[Finished]) -> Vec<Option<&'static str>> {
+    use crate::domain::batch::Coalesced;
+    items
+        .iter()
+        .map(|i| match i.coalesced {
+            None => None,
+            Some(Coalesced::Identical) => Some("identical"),
+            Some(Coalesced::Packed) => Some("packed"),
+        })
+        .collect()
+}
 
 /// The finish statement, for `EXPLAIN` in benchmarks.
 #[doc(hidden)]
@@ -429,6 +447,7 @@ impl QueueStore for PostgresStore {
             .bind(usage(|u| u.reasoning_tokens))
             .bind(usage(|u| u.total_tokens))
             .bind(&body_bytes)
+            .bind(coalesced_words(items))
             .fetch_all(&self.queue)
             .await
             .map_err(StoreError::from_write)?;

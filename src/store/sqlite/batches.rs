@@ -22,7 +22,7 @@ const BATCH_COLUMNS: &str = "id, owner, input_file_id, endpoint, completion_wind
      status, errors, output_file_id, error_file_id, total, created_at, in_progress_at, \
      expires_at, finalizing_at, completed_at, failed_at, expired_at, cancelling_at, \
      cancelled_at, n_completed, n_failed, n_canceled, input_tokens, cached_tokens, \
-     output_tokens, reasoning_tokens, total_tokens";
+     output_tokens, reasoning_tokens, total_tokens, n_coalesced_identical, n_coalesced_packed";
 
 fn json<T: serde::de::DeserializeOwned>(text: Option<String>) -> Result<Option<T>> {
     text.map(|t| serde_json::from_str(&t))
@@ -63,6 +63,10 @@ fn batch_from_row(row: &SqliteRow) -> Result<Batch> {
             output_tokens: row.try_get("output_tokens")?,
             reasoning_tokens: row.try_get("reasoning_tokens")?,
             total_tokens: row.try_get("total_tokens")?,
+        },
+        coalesced: crate::domain::batch::CoalescedCounts {
+            identical: row.try_get("n_coalesced_identical")?,
+            packed: row.try_get("n_coalesced_packed")?,
         },
     })
 }

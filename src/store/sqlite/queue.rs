@@ -9,7 +9,7 @@ use super::SqliteStore;
 use super::ending::{RECORD, RESULT_RECORD};
 use super::share::{Wanted, claim_shared, claimed_from_row};
 use super::types::{batch_hi, batch_lo, micros, std_us};
-use crate::domain::batch::BatchId;
+use crate::domain::batch::{BatchId, Coalesced};
 use crate::domain::ids::{DaemonId, TemplateId};
 use crate::domain::request::{RequestId, RequestState};
 use crate::store::guards::{in_flight, request_word};
@@ -305,10 +305,11 @@ impl QueueStore for SqliteStore {
                 .bind(serde_json::to_string(&ids).expect("ids serialize"))
                 .execute(&mut *tx)
                 .await?;
-            // Per batch: completed, failed, canceled, then the five token totals.
+            // Per batch: completed, failed, canceled, the five token totals,
+            // then lines coalesced with an identical twin and packed.
             let items_by_id: BTreeMap<RequestId, &Finished> =
                 items.iter().rev().map(|i| (i.id, i)).collect();
-            let mut tally: BTreeMap<String, [i64; 8]> = BTreeMap::new();
+            let mut tally: BTreeMap<String, [i64; 10]> = BTreeMap::new();
             let mut accepted = Vec::with_capacity(held.len());
             for (id, batch) in &held {
                 let id = RequestId(
@@ -331,6 +332,11 @@ impl QueueStore for SqliteStore {
                     t[6] += u.reasoning_tokens;
                     t[7] += u.total_tokens;
                 }
+                match i.coalesced {
+                    Some(Coalesced::Identical) => t[8] += 1,
+                    Some(Coalesced::Packed) => t[9] += 1,
+                    None => {}
+                }
             }
             for (batch, t) in tally {
                 sqlx::query(
@@ -338,7 +344,9 @@ impl QueueStore for SqliteStore {
                          n_canceled = n_canceled + ?4, input_tokens = input_tokens + ?5, \
                          cached_tokens = cached_tokens + ?6, output_tokens = output_tokens + ?7, \
                          reasoning_tokens = reasoning_tokens + ?8, \
-                         total_tokens = total_tokens + ?9 \
+                         total_tokens = total_tokens + ?9, \
+                         n_coalesced_identical = n_coalesced_identical + ?10, \
+                         n_coalesced_packed = n_coalesced_packed + ?11 \
                      WHERE id = unhex(?1)",
                 )
                 .bind(batch)
@@ -350,6 +358,8 @@ impl QueueStore for SqliteStore {
                 .bind(t[5])
                 .bind(t[6])
                 .bind(t[7])
+                .bind(t[8])
+                .bind(t[9])
                 .execute(&mut *tx)
                 .await?;
             }

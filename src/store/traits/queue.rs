@@ -133,6 +133,9 @@ pub struct Finished {
     pub error: Option<ResultError>,
     /// Tokens the answer reports, added to the batch's totals.
     pub usage: Option<Usage>,
+    /// Set when the answer came from a call the line shared (counted in the
+    /// batch's `coalesced` when the line completed).
+    pub coalesced: Option<crate::domain::batch::Coalesced>,
 }
 
 /// A request going back to pending.
