@@ -99,6 +99,9 @@ struct RawRoute {
     embeddings_pack: Option<u32>,
     embeddings_pack_tokens: Option<u64>,
     priority_hint: Option<String>,
+    escalate_to: Option<String>,
+    escalate_within: Option<String>,
+    escalate_wait: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,6 +287,9 @@ pub struct Config {
     /// Scheduling settings per owner (`[owners."x"]`); owners not named
     /// have weight 1 and no cap.
     pub owners: BTreeMap<String, OwnerSettings>,
+    /// Escalation rules by the model they escalate from
+    /// (`[models."X"] escalate_to`; see `domain::escalation`).
+    pub escalations: crate::domain::escalation::Rules,
 }
 
 /// How one owner shares the models' slots with the others (see
@@ -309,6 +315,7 @@ impl std::fmt::Debug for Config {
             .field("admins", &self.admins)
             .field("api", &self.api)
             .field("owners", &self.owners)
+            .field("escalations", &self.escalations)
             .finish_non_exhaustive()
     }
 }
@@ -366,6 +373,7 @@ impl Config {
             ..RawRoute::default()
         };
         let upstream = route(&merge(&base, &raw.upstream), "upstream", env)?;
+        let escalations = escalation::rules(&raw.upstream, &raw.models, upstream_url_given)?;
         let defaults = merge(&base, &raw.upstream);
         let models = raw
             .models
@@ -513,6 +521,7 @@ impl Config {
             })
             .collect::<Result<_, ConfigError>>()?;
         Ok(Self {
+            escalations,
             owners,
             listen,
             database_url: raw.database_url,
@@ -604,6 +613,10 @@ fn merge(base: &RawRoute, o: &RawRoute) -> RawRoute {
             .priority_hint
             .clone()
             .or_else(|| base.priority_hint.clone()),
+        // Escalation is the model's own, never inherited (see `escalation`).
+        escalate_to: None,
+        escalate_within: None,
+        escalate_wait: None,
     }
 }
 
@@ -721,6 +734,9 @@ fn route(
         },
     })
 }
+
+mod escalation;
+pub use escalation::parse_duration;
 
 #[cfg(test)]
 mod tests;

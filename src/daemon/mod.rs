@@ -25,6 +25,7 @@ mod abort;
 mod adaptive;
 mod coalesce;
 mod completer;
+mod escalate;
 mod executor;
 mod finalizer;
 mod heartbeat;
@@ -64,6 +65,7 @@ pub trait DaemonBackend:
     + MaintenanceStore
     + DaemonStore
     + RouteStore
+    + crate::store::EscalationStore
     + WorkNotifier
     + Clone
     + Send
@@ -76,6 +78,7 @@ impl<T> DaemonBackend for T where
         + MaintenanceStore
         + DaemonStore
         + RouteStore
+        + crate::store::EscalationStore
         + WorkNotifier
         + Clone
         + Send
