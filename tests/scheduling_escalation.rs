@@ -75,6 +75,21 @@ async fn listed(pool: &PgPool, id: BatchId) -> BTreeMap<(String, String), usize>
             *seen.entry(key).or_default() += 1;
         }
         if !page["has_more"].as_bool().unwrap() {
+            // One request's own page shows the same.
+            let first = &page["data"][0];
+            let one = api
+                .get(
+                    &format!(
+                        "/v1/batches/{}/requests/{}",
+                        fusillade::api::wire::batch_id(id),
+                        first["id"].as_str().unwrap()
+                    ),
+                    ALICE,
+                )
+                .await
+                .ok();
+            assert_eq!(one["model"], first["model"]);
+            assert_eq!(one["routed_model"], first["routed_model"]);
             return seen;
         }
         after = format!("&after={}", page["last_id"].as_str().unwrap());
