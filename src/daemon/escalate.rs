@@ -66,3 +66,74 @@ pub(super) fn fall_back(jobs: &mut [Job]) -> Vec<RoutedAttempt> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::abort::Abort;
+    use crate::domain::escalation::Rule;
+    use crate::domain::ids::TemplateId;
+    use crate::domain::request::RequestId;
+    use crate::store::ClaimedRequest;
+    use std::time::Duration;
+
+    fn job(model: &str, body: &str, deadline: Option<DateTime<Utc>>) -> Job {
+        Job {
+            req: ClaimedRequest {
+                id: RequestId::new(),
+                batch_id: None,
+                template_id: TemplateId::new(),
+                attempt: 2,
+                retries: 1,
+                model: model.into(),
+                custom_id: None,
+                deadline,
+                path: "/v1/chat/completions".into(),
+                body: body.into(),
+                endpoint: String::new(),
+                prefix_key: 0,
+                owner: String::new(),
+            },
+            abort: Abort::new(),
+            escalated: None,
+        }
+    }
+
+    #[test]
+    fn each_attempt_is_routed_and_an_escalated_one_can_go_back() {
+        let rules = Rules::from([(
+            "x".to_owned(),
+            Rule {
+                to: "y".into(),
+                within: Duration::from_secs(600),
+                wait: Duration::from_secs(1),
+            },
+        )]);
+        let now = Utc::now();
+        let soon = Some(now + chrono::Duration::minutes(5));
+        let later = Some(now + chrono::Duration::hours(5));
+        let body = r#"{"model":"x","messages":[]}"#;
+        let mut jobs = vec![
+            job("x", body, soon),
+            job("x", body, later),
+            job("z", body, soon),
+            job("x", "[]", soon),
+        ];
+        let routes = decide(&rules, &mut jobs, now);
+        let to: Vec<(&str, i32)> = routes
+            .iter()
+            .map(|r| (r.model.as_str(), r.attempt))
+            .collect();
+        // Every attempt of a model with a rule is recorded, the others not;
+        // a body that is not an object is sent as written.
+        assert_eq!(to, [("y", 2), ("x", 2), ("x", 2)]);
+        assert_eq!(jobs[0].req.model, "y");
+        assert_eq!(jobs[0].req.body, r#"{"model":"y","messages":[]}"#);
+        assert!(jobs[1].escalated.is_none() && jobs[3].escalated.is_none());
+        let back = fall_back(&mut jobs[..1]);
+        assert_eq!(back[0].model, "x");
+        assert_eq!(jobs[0].req.model, "x");
+        assert_eq!(jobs[0].req.body, body);
+        assert!(jobs[0].escalated.is_none());
+    }
+}
