@@ -162,3 +162,68 @@ pub async fn a_model_only_escalated_requests_wait_for_gets_slots_within_its_limi
         .unwrap();
     assert_eq!(slots_of(&third, "fast"), 3);
 }
+
+/// One daemon, each backend: a 24 h batch inside a 25 h `escalate_within`
+/// is sent as the escalation model, within its limit, a retry is routed
+/// again, and both models are listed.
+pub async fn a_daemon_sends_requests_near_their_deadline_as_the_escalation_model<S: Backend>(
+    store: &S,
+) {
+    use crate::common::daemon::{batch_from_lines, config, finished_batch, lines_for, start};
+    use fusillade::domain::batch::BatchStatus;
+    use fusillade::mock::{MockBehavior, MockReply, MockUpstream};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    // (custom_id, attempt, model) of every call.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let behavior = MockBehavior::with_latency(Duration::from_millis(20)).respond(move |call| {
+        let id = call.custom_id.clone().unwrap_or_default();
+        log.lock()
+            .unwrap()
+            .push((id.clone(), call.attempt, call.model.clone()));
+        if id == "near-0" && call.attempt == 1 {
+            return MockReply::status(500, r#"{"error":{"message":"oops"}}"#);
+        }
+        MockReply::ok_for(call)
+    });
+    let mock = MockUpstream::start(behavior).await;
+    let n = 30;
+    let batch = batch_from_lines(store, &lines_for("slow", "near-", n)).await;
+    let cfg = config(
+        &mock.url(),
+        "concurrency = 8",
+        "",
+        "[models.slow]\nescalate_to = \"fast\"\nescalate_within = \"25h\"\nescalate_wait = \"10m\"\n\
+         [models.fast]\nconcurrency = 2\n",
+    );
+    let daemon = start(store, cfg);
+    let b = finished_batch(store, batch, Duration::from_secs(60)).await;
+    daemon.stop().await;
+    assert_eq!(b.status, BatchStatus::Completed, "{b:?}");
+    let stats = mock.stats();
+    assert_eq!(
+        stats.calls("fast"),
+        n as u64 + 1,
+        "the retry went to fast again"
+    );
+    assert_eq!(stats.calls("slow"), 0);
+    assert!(stats.max_in_flight_of("fast") <= 2, "fast's limit");
+    let retried: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.0 == "near-0")
+        .map(|c| (c.1, c.2.clone()))
+        .collect();
+    assert_eq!(retried, [(1, "fast".to_owned()), (2, "fast".to_owned())]);
+    let listed = routed_models(store, batch).await;
+    assert_eq!(listed.len(), n);
+    assert!(
+        listed
+            .iter()
+            .all(|(m, r)| m == "slow" && r.as_deref() == Some("fast")),
+        "{listed:?}"
+    );
+}
