@@ -48,6 +48,7 @@ mod daemons;
 mod dashboard;
 mod ending;
 mod error;
+mod escalation;
 mod files;
 mod fingerprints;
 mod guards;
@@ -71,6 +72,7 @@ pub use dashboard::{
     PENDING_COUNT_CAP, RequestDetail, ResultSample, STATS_SAMPLE,
 };
 pub use error::{BackendError, StoreError, UniqueKey};
+pub use escalation::{EscalationStore, RoutedAttempt};
 pub use files::{FileListQuery, NewFile, Order};
 pub use maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use notify::{WORK_CHANNEL, WorkNotifier, WorkSignals};
