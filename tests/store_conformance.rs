@@ -142,6 +142,11 @@ macro_rules! for_each_case {
                 finalize_completes_and_cancels,
                 a_new_batch_wakes_listeners,
             ],
+            escalation: [
+                routed_models_are_recorded_per_attempt_and_kept_in_the_result,
+                a_model_only_escalated_requests_wait_for_gets_slots_within_its_limit,
+                a_daemon_sends_requests_near_their_deadline_as_the_escalation_model,
+            ],
             requests: [
                 get_request_shows_the_request_and_then_its_result,
                 list_requests_pages_in_line_order,

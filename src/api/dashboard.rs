@@ -268,7 +268,13 @@ pub async fn request_detail<S: ApiBackend>(
     let mut out = serde_json::to_value(RequestObject::from(&detail.record))
         .map_err(|e| ApiError::internal(&e))?;
     let response = body_value(detail.response_body, detail.response_bytes);
-    let routed_model = response["json"]["model"].as_str().map(str::to_owned);
+    // Where the last attempt was sent when that is recorded (escalation),
+    // else the model the answer names.
+    let routed_model = detail
+        .record
+        .routed_model
+        .clone()
+        .or_else(|| response["json"]["model"].as_str().map(str::to_owned));
     if let Some(o) = out.as_object_mut() {
         o.insert(
             "input".into(),

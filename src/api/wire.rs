@@ -332,8 +332,11 @@ pub struct RequestObject {
     pub batch_id: Option<String>,
     /// The input line's custom_id.
     pub custom_id: Option<String>,
-    /// The model it is routed by.
+    /// The model it is routed by (its input line's model).
     pub model: String,
+    /// The model its last attempt was sent as, when its model escalates to
+    /// another (`escalate_to`); null: sent as `model`, or not sent yet.
+    pub routed_model: Option<String>,
     /// pending, claimed, processing, completed, failed or canceled.
     pub state: &'static str,
     /// How many times it was claimed.
@@ -365,6 +368,7 @@ impl From<&RequestRecord> for RequestObject {
             batch_id: r.batch_id.map(batch_id),
             custom_id: r.custom_id.clone(),
             model: r.model.clone(),
+            routed_model: r.routed_model.clone(),
             state: r.state.as_str(),
             attempt: r.attempt,
             created_at: unix(r.created_at),

@@ -100,6 +100,9 @@ struct RawRoute {
     embeddings_pack_tokens: Option<u64>,
     priority_hint: Option<String>,
     traceparent: Option<bool>,
+    escalate_to: Option<String>,
+    escalate_within: Option<String>,
+    escalate_wait: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,6 +291,9 @@ pub struct Config {
     /// Scheduling settings per owner (`[owners."x"]`); owners not named
     /// have weight 1 and no cap.
     pub owners: BTreeMap<String, OwnerSettings>,
+    /// Escalation rules by the model they escalate from
+    /// (`[models."X"] escalate_to`; see `domain::escalation`).
+    pub escalations: crate::domain::escalation::Rules,
 }
 
 /// How one owner shares the models' slots with the others (see
@@ -313,6 +319,7 @@ impl std::fmt::Debug for Config {
             .field("admins", &self.admins)
             .field("api", &self.api)
             .field("owners", &self.owners)
+            .field("escalations", &self.escalations)
             .finish_non_exhaustive()
     }
 }
@@ -370,6 +377,7 @@ impl Config {
             ..RawRoute::default()
         };
         let upstream = route(&merge(&base, &raw.upstream), "upstream", env)?;
+        let escalations = escalation::rules(&raw.upstream, &raw.models, upstream_url_given)?;
         let defaults = merge(&base, &raw.upstream);
         let models = raw
             .models
@@ -517,6 +525,7 @@ impl Config {
             })
             .collect::<Result<_, ConfigError>>()?;
         Ok(Self {
+            escalations,
             owners,
             listen,
             database_url: raw.database_url,
@@ -609,6 +618,10 @@ fn merge(base: &RawRoute, o: &RawRoute) -> RawRoute {
             .clone()
             .or_else(|| base.priority_hint.clone()),
         traceparent: o.traceparent.or(base.traceparent),
+        // Escalation is the model's own, never inherited (see `escalation`).
+        escalate_to: None,
+        escalate_within: None,
+        escalate_wait: None,
     }
 }
 
@@ -727,6 +740,9 @@ fn route(
         },
     })
 }
+
+mod escalation;
+pub use escalation::parse_duration;
 
 #[cfg(test)]
 mod tests;

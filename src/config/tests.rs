@@ -267,3 +267,62 @@ fn owners_and_priority_hints_are_read_and_checked() {
         assert!(m.contains(key), "{text}: {m}");
     }
 }
+
+#[test]
+fn escalation_rules_are_read_and_checked() {
+    let base = "[upstream]\nurl = \"http://a:1\"\n";
+    let c = parse(&format!(
+        "{base}[models.x]\nescalate_to = \"y\"\nescalate_within = \"15m\"\n[models.y]\nconcurrency = 2"
+    ))
+    .unwrap();
+    let r = &c.escalations["x"];
+    assert_eq!(r.to, "y");
+    assert_eq!(r.within, Duration::from_secs(900));
+    assert_eq!(r.wait, crate::domain::escalation::DEFAULT_WAIT);
+    assert!(!c.escalations.contains_key("y"));
+    let c = parse(&format!(
+        "{base}[models.x]\nescalate_to = \"z\"\nescalate_within = \"90s\"\nescalate_wait = \"500ms\""
+    ))
+    .unwrap();
+    assert_eq!(c.escalations["x"].within, Duration::from_secs(90));
+    assert_eq!(c.escalations["x"].wait, Duration::from_millis(500));
+    let err = |text: &str| parse(text).unwrap_err().to_string();
+    assert!(
+        err(&format!(
+            "{base}[models.x]\nescalate_to = \"x\"\nescalate_within = \"1m\""
+        ))
+        .contains("escalates to itself")
+    );
+    assert!(
+        err(&format!(
+            "{base}[models.x]\nescalate_to = \"y\"\nescalate_within = \"1m\"\n\
+         [models.y]\nescalate_to = \"x\"\nescalate_within = \"1m\""
+        ))
+        .contains("circle")
+    );
+    assert!(
+        err(&format!("{base}[models.x]\nescalate_to = \"y\""))
+            .contains("models.\"x\".escalate_within")
+    );
+    assert!(
+        err(&format!(
+            "{base}[models.x]\nescalate_to = \"y\"\nescalate_within = \"15 minutes\""
+        ))
+        .contains("whole number with a unit")
+    );
+    assert!(
+        err(&format!("{base}[models.x]\nescalate_within = \"1m\"")).contains("needs escalate_to")
+    );
+    assert!(err("[upstream]\nescalate_to = \"y\"").contains("upstream.escalate_to"));
+    // Without an [upstream] url, the model escalated to needs a section.
+    assert!(
+        err("[models.x]\nescalate_to = \"y\"\nescalate_within = \"1m\"")
+            .contains("no [models.\"y\"] section")
+    );
+    assert!(
+        parse("[models.x]\nescalate_to = \"y\"\nescalate_within = \"1m\"\n[models.y]\n").is_ok()
+    );
+    assert_eq!(super::parse_duration("2h"), Some(Duration::from_secs(7200)));
+    assert_eq!(super::parse_duration("m"), None);
+    assert_eq!(super::parse_duration("5"), None);
+}

@@ -26,6 +26,7 @@ mod abort;
 mod adaptive;
 mod coalesce;
 mod completer;
+mod escalate;
 mod executor;
 mod finalizer;
 mod heartbeat;
@@ -65,6 +66,7 @@ pub trait DaemonBackend:
     + MaintenanceStore
     + DaemonStore
     + RouteStore
+    + crate::store::EscalationStore
     + WorkNotifier
     + Clone
     + Send
@@ -77,6 +79,7 @@ impl<T> DaemonBackend for T where
         + MaintenanceStore
         + DaemonStore
         + RouteStore
+        + crate::store::EscalationStore
         + WorkNotifier
         + Clone
         + Send

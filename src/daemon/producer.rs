@@ -6,8 +6,8 @@
 
 use super::abort::Abort;
 use super::slots::Job;
-use super::{DaemonBackend, DbBackoff, Held, Shared, executor};
-use crate::store::{ClaimRequest, ModelDemand};
+use super::{DaemonBackend, DbBackoff, Held, Shared, escalate, executor};
+use crate::store::{ClaimRequest, ModelDemand, RoutedAttempt};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -101,6 +101,7 @@ pub(super) async fn run<S: DaemonBackend>(
             }
             continue;
         }
+        fall_back(&shared, &outcomes, &executors).await;
         let generation = shared.standing.generation();
         let max_total = shared.current().0.daemon.claim_batch;
         let request = demand(&shared, max_total);
@@ -123,6 +124,23 @@ pub(super) async fn run<S: DaemonBackend>(
         shared.peers.store(claim.peers.max(1), Ordering::Relaxed);
         claims += 1;
         claimed_rows += n as u64;
+        let mut jobs: Vec<Job> = claim
+            .requests
+            .into_iter()
+            .map(|req| Job {
+                req,
+                abort: Abort::new(),
+                escalated: None,
+            })
+            .collect();
+        // Where each attempt goes is written before any of them can start
+        // (and end, which moves its record into the results).
+        let routes = escalate::decide(
+            &shared.current().0.escalations,
+            &mut jobs,
+            chrono::Utc::now(),
+        );
+        record(&shared, &routes).await;
         let start = {
             let mut held = shared.held.lock().expect("held lock");
             if shared.standing.generation() != generation {
@@ -133,21 +151,15 @@ pub(super) async fn run<S: DaemonBackend>(
                 tracing::debug!(requests = n, "claim voided by the lost standing");
                 continue;
             }
-            let jobs: Vec<Job> = claim
-                .requests
-                .into_iter()
-                .map(|req| {
-                    let abort = Abort::new();
-                    held.insert(
-                        req.id,
-                        Held {
-                            attempt: req.attempt,
-                            abort: abort.clone(),
-                        },
-                    );
-                    Job { req, abort }
-                })
-                .collect();
+            for job in &jobs {
+                held.insert(
+                    job.req.id,
+                    Held {
+                        attempt: job.req.attempt,
+                        abort: job.abort.clone(),
+                    },
+                );
+            }
             shared.slots.refill(&claim.slots, jobs)
         };
         for job in start {
@@ -168,6 +180,34 @@ pub(super) async fn run<S: DaemonBackend>(
         }
     }
     tracing::info!(claims, claimed_rows, "claim loop stopped");
+}
+
+/// Sends escalated requests that waited too long for their new model's
+/// slots back to their own model (see `escalate`), and starts those its
+/// slots allow.
+async fn fall_back<S: DaemonBackend>(
+    shared: &Arc<Shared<S>>,
+    outcomes: &UnboundedSender<executor::Outcome>,
+    executors: &TaskTracker,
+) {
+    let mut back = shared.slots.overdue_escalations(std::time::Instant::now());
+    if back.is_empty() {
+        return;
+    }
+    let routes = escalate::fall_back(&mut back);
+    // Recorded before they can start, as at the claim.
+    record(shared, &routes).await;
+    for job in shared.slots.refill(&[], back) {
+        executors.spawn(executor::run(shared.clone(), job, outcomes.clone()));
+    }
+}
+
+/// Records where attempts are sent. A failed write is logged, not retried:
+/// the call is made either way.
+async fn record<S: DaemonBackend>(shared: &Shared<S>, routes: &[RoutedAttempt]) {
+    if let Err(e) = shared.store.record_routes(routes).await {
+        tracing::warn!(error = %e, attempts = routes.len(), "cannot record routed models");
+    }
 }
 
 async fn next_signal(work: &mut Option<crate::store::WorkSignals>) -> Option<()> {

@@ -13,12 +13,16 @@
 //! first requests do not wait behind everything claimed before them, and an
 //! urgent owner, which the claims give every request, has every slot once
 //! the others' claimed requests are sent.
+//!
+//! A request escalated to another model (see `escalate`) waits in that
+//! model's queue and runs in its slots; its own model counts it as lent
+//! until it starts or falls back, so that its claims do not run ahead.
 
 use super::abort::Abort;
 use crate::store::ClaimedRequest;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// A claimed request and the token that stops it.
@@ -29,6 +33,22 @@ pub(super) struct Job {
     /// Thrown when its lease is lost, its batch cancelled, on release, or
     /// when the daemon loses its standing.
     pub abort: Abort,
+    /// Set when it is sent as another model than its own (`req.model` and
+    /// `req.body` are then the new model's; see `escalate`).
+    pub escalated: Option<Escalated>,
+}
+
+/// What an escalated request needs to fall back to its own model.
+#[derive(Debug, Clone)]
+pub(super) struct Escalated {
+    /// Its own model.
+    pub from: String,
+    /// Its body as written.
+    pub body: String,
+    /// When it started to wait for a slot of the model it escalated to.
+    pub since: Instant,
+    /// Most time it waits for one.
+    pub wait: Duration,
 }
 
 /// One owner's requests of a model in this daemon.
@@ -75,6 +95,8 @@ struct Model {
     embeddings: bool,
     /// Mean time of a call lately (an exponential average), once known.
     call_time: Option<Duration>,
+    /// Its requests escalated to other models, waiting in their queues.
+    lent: u32,
 }
 
 impl Model {
@@ -163,7 +185,7 @@ impl Slots {
                 let state = ModelState {
                     granted: m.granted,
                     in_flight: m.in_flight,
-                    waiting: m.n_waiting as u32,
+                    waiting: m.n_waiting as u32 + m.lent,
                     embeddings: m.embeddings,
                     call_time: m.call_time,
                 };
@@ -181,6 +203,9 @@ impl Slots {
             models.entry(name.clone()).or_default().granted = *n;
         }
         for job in claimed {
+            if let Some(e) = &job.escalated {
+                models.entry(e.from.clone()).or_default().lent += 1;
+            }
             let m = models.entry(job.req.model.clone()).or_default();
             m.embeddings = job.req.path.trim_end_matches('/').ends_with("/embeddings");
             m.n_waiting += 1;
@@ -196,8 +221,41 @@ impl Slots {
                 start.push(job);
             }
         }
-        models.retain(|_, m| m.granted > 0 || m.in_flight > 0 || m.n_waiting > 0);
+        for job in &start {
+            unlend(&mut models, job);
+        }
+        models.retain(|_, m| m.granted > 0 || m.in_flight > 0 || m.n_waiting > 0 || m.lent > 0);
         start
+    }
+
+    /// Takes out the escalated requests that waited their longest for a
+    /// slot of the model they escalated to (as of `now`), to go back to
+    /// their own model.
+    pub fn overdue_escalations(&self, now: Instant) -> Vec<Job> {
+        let mut models = self.models.lock().expect("slots lock");
+        let mut out = Vec::new();
+        for m in models.values_mut() {
+            for q in m.owners.values_mut() {
+                let overdue = |j: &Job| {
+                    j.escalated
+                        .as_ref()
+                        .is_some_and(|e| now.duration_since(e.since) >= e.wait)
+                };
+                if !q.waiting.iter().any(overdue) {
+                    continue;
+                }
+                let (gone, kept): (VecDeque<Job>, VecDeque<Job>) =
+                    q.waiting.drain(..).partition(overdue);
+                q.waiting = kept;
+                m.n_waiting -= gone.len();
+                out.extend(gone);
+            }
+            m.tidy();
+        }
+        for job in &out {
+            unlend(&mut models, job);
+        }
+        out
     }
 
     /// Sets the owners' weights a freed slot is given by.
@@ -248,6 +306,9 @@ impl Slots {
             if next.is_none() || (m.n_waiting as u32) < m.granted.div_ceil(2) {
                 self.low.notify_one();
             }
+            if let Some(job) = &next {
+                unlend(&mut models, job);
+            }
             next
         };
         self.ended.notify_waiters();
@@ -282,6 +343,9 @@ impl Slots {
         if (m.n_waiting as u32) < m.granted.div_ceil(2) {
             self.low.notify_one();
         }
+        for job in &taken {
+            unlend(&mut models, job);
+        }
         taken
     }
 
@@ -306,6 +370,7 @@ impl Slots {
                 drained.extend(q.waiting.drain(..));
             }
             m.n_waiting = 0;
+            m.lent = 0;
             m.tidy();
         }
         drained
@@ -337,6 +402,14 @@ impl Slots {
     }
 }
 
+/// An escalated request left the queue it waited in: its own model no
+/// longer counts it as lent.
+fn unlend(models: &mut HashMap<String, Model>, job: &Job) {
+    if let Some(m) = job.escalated.as_ref().and_then(|e| models.get_mut(&e.from)) {
+        m.lent = m.lent.saturating_sub(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +434,7 @@ mod tests {
                 owner: String::new(),
             },
             abort: Abort::new(),
+            escalated: None,
         }
     }
 
@@ -424,5 +498,55 @@ mod tests {
         assert!(s.refill(&[], vec![job("a")]).is_empty());
         assert!(s.next_after("a", "").is_none());
         assert_eq!(s.in_flight(), 0);
+    }
+
+    fn escalated(wait: Duration) -> Job {
+        let mut j = job("y");
+        j.escalated = Some(Escalated {
+            from: "x".into(),
+            body: "{}".into(),
+            since: Instant::now(),
+            wait,
+        });
+        j
+    }
+
+    fn waiting_of(s: &Slots, model: &str) -> u32 {
+        s.prepare_claim(|_| 100)
+            .into_iter()
+            .find(|(m, _)| m == model)
+            .map_or(0, |(_, st)| st.waiting)
+    }
+
+    #[test]
+    fn an_escalated_request_waits_for_its_new_models_slot_and_counts_for_both() {
+        let s = Slots::new();
+        let long = Duration::from_secs(3600);
+        assert!(
+            s.refill(&[], vec![escalated(long)]).is_empty(),
+            "no slot of y yet"
+        );
+        assert_eq!(waiting_of(&s, "y"), 1, "y is asked for slots");
+        assert_eq!(waiting_of(&s, "x"), 1, "x does not claim ahead for it");
+        assert!(s.overdue_escalations(Instant::now()).is_empty());
+        let started = s.refill(&[("y".into(), 1)], vec![escalated(long)]);
+        assert_eq!(started.len(), 1, "in y's slot");
+        assert_eq!(s.in_flight_of("y"), 1);
+        assert_eq!(waiting_of(&s, "x"), 1, "one started, one waits");
+        assert!(
+            s.next_after("y", "").is_some(),
+            "the next one takes the slot"
+        );
+        assert_eq!(waiting_of(&s, "x"), 0);
+    }
+
+    #[test]
+    fn an_escalated_request_that_waited_too_long_is_taken_back() {
+        let s = Slots::new();
+        assert!(s.refill(&[], vec![escalated(Duration::ZERO)]).is_empty());
+        let back = s.overdue_escalations(Instant::now());
+        assert_eq!(back.len(), 1);
+        assert_eq!(waiting_of(&s, "x"), 0);
+        assert_eq!(waiting_of(&s, "y"), 0);
     }
 }

@@ -5,6 +5,7 @@ mod text_enum;
 
 pub mod batch;
 pub mod daemon;
+pub mod escalation;
 pub mod file;
 pub mod ids;
 pub mod output;

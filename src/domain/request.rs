@@ -112,6 +112,10 @@ pub struct RequestRecord {
     pub status_code: Option<i32>,
     /// Why it did not complete, for failed and canceled requests.
     pub error: Option<ResultError>,
+    /// The model its last attempt was sent as, when its model has an
+    /// escalation rule (see `domain::escalation`); `None`: sent as `model`,
+    /// or not sent yet.
+    pub routed_model: Option<String>,
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! The rest of the crate speaks to storage only through the traits here and
 //! in `traits/` ([`FileStore`], [`BatchStore`], [`RequestStore`],
 //! [`HealthStore`], [`DaemonStore`], [`QueueStore`], [`MaintenanceStore`],
-//! [`RouteStore`], [`DashboardStore`], [`WorkNotifier`],
+//! [`RouteStore`], [`EscalationStore`], [`DashboardStore`], [`WorkNotifier`],
 //! [`ResponseStepStore`]), never through a raw pool, so that every backend
 //! implements the same traits: [`PostgresStore`] (`postgres/`) and the
 //! embedded [`SqliteStore`] (`sqlite/`, with its own schema), chosen by
@@ -44,6 +44,7 @@ pub use traits::dashboard::{
     BODY_PREVIEW, BatchSample, DashboardStore, ERROR_SAMPLE, ErrorGroup, ModelLoad,
     PENDING_COUNT_CAP, RequestDetail, ResultSample, STATS_SAMPLE,
 };
+pub use traits::escalation::{EscalationStore, RoutedAttempt};
 pub use traits::maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use traits::notify::{WorkNotifier, WorkSignals};
 pub use traits::queue::{

@@ -329,6 +329,12 @@ impl RouteStore for Store {
     }
 }
 
+impl super::EscalationStore for Store {
+    async fn record_routes(&self, routes: &[super::RoutedAttempt]) -> Result<u64> {
+        either!(self, s => s.record_routes(routes).await)
+    }
+}
+
 impl WorkNotifier for Store {
     async fn listen_for_work(&self) -> Result<WorkSignals> {
         either!(self, s => s.listen_for_work().await)

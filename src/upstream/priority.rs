@@ -67,6 +67,18 @@ pub fn with_hint(
     Some(members.render())
 }
 
+/// The body with its `model` member set to `model`, in its place (or
+/// appended), every other member kept as written (used by escalation, see
+/// `domain::escalation`); `None` when it is not a JSON object.
+pub fn with_model(body: &str, model: &str) -> Option<String> {
+    let mut members = Members::parse(body)?;
+    members.set(
+        "model",
+        serde_json::to_string(model).expect("a string serializes"),
+    );
+    Some(members.render())
+}
+
 /// A JSON object's members in order: keys as written (escaped), values as
 /// raw text.
 #[derive(Debug, Default)]
@@ -152,6 +164,16 @@ mod tests {
 
     fn in_secs(s: i64) -> Option<DateTime<Utc>> {
         Some(now() + chrono::Duration::seconds(s))
+    }
+
+    #[test]
+    fn the_model_is_replaced_in_place() {
+        let body = r#"{"messages":[{"role":"user","content":"hi"}],"model":"x","n":1}"#;
+        assert_eq!(
+            with_model(body, "y\"z").unwrap(),
+            r#"{"messages":[{"role":"user","content":"hi"}],"model":"y\"z","n":1}"#
+        );
+        assert!(with_model("[1]", "y").is_none());
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod coalescing_identical;
 pub mod daemon_runtime;
 pub mod daemons;
 pub mod dashboard;
+pub mod escalation;
 pub mod file_access;
 pub mod files;
 pub mod lifecycle;
@@ -62,6 +63,7 @@ pub trait Backend:
     + DashboardStore
     + ResponseStepStore
     + RouteStore
+    + fusillade::store::EscalationStore
     + WorkNotifier
     + Clone
     + Send

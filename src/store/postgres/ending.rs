@@ -9,15 +9,15 @@ use sqlx::types::Json;
 
 /// What `DELETE FROM requests q ... RETURNING` hands on: the queue row's record.
 pub(super) const DELETED_RECORD: &str = "q.id, q.batch_id, q.template_id, q.model, q.custom_id, \
-     q.attempt, q.retries, q.not_before, q.created_at, q.claimed_at, q.started_at";
+     q.attempt, q.retries, q.not_before, q.created_at, q.claimed_at, q.started_at, q.routed_model";
 
 /// The same record, selected from the deleted rows.
 pub(super) const RECORD: &str = "id, batch_id, template_id, model, custom_id, attempt, retries, \
-     not_before, created_at, claimed_at, started_at";
+     not_before, created_at, claimed_at, started_at, routed_model";
 
 /// The `request_results` columns that [`RECORD`] fills, in its order.
 pub(super) const RESULT_RECORD: &str = "request_id, batch_id, template_id, model, custom_id, \
-     attempt, retries, not_before, created_at, claimed_at, started_at";
+     attempt, retries, not_before, created_at, claimed_at, started_at, routed_model";
 
 /// Ends the live requests chosen by `filter` (over `requests q`, with
 /// `using` joined in) as `state` with the error bound as `$error_param`,

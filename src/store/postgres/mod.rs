@@ -36,6 +36,7 @@ mod daemons;
 mod dashboard;
 mod ending;
 mod errors;
+mod escalation;
 mod files;
 mod maintenance;
 mod notify;

@@ -29,7 +29,7 @@ const RESULT_PAGE_BYTES: i64 = 4 << 20;
 pub(super) fn live_records(filter: &str) -> String {
     format!(
         "SELECT id, batch_id, template_id, model, custom_id, state, attempt, not_before, \
-                daemon_id, created_at, claimed_at, started_at, NULL::timestamptz AS finished_at, \
+                daemon_id, created_at, claimed_at, started_at, routed_model, NULL::timestamptz AS finished_at, \
                 NULL::int AS status_code, NULL::jsonb AS error \
          FROM requests WHERE {filter}"
     )
@@ -40,7 +40,7 @@ pub(super) fn ended_records(filter: &str) -> String {
     format!(
         "SELECT request_id AS id, batch_id, template_id, model, custom_id, state, attempt, \
                 not_before, NULL::uuid AS daemon_id, created_at, claimed_at, started_at, \
-                finished_at, status_code, error \
+                routed_model, finished_at, status_code, error \
          FROM request_results WHERE {filter}"
     )
 }
@@ -69,6 +69,7 @@ pub(super) fn request_from_row(row: &PgRow) -> Result<RequestRecord> {
         finished_at: row.try_get("finished_at")?,
         status_code: row.try_get("status_code")?,
         error: error.map(|e| e.0),
+        routed_model: row.try_get("routed_model")?,
     })
 }
 

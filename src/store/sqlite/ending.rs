@@ -11,11 +11,11 @@ use sqlx::SqliteConnection;
 
 /// The record of a `requests` row as `request_results` keeps it.
 pub(super) const RECORD: &str = "id, batch_id, template_id, model, custom_id, attempt, retries, \
-     not_before, created_at, claimed_at, started_at";
+     not_before, created_at, claimed_at, started_at, routed_model";
 
 /// The `request_results` columns that [`RECORD`] fills, in its order.
 pub(super) const RESULT_RECORD: &str = "request_id, batch_id, template_id, model, custom_id, \
-     attempt, retries, not_before, created_at, claimed_at, started_at";
+     attempt, retries, not_before, created_at, claimed_at, started_at, routed_model";
 
 /// Ends the live requests of `batch` that `filter` picks (a condition
 /// over `requests`, binding nothing) as `state` with `error`, at `now`.

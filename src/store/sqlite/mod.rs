@@ -24,6 +24,7 @@ mod daemons;
 mod dashboard;
 mod ending;
 mod errors;
+mod escalation;
 mod files;
 mod maintenance;
 mod queue;

@@ -27,7 +27,7 @@ const RESULT_PAGE_BYTES: usize = 4 << 20;
 pub(super) fn live_records(filter: &str) -> String {
     format!(
         "SELECT id, batch_id, template_id, model, custom_id, state, attempt, not_before, \
-                daemon_id, created_at, claimed_at, started_at, NULL AS finished_at, \
+                daemon_id, created_at, claimed_at, started_at, routed_model, NULL AS finished_at, \
                 NULL AS status_code, NULL AS error \
          FROM requests WHERE {filter}"
     )
@@ -38,7 +38,7 @@ pub(super) fn ended_records(filter: &str) -> String {
     format!(
         "SELECT request_id AS id, batch_id, template_id, model, custom_id, state, attempt, \
                 not_before, NULL AS daemon_id, created_at, claimed_at, started_at, \
-                finished_at, status_code, error \
+                routed_model, finished_at, status_code, error \
          FROM request_results WHERE {filter}"
     )
 }
@@ -72,6 +72,7 @@ pub(super) fn request_from_row(row: &SqliteRow) -> Result<RequestRecord> {
         finished_at: time_opt(row.try_get("finished_at")?),
         status_code: row.try_get("status_code")?,
         error,
+        routed_model: row.try_get("routed_model")?,
     })
 }
 

@@ -4,6 +4,7 @@
 //! traits (files, batches, requests, health, daemons) are in `store`'s root.
 
 pub(crate) mod dashboard;
+pub(crate) mod escalation;
 pub(crate) mod maintenance;
 pub(crate) mod notify;
 pub(crate) mod queue;
