@@ -390,7 +390,8 @@ impl BatchStore for PostgresStore {
     }
 
     async fn get_batch(&self, owner: Owner<'_>, id: BatchId) -> Result<Option<Batch>> {
-        fetch_batch(&self.pools.replica, owner, id).await
+        // Polled by clients in loops: on the pool that keeps its plans.
+        fetch_batch(&self.points, owner, id).await
     }
 
     async fn find_batch_by_key(&self, owner: &str, key: &str) -> Result<Option<Batch>> {
