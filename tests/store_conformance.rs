@@ -162,6 +162,10 @@ macro_rules! for_each_case {
                 a_second_successor_of_one_kind_is_refused,
                 a_refused_step_change_says_why,
             ],
+            settle: [
+                a_refused_result_is_failed_alone_and_the_rest_of_its_write_lands,
+                a_row_whose_failure_is_refused_too_is_given_up,
+            ],
             sharing: [
                 a_models_requests_are_shared_between_owners_by_weight,
                 what_an_owner_cannot_take_is_shared_again,
@@ -219,10 +223,51 @@ impl conformance::Backend for fusillade::PostgresStore {
     fn with_limits(&self, limits: fusillade::IngestLimits) -> Self {
         self.clone().with_limits(limits)
     }
+
+    async fn refuse_results_where(&self, condition: &str) {
+        // SQLSTATE 23514: a check constraint broken, a refusal of the data.
+        let pool = &self.pools().primary;
+        sqlx::query(&format!(
+            "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF {condition} THEN
+                     RAISE EXCEPTION 'planted refusal' USING ERRCODE = '23514';
+                 END IF;
+                 RETURN NEW;
+             END $$"
+        ))
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "CREATE TRIGGER test_refuse BEFORE INSERT ON request_results \
+             FOR EACH ROW EXECUTE FUNCTION test_refuse()",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+    }
 }
 
 impl conformance::Backend for fusillade::store::SqliteStore {
     fn with_limits(&self, limits: fusillade::IngestLimits) -> Self {
         self.clone().with_limits(limits)
+    }
+
+    async fn refuse_results_where(&self, condition: &str) {
+        use sqlx::ConnectOptions;
+        // RAISE(ABORT) is SQLITE_CONSTRAINT_TRIGGER: a refusal of the data.
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.path())
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query(&format!(
+            "CREATE TRIGGER test_refuse BEFORE INSERT ON request_results \
+             WHEN {condition} BEGIN SELECT RAISE(ABORT, 'planted refusal'); END"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::sqlite::TempDb;
-use common::{CHAT, chunked, jsonl, line, new_batch};
+use common::{CHAT, chat_body, chunked, jsonl, line, line_with, new_batch};
 use fusillade::domain::request::RequestState;
 use fusillade::store::{
     BatchStore, ClaimRequest, DaemonStore, FileStore, NewDaemon, NewFile, OpenError, Owner,
@@ -99,4 +99,54 @@ async fn claims_left_by_a_killed_store_are_pending_again_on_reopen() {
         .unwrap()
         .unwrap();
     assert_eq!(b.request_counts.total, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_files_bodies_are_stored_once() {
+    let db = TempDb::new();
+    let store = db.store().await;
+    let big = "z".repeat(2000);
+    let lines: Vec<String> = (0..400)
+        .map(|i| line_with(&format!("r{i}"), CHAT, &chat_body(&big, "m")))
+        .collect();
+    let text = jsonl(&lines);
+    let file = store
+        .create_file(
+            NewFile {
+                owner: "alice".into(),
+                filename: "in.jsonl".into(),
+                expires_at: None,
+            },
+            chunked(text.as_bytes(), 4099),
+        )
+        .await
+        .unwrap();
+    assert_eq!(file.template_count, 400);
+    // The templates hold the bodies; the stored original bytes do not
+    // hold them again (only what lies around them, and where they go).
+    let mut conn = {
+        use sqlx::ConnectOptions;
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(db.path())
+            .read_only(true)
+            .connect()
+            .await
+            .unwrap()
+    };
+    let (parts, bodies): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT sum(length(data)) FROM file_parts), \
+                (SELECT sum(length(body)) FROM request_templates)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(bodies >= 400 * 2000, "{bodies}");
+    assert!(
+        parts < text.len() as i64 / 10,
+        "{parts} bytes of parts for a {}-byte file",
+        text.len()
+    );
+    // And it downloads as uploaded.
+    let got = common::collect(store.file_content(Owner::Any, file.id).await.unwrap()).await;
+    assert!(got == text.as_bytes());
 }

@@ -8,8 +8,11 @@
 //!   a daemon killed mid-flight and finished by another;
 //! - its connections and server: `daemon_faults.rs` (terminated
 //!   connections, `fusillade run` killed and rerun), `store_settle.rs` (a
-//!   server that hangs up, refusals by SQLSTATE and by planted triggers),
-//!   `daemon_poison.rs` (a trigger refusing one result), `pools.rs`;
+//!   server that hangs up, refusals of PostgreSQL's own (a NUL in text, a
+//!   time out of range: SQLite takes both), faults by SQLSTATE that are not
+//!   refusals), `daemon_poison.rs` (a trigger refusing one result under a
+//!   running daemon), `pools.rs`. A refused row's isolation itself runs on
+//!   both, in `settle.rs`, with the refusal planted by a trigger;
 //! - its schema: `store_batches.rs` (unique constraints as typed errors),
 //!   `store_queue.rs` (a daemon row deleted by hand, the queue's vacuum);
 //! - a deadline moved into the past in SQL (the shortest window is a
@@ -33,6 +36,7 @@ pub mod lifecycle;
 pub mod queue;
 pub mod requests;
 pub mod response_steps;
+pub mod settle;
 pub mod sharing;
 
 use crate::common::{CHAT, chunked, collect, jsonl, line, new_batch};
@@ -72,6 +76,10 @@ pub trait Backend:
 {
     /// The same database, with these upload limits.
     fn with_limits(&self, limits: IngestLimits) -> Self;
+
+    /// Makes the database refuse, as a broken constraint would, every
+    /// result row inserted for which the SQL `condition` over `NEW` holds.
+    fn refuse_results_where(&self, condition: &str) -> impl Future<Output = ()> + Send;
 }
 
 /// Uploads `text` for `owner` in 7-byte chunks.

@@ -4,6 +4,7 @@
 //! fusillade-bench gen --lines 200000 --out bench-data/200k.jsonl
 //! fusillade-bench ingest bench-data/200k.jsonl [--database-url URL]
 //! fusillade-bench run --requests 50000 --concurrency 256 --latency-ms 0
+//! fusillade-bench run --database-url sqlite:///tmp/bench.db   # the embedded store
 //! fusillade-bench mock --latency-ms 50          # the mock upstream alone
 //! fusillade-bench api-load --scenario poll      # many API clients at once
 //! fusillade-bench chaos --lines 50000            # kills, restarts, faults; then checks
@@ -60,7 +61,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Runs N requests through `fusillade run` against a mock upstream.
+    /// Runs N requests through `fusillade run` against a mock upstream, on
+    /// PostgreSQL or (with `--database-url sqlite:PATH`) the embedded store.
     Run {
         /// Number of requests.
         #[arg(long, default_value_t = 50_000)]
@@ -163,7 +165,8 @@ enum Command {
 #[derive(clap::Args)]
 struct BenchDb {
     /// PostgreSQL URL of a database for benchmarks only: it is dropped and
-    /// created afresh on every run.
+    /// created afresh on every run. `run` also takes `sqlite:PATH` or
+    /// `sqlite://PATH`: that file (with its WAL) is deleted first.
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",

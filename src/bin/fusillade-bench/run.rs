@@ -1,6 +1,8 @@
 //! `fusillade-bench run`: the whole product path, measured. A mock upstream
 //! runs as a separate process; the real `fusillade run` binary ingests the
 //! file, creates the batch, runs the daemon and writes the output files.
+//! The database is PostgreSQL (created afresh) or, for a `sqlite:` URL, an
+//! embedded file (deleted first), so both backends run the same command.
 
 use crate::procs::{MockProcess, sibling};
 use crate::procstat::{GroupCpu, cpu_seconds, peak_rss_kib};
@@ -40,10 +42,81 @@ fn write_input(path: &Path, n: u64) -> Result<()> {
     Ok(())
 }
 
+/// The benchmark's database, made fresh for each run.
+enum Db {
+    /// A PostgreSQL database, dropped and created again.
+    Postgres,
+    /// An embedded database file, deleted with its companions.
+    Sqlite(PathBuf),
+}
+
+impl Db {
+    /// Makes the database named by `url` fresh.
+    async fn fresh(url: &str) -> Result<Self> {
+        if let Some(path) = fusillade::store::sqlite_path(url) {
+            // The WAL, its index and the owner's lock file go too: a
+            // leftover WAL would be replayed into the new file.
+            for suffix in ["", "-wal", "-shm", ".lock"] {
+                let mut name = path.as_os_str().to_owned();
+                name.push(suffix);
+                match std::fs::remove_file(&name) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).context(format!("removing {}", path.display())),
+                }
+            }
+            return Ok(Db::Sqlite(path));
+        }
+        let pool = crate::connect_bench_db(url).await?;
+        pool.close().await;
+        Ok(Db::Postgres)
+    }
+
+    /// First claim, last stored result (unix seconds) and completed count,
+    /// read from the database after the run.
+    async fn spans(&self, url: &str) -> Result<(f64, f64, i64)> {
+        match self {
+            Db::Postgres => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(url)
+                    .await?;
+                let (first, last, ok): (
+                    chrono::DateTime<chrono::Utc>,
+                    chrono::DateTime<chrono::Utc>,
+                    i64,
+                ) = sqlx::query_as(
+                    "SELECT min(claimed_at), max(finished_at), count(*) FILTER (WHERE ok) \
+                     FROM request_results",
+                )
+                .fetch_one(&pool)
+                .await?;
+                let secs = |t: chrono::DateTime<chrono::Utc>| t.timestamp_micros() as f64 / 1e6;
+                Ok((secs(first), secs(last), ok))
+            }
+            Db::Sqlite(path) => {
+                use sqlx::ConnectOptions;
+                // Times are unix microseconds there.
+                let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .read_only(true)
+                    .connect()
+                    .await?;
+                let (first, last, ok): (i64, i64, i64) = sqlx::query_as(
+                    "SELECT min(claimed_at), max(finished_at), coalesce(sum(ok), 0) \
+                     FROM request_results",
+                )
+                .fetch_one(&mut conn)
+                .await?;
+                Ok((first as f64 / 1e6, last as f64 / 1e6, ok))
+            }
+        }
+    }
+}
+
 /// Runs the benchmark and prints its numbers.
 pub async fn run(b: RunBench) -> Result<()> {
-    let pool = crate::connect_bench_db(&b.database_url).await?;
-    pool.close().await;
+    let db = Db::fresh(&b.database_url).await?;
     let dir = PathBuf::from("bench-data");
     std::fs::create_dir_all(&dir)?;
     let input = dir.join(format!("run-{}.jsonl", b.requests));
@@ -61,7 +134,9 @@ pub async fn run(b: RunBench) -> Result<()> {
     let mut mock = MockProcess::start(b.latency_ms)?;
     let url = mock.url.clone();
 
-    let mut pg = GroupCpu::start("postgres");
+    // PostgreSQL's processes, when it is the database (the embedded one's
+    // work is the daemon's own).
+    let mut pg = matches!(db, Db::Postgres).then(|| GroupCpu::start("postgres"));
     let started = Instant::now();
     let mut child = Command::new(sibling("fusillade")?)
         .arg("run")
@@ -94,7 +169,9 @@ pub async fn run(b: RunBench) -> Result<()> {
         if let Some(r) = peak_rss_kib(pid) {
             rss = rss.max(r);
         }
-        pg.sample();
+        if let Some(pg) = &mut pg {
+            pg.sample();
+        }
         if let Some(status) = child.try_wait()? {
             break status;
         }
@@ -106,21 +183,8 @@ pub async fn run(b: RunBench) -> Result<()> {
         bail!("fusillade run failed: {status}");
     }
 
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&b.database_url)
-        .await?;
-    let (first, last, ok): (
-        chrono::DateTime<chrono::Utc>,
-        chrono::DateTime<chrono::Utc>,
-        i64,
-    ) = sqlx::query_as(
-        "SELECT min(claimed_at), max(finished_at), count(*) FILTER (WHERE ok) \
-             FROM request_results",
-    )
-    .fetch_one(&pool)
-    .await?;
-    let span = (last - first).as_seconds_f64().max(1e-9);
+    let (first, last, ok) = db.spans(&b.database_url).await?;
+    let span = (last - first).max(1e-9);
     let (calls, upstream_secs) = upstream_span;
     let upstream_secs = upstream_secs.max(1e-9);
     // The issue's definition: completed requests over the time from the
@@ -142,7 +206,13 @@ pub async fn run(b: RunBench) -> Result<()> {
         "daemon CPU        {:.1} ms per 1k requests ({cpu:.2} s in all)",
         per_1k(cpu)
     );
-    if pg.seen_any() {
+    if let Db::Sqlite(path) = &db {
+        println!(
+            "database          embedded, {} (its work is in the daemon CPU above)",
+            path.display()
+        );
+        println!("PostgreSQL CPU    n/a (embedded database)");
+    } else if let Some(pg) = pg.as_ref().filter(|pg| pg.seen_any()) {
         println!(
             "PostgreSQL CPU    {:.1} ms per 1k requests ({:.0} µs per request)",
             per_1k(pg.used()),

@@ -2,6 +2,10 @@
 //! stream in and written a segment at a time, each segment its own short
 //! write (so an upload never holds the one writer for long); the file's
 //! row, written last, makes them visible.
+//!
+//! A template's body is stored once: the stored parts of the original
+//! bytes have the bodies cut out, with a list of holes saying where each
+//! goes back on download (as the PostgreSQL backend does).
 
 use super::SqliteStore;
 use super::types::{micros, time, time_opt};
@@ -33,6 +37,47 @@ const SLICE_BYTES: usize = 256 << 10;
 /// SQLite's limit of 32766).
 const ROWS_PER_INSERT: usize = 500;
 
+/// Bytes of one entry of a part's holes: where the body goes in the part's
+/// data (u32) and its line number (u64), both big-endian.
+const HOLE_BYTES: usize = 12;
+
+/// A piece of the original file with the bodies of its templates cut out.
+#[derive(Default)]
+struct Part {
+    /// The bytes, bodies removed.
+    data: Vec<u8>,
+    /// For each body removed, in order: see [`HOLE_BYTES`].
+    holes: Vec<u8>,
+}
+
+impl Part {
+    fn len(&self) -> usize {
+        self.data.len() + self.holes.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.data.is_empty() && self.holes.is_empty()
+    }
+}
+
+/// The holes of a stored part, as (offset in its data, line number).
+fn decode_holes(holes: &[u8]) -> Result<Vec<(usize, i64)>> {
+    if !holes.len().is_multiple_of(HOLE_BYTES) {
+        return Err(StoreError::Invalid(format!(
+            "a file part's hole list is {} bytes long",
+            holes.len()
+        )));
+    }
+    Ok(holes
+        .chunks_exact(HOLE_BYTES)
+        .map(|h| {
+            let at = u32::from_be_bytes(h[..4].try_into().expect("4 bytes"));
+            let line = u64::from_be_bytes(h[4..].try_into().expect("8 bytes"));
+            (at as usize, line as i64)
+        })
+        .collect())
+}
+
 /// One valid line, owned until its segment is written.
 struct Template {
     line: i64,
@@ -48,8 +93,13 @@ struct Ingest<'l> {
     limits: &'l IngestLimits,
     templates: Vec<Template>,
     template_bytes: usize,
-    /// Original bytes not yet written.
-    part: Vec<u8>,
+    /// Original bytes not yet moved into `part`, from stream offset
+    /// `raw_base`; those before `raw_pos` are settled (moved or cut out).
+    raw: Vec<u8>,
+    raw_base: u64,
+    raw_pos: usize,
+    /// Original bytes not yet written, bodies cut out.
+    part: Part,
     seq: i64,
     bytes: u64,
     count: u64,
@@ -69,7 +119,10 @@ impl<'l> Ingest<'l> {
             limits,
             templates: Vec::new(),
             template_bytes: 0,
-            part: Vec::with_capacity(SEGMENT_BYTES),
+            raw: Vec::with_capacity(SLICE_BYTES),
+            raw_base: 0,
+            raw_pos: 0,
+            part: Part::default(),
             seq: 0,
             bytes: 0,
             count: 0,
@@ -89,9 +142,32 @@ impl<'l> Ingest<'l> {
         }
     }
 
+    /// Moves the original bytes before stream offset `to` into the part.
+    fn settle(&mut self, to: u64) {
+        let end = (to - self.raw_base) as usize;
+        if end > self.raw_pos {
+            self.part
+                .data
+                .extend_from_slice(&self.raw[self.raw_pos..end]);
+            self.raw_pos = end;
+        }
+    }
+
+    /// Settles what the splitter will not look at again and drops it from `raw`.
+    fn compact(&mut self, splitter: &LineSplitter) {
+        self.settle(splitter.pending_start());
+        self.raw.drain(..self.raw_pos);
+        self.raw_base += self.raw_pos as u64;
+        self.raw_pos = 0;
+    }
+
     fn line(&mut self, raw: RawLine<'_>) {
-        let (number, bytes) = match raw {
-            RawLine::Line { number, bytes, .. } => (number, bytes),
+        let (number, offset, bytes) = match raw {
+            RawLine::Line {
+                number,
+                offset,
+                bytes,
+            } => (number, offset, bytes),
             RawLine::TooLong { number, len } => {
                 let max = self.limits.max_line_bytes;
                 return self.error(LineError {
@@ -110,8 +186,20 @@ impl<'l> Ingest<'l> {
                 if self
                     .fingerprints
                     .insert(self.hasher.hash_one(&*p.custom_id))
-                    != Seen::New
+                    == Seen::New
                 {
+                    // The first use of a custom_id keeps its template (the
+                    // duplicate check deletes later ones), so only its body
+                    // is cut out of the stored bytes. The body borrows from
+                    // the line, so its place in the stream follows.
+                    let start =
+                        offset + (p.body.as_ptr() as usize - bytes.as_ptr() as usize) as u64;
+                    self.settle(start);
+                    let at = u32::try_from(self.part.data.len()).expect("a part is under 4 GiB");
+                    self.part.holes.extend_from_slice(&at.to_be_bytes());
+                    self.part.holes.extend_from_slice(&number.to_be_bytes());
+                    self.raw_pos = (start - self.raw_base) as usize + p.body.len();
+                } else {
                     self.check_duplicates = true;
                 }
                 self.template_bytes += p.body.len() + p.custom_id.len() + 64;
@@ -159,10 +247,11 @@ impl SqliteStore {
             q.build().execute(&mut *tx).await?;
         }
         if !st.part.is_empty() {
-            sqlx::query("INSERT INTO file_parts (file_id, seq, data) VALUES (?, ?, ?)")
+            sqlx::query("INSERT INTO file_parts (file_id, seq, data, holes) VALUES (?, ?, ?, ?)")
                 .bind(file_id)
                 .bind(st.seq)
-                .bind(st.part.as_slice())
+                .bind(st.part.data.as_slice())
+                .bind(st.part.holes.as_slice())
                 .execute(&mut *tx)
                 .await?;
             st.seq += 1;
@@ -170,7 +259,7 @@ impl SqliteStore {
         tx.commit().await?;
         st.templates.clear();
         st.template_bytes = 0;
-        st.part.clear();
+        st.part = Part::default();
         Ok(())
     }
 
@@ -191,14 +280,17 @@ impl SqliteStore {
                 });
             }
             for slice in chunk.chunks(SLICE_BYTES) {
-                st.part.extend_from_slice(slice);
+                st.raw.extend_from_slice(slice);
                 splitter.push(slice, |line| st.line(line));
+                st.compact(&splitter);
                 if st.full() {
                     self.write_segment(file_id, &mut st).await?;
                 }
             }
         }
         splitter.finish(|line| st.line(line));
+        st.compact(&splitter);
+        debug_assert!(st.raw.is_empty(), "every byte is settled at the end");
         self.write_segment(file_id, &mut st).await?;
         Ok(st)
     }
@@ -444,6 +536,88 @@ impl FileStore for SqliteStore {
     }
 }
 
+/// Bytes handed to a download at a time.
+const DOWNLOAD_CHUNK: usize = 256 << 10;
+
+/// Sends the original bytes of input file `id` down `out`, one part at a
+/// time, with the bodies cut out of each part read back from its templates.
+/// Stops quietly when the reader goes away.
+async fn send_file_content(
+    pool: &sqlx::SqlitePool,
+    id: FileId,
+    out: &mpsc::Sender<Result<Bytes>>,
+) -> Result<()> {
+    for seq in 0i64.. {
+        let Some(row) =
+            sqlx::query("SELECT data, holes FROM file_parts WHERE file_id = ? AND seq = ?")
+                .bind(id)
+                .bind(seq)
+                .fetch_optional(pool)
+                .await?
+        else {
+            break;
+        };
+        let data: Vec<u8> = row.try_get("data")?;
+        let holes: Option<Vec<u8>> = row.try_get("holes")?;
+        let holes = decode_holes(holes.as_deref().unwrap_or_default())?;
+        let (Some(&(_, first)), Some(&(_, last))) = (holes.first(), holes.last()) else {
+            if out.send(Ok(Bytes::from(data))).await.is_err() {
+                return Ok(());
+            }
+            continue;
+        };
+        // A template in the range whose body was not cut out (a suspected
+        // duplicate) is passed over. A part is written with the templates of
+        // its segment, so its bodies are about a segment's bytes at most.
+        let bodies: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT line_number, body FROM request_templates \
+             WHERE file_id = ? AND line_number BETWEEN ? AND ? ORDER BY line_number",
+        )
+        .bind(id)
+        .bind(first)
+        .bind(last)
+        .fetch_all(pool)
+        .await?;
+        let mut bodies = bodies.into_iter();
+        let mut buf = Vec::with_capacity(DOWNLOAD_CHUNK);
+        let mut from = 0;
+        for (at, line) in holes {
+            let body = loop {
+                let (n, body) = bodies.next().ok_or_else(|| missing_body(id, line))?;
+                if n == line {
+                    break body;
+                }
+                if n > line {
+                    return Err(missing_body(id, line));
+                }
+            };
+            let gap = data.get(from..at).ok_or_else(|| {
+                StoreError::Invalid(format!("file {id}: a part's hole at {at} is out of order"))
+            })?;
+            buf.extend_from_slice(gap);
+            buf.extend_from_slice(body.as_bytes());
+            from = at;
+            if buf.len() >= DOWNLOAD_CHUNK {
+                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(DOWNLOAD_CHUNK));
+                if out.send(Ok(Bytes::from(chunk))).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        buf.extend_from_slice(&data[from..]);
+        if out.send(Ok(Bytes::from(buf))).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn missing_body(id: FileId, line: i64) -> StoreError {
+    StoreError::Invalid(format!(
+        "file {id}: the template of line {line}, which holds part of the file, is missing"
+    ))
+}
+
 impl SqliteStore {
     /// The original bytes of an input file, one stored part at a time: a
     /// task reads them ahead into a small channel, so memory stays flat.
@@ -451,23 +625,8 @@ impl SqliteStore {
         let pool = self.reader.clone();
         let (tx, rx) = mpsc::channel::<Result<Bytes>>(2);
         tokio::spawn(async move {
-            for seq in 0i64.. {
-                let part: Result<Option<Vec<u8>>> =
-                    sqlx::query_scalar("SELECT data FROM file_parts WHERE file_id = ? AND seq = ?")
-                        .bind(id)
-                        .bind(seq)
-                        .fetch_optional(&pool)
-                        .await
-                        .map_err(StoreError::from);
-                let item = match part {
-                    Ok(None) => return,
-                    Ok(Some(data)) => Ok(Bytes::from(data)),
-                    Err(e) => Err(e),
-                };
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    return;
-                }
+            if let Err(e) = send_file_content(&pool, id, &tx).await {
+                let _ = tx.send(Err(e)).await;
             }
         });
         stream::unfold(rx, |mut rx| async move {

@@ -148,7 +148,9 @@ impl MaintenanceStore for SqliteStore {
             tx.commit().await?;
         }
         // The counters say when a batch may be done; the queue confirms it.
-        let mut tx = self.write().await?;
+        // They are read outside the write, so that a pass with nothing to
+        // do never takes the one writer from the hot path (counters only
+        // grow: a batch found done here is still done in the write).
         let candidates: Vec<BatchId> = sqlx::query_scalar(&format!(
             "SELECT id FROM batches WHERE status IN ({}) \
                AND n_completed + n_failed + n_canceled >= total \
@@ -156,8 +158,12 @@ impl MaintenanceStore for SqliteStore {
             batch_from(BatchStatus::Completed)
         ))
         .bind(limit)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.reader)
         .await?;
+        if candidates.is_empty() {
+            return Ok(report);
+        }
+        let mut tx = self.write().await?;
         for id in candidates {
             let live: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM requests WHERE id BETWEEN ?1 AND ?2 \

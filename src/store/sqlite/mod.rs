@@ -58,9 +58,12 @@ pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator =
 const READERS: u32 = 4;
 
 /// Page cache of the writer and of each reader, in KiB (SQLite's negative
-/// form): memory stays bounded whatever the database's size.
-const WRITER_CACHE: &str = "-16384";
-const READER_CACHE: &str = "-4096";
+/// form): memory stays bounded whatever the database's size. The caches
+/// are the bulk of the embedded store's memory, so they are kept small:
+/// the writer's holds the live queue's hot pages; readers mostly stream
+/// results in key order, whose pages the kernel caches anyway.
+const WRITER_CACHE: &str = "-8192";
+const READER_CACHE: &str = "-1024";
 
 /// How long a write waits for the one writer connection, at least: a
 /// batch's creation or a finalize holds it for a moment, and callers

@@ -46,12 +46,13 @@ static ACTIVE: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Claims up to `?3` claimable rows of model `?1` of owner `?5` at `?2` for
-/// daemon `?4`, in the order `{order}`.
-fn claim_sql(order: &str) -> String {
+/// daemon `?4`, in the order `{order}`, which `index` holds them in (so
+/// that the claim reads only the rows it takes, whatever the backlog).
+fn claim_sql(index: &str, order: &str) -> String {
     format!(
         "UPDATE requests SET state = 'claimed', attempt = attempt + 1, daemon_id = ?4, \
              claimed_at = ?2 \
-         WHERE id IN (SELECT id FROM requests INDEXED BY requests_claim \
+         WHERE id IN (SELECT id FROM requests INDEXED BY {index} \
              WHERE state = 'pending' AND NOT private AND model = ?1 AND owner = ?5 \
                AND not_before <= ?2 AND deadline > ?2 ORDER BY {order} LIMIT ?3) \
            AND state = 'pending' \
@@ -125,11 +126,11 @@ pub(super) async fn claim_shared(
                 .collect(),
         );
     }
-    let sql = claim_sql(if req.grouped {
-        "deadline, prefix_key, id"
+    let sql = if req.grouped {
+        claim_sql("requests_claim", "deadline, prefix_key, id")
     } else {
-        "deadline, id"
-    });
+        claim_sql("requests_claim_line", "deadline, id")
+    };
     let mut left: Vec<u32> = wanted.iter().map(|w| w.want).collect();
     let mut claimed = Vec::new();
     for _ in 0..SHARE_ROUNDS {
