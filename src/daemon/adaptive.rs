@@ -134,7 +134,10 @@ impl Route {
             return None;
         }
         let g = TOLERANCE * base.as_secs_f64() / short.as_secs_f64().max(1e-9);
-        if g >= 1.0 || short.saturating_sub(base) < LEAST_RISE || self.last_cut.is_some_and(|t| t.elapsed() < short) {
+        if g >= 1.0
+            || short.saturating_sub(base) < LEAST_RISE
+            || self.last_cut.is_some_and(|t| t.elapsed() < short)
+        {
             return None;
         }
         Some(g.max(LEAST_GRADIENT))
