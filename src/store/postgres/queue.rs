@@ -95,13 +95,26 @@ const SLOTS_SQL: &str = slots_sql!(
     FROM pending_models p WHERE p.model IS NOT NULL"
 );
 
-/// [`SLOTS_SQL`] for a daemon scoped to the batch `$9` (a private batch):
-/// only that batch's pending models count as work. They are walked one
-/// model at a time down `requests_claim_private`, as above, so the cost is
-/// one index probe per model whatever the batch's backlog (a `DISTINCT`
-/// over the batch's pending rows read all of them on every claim: a
-/// 1M-line `fusillade run` slowed to 1,000 requests a second).
+/// [`SLOTS_SQL`] for a daemon scoped to the batch `$9`: only that batch's
+/// pending models count as work. They are read from the batch's own range
+/// of ids (see `fusillade_batch_lo`), so other batches' backlogs cost
+/// nothing; the cost grows with what is left of this batch. Used with the
+/// line-order claim, which also runs batches that are not private; a
+/// private batch in group order has [`SLOTS_SCOPED_PRIVATE_SQL`].
 const SLOTS_SCOPED_SQL: &str = slots_sql!(
+    "
+    SELECT DISTINCT model FROM requests
+    WHERE id BETWEEN fusillade_batch_lo($9) AND fusillade_batch_hi($9)
+      AND batch_id = $9 AND state = 'pending'"
+);
+
+/// [`SLOTS_SCOPED_SQL`] for a private batch (`fusillade run`'s): its
+/// pending models are walked one at a time down `requests_claim_private`,
+/// as in [`SLOTS_SQL`], so the cost is one index probe per model whatever
+/// the batch's backlog (the `DISTINCT` read every pending row of the batch
+/// on every claim: a 1M-line `fusillade run` slowed to 1,000 requests a
+/// second).
+const SLOTS_SCOPED_PRIVATE_SQL: &str = slots_sql!(
     "
     (SELECT model FROM requests
      WHERE batch_id = $9 AND state = 'pending' AND private
@@ -333,6 +346,9 @@ impl QueueStore for PostgresStore {
             .await?;
         let slots_sql = match req.scope {
             None => SLOTS_SQL,
+            // The grouped scoped claim takes private rows only (see
+            // `CLAIM_SCOPED_GROUPED_SQL`), and so may its slots.
+            Some(_) if req.grouped => SLOTS_SCOPED_PRIVATE_SQL,
             Some(_) => SLOTS_SCOPED_SQL,
         };
         let mut slots = sqlx::query(slots_sql)
