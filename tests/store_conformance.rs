@@ -226,26 +226,7 @@ impl conformance::Backend for fusillade::PostgresStore {
 
     async fn refuse_results_where(&self, condition: &str) {
         // SQLSTATE 23514: a check constraint broken, a refusal of the data.
-        let pool = &self.pools().primary;
-        sqlx::query(&format!(
-            "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 IF {condition} THEN
-                     RAISE EXCEPTION 'planted refusal' USING ERRCODE = '23514';
-                 END IF;
-                 RETURN NEW;
-             END $$"
-        ))
-        .execute(pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "CREATE TRIGGER test_refuse BEFORE INSERT ON request_results \
-             FOR EACH ROW EXECUTE FUNCTION test_refuse()",
-        )
-        .execute(pool)
-        .await
-        .unwrap();
+        crate::common::fail_results_where(&self.pools().primary, condition, "23514").await;
     }
 }
 

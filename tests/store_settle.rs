@@ -8,6 +8,7 @@
 mod common;
 
 use common::daemon::json_lines;
+use common::fail_results_where;
 use common::*;
 use fusillade::domain::batch::{BatchId, BatchStatus};
 use fusillade::domain::output::ResultError;
@@ -251,31 +252,6 @@ async fn hanging_up_port() -> u16 {
         }
     });
     port
-}
-
-/// Makes the database fail every result for which the SQL `condition`
-/// (over `NEW`) holds with SQLSTATE `code`, as a fault of the server would
-/// (not a refusal of the data).
-async fn fail_results_where(pool: &PgPool, condition: &str, code: &str) {
-    sqlx::query(&format!(
-        "CREATE FUNCTION test_fail() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF {condition} THEN
-                 RAISE EXCEPTION 'planted failure' USING ERRCODE = '{code}';
-             END IF;
-             RETURN NEW;
-         END $$"
-    ))
-    .execute(pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER test_fail BEFORE INSERT ON request_results \
-         FOR EACH ROW EXECUTE FUNCTION test_fail()",
-    )
-    .execute(pool)
-    .await
-    .unwrap();
 }
 
 #[sqlx::test]

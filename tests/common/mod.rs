@@ -314,3 +314,34 @@ pub async fn daemon<S: fusillade::store::DaemonStore>(
         .unwrap()
         .id
 }
+
+/// Makes PostgreSQL fail every `request_results` insert for which the SQL
+/// `condition` (over `NEW`) holds, with SQLSTATE `code`: `23514` (a check
+/// broken) is a refusal of the data, others a fault of the server.
+pub async fn fail_results_where(pool: &sqlx::PgPool, condition: &str, code: &str) {
+    // Classes 22 and 23 are the data's fault; the tests look for the word.
+    let what = if code.starts_with("22") || code.starts_with("23") {
+        "planted refusal"
+    } else {
+        "planted failure"
+    };
+    sqlx::query(&format!(
+        "CREATE FUNCTION test_fail() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF {condition} THEN
+                 RAISE EXCEPTION '{what}' USING ERRCODE = '{code}';
+             END IF;
+             RETURN NEW;
+         END $$"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER test_fail BEFORE INSERT ON request_results \
+         FOR EACH ROW EXECUTE FUNCTION test_fail()",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
