@@ -23,6 +23,7 @@
 mod error;
 mod fingerprints;
 mod guards;
+mod holes;
 mod open;
 mod postgres;
 mod rules;

@@ -9,6 +9,7 @@ use crate::domain::file::{
 };
 use crate::domain::ids::TemplateId;
 use crate::store::fingerprints::{Fingerprints, Seen};
+use crate::store::holes::{decode_holes, missing_body, push_hole};
 use crate::store::{
     ByteStream, FileListQuery, FileStore, MAX_PAGE, NewFile, Order, Owner, Page, RequestStore,
     Result, StoreError,
@@ -48,27 +49,6 @@ struct Part {
     /// For each body removed, in order: where it goes in `data` (u32) and its
     /// line number (u64), both big-endian.
     holes: Vec<u8>,
-}
-
-/// Bytes of one entry of [`Part::holes`].
-const HOLE_BYTES: usize = 12;
-
-/// The holes of a stored part, as (offset in its data, line number).
-fn decode_holes(holes: &[u8]) -> Result<Vec<(usize, i64)>> {
-    if !holes.len().is_multiple_of(HOLE_BYTES) {
-        return Err(StoreError::Invalid(format!(
-            "a file part's hole list is {} bytes long",
-            holes.len()
-        )));
-    }
-    Ok(holes
-        .chunks_exact(HOLE_BYTES)
-        .map(|h| {
-            let at = u32::from_be_bytes(h[..4].try_into().expect("4 bytes"));
-            let line = u64::from_be_bytes(h[4..].try_into().expect("8 bytes"));
-            (at as usize, line as i64)
-        })
-        .collect())
 }
 
 /// The parser's running state for one upload.
@@ -184,9 +164,7 @@ impl<'l> Ingest<'l> {
                     let start =
                         offset + (p.body.as_ptr() as usize - bytes.as_ptr() as usize) as u64;
                     self.settle(start);
-                    let at = u32::try_from(self.part.data.len()).expect("a part is under 4 GiB");
-                    self.part.holes.extend_from_slice(&at.to_be_bytes());
-                    self.part.holes.extend_from_slice(&number.to_be_bytes());
+                    push_hole(&mut self.part.holes, self.part.data.len(), number);
                     self.raw_pos = (start - self.raw_base) as usize + p.body.len();
                 }
                 let c = &mut self.copy;
@@ -657,12 +635,6 @@ async fn send_file_content(
         }
     }
     Ok(())
-}
-
-fn missing_body(id: FileId, line: i64) -> StoreError {
-    StoreError::Invalid(format!(
-        "file {id}: the template of line {line}, which holds part of the file, is missing"
-    ))
 }
 
 impl PostgresStore {
