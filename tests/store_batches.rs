@@ -68,3 +68,66 @@ async fn a_second_row_with_a_unique_key_is_a_typed_duplicate(pool: PgPool) {
     );
     assert!(!e.is_unavailable());
 }
+
+/// Creates that arrive together are written by one statement; when that
+/// statement fails, each create is written alone, so that only the create at
+/// fault fails and the others are made. The fault is planted by a trigger
+/// refusing one batch by its metadata.
+#[sqlx::test]
+async fn a_create_that_fails_in_a_group_fails_alone(pool: PgPool) {
+    let store = store(&pool).await;
+    let file = upload(&store, "alice", &valid_file("r", 3)).await;
+    sqlx::query(
+        "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.metadata ->> 'refuse' = 'yes' THEN
+                 RAISE EXCEPTION 'planted refusal' USING ERRCODE = '23514';
+             END IF;
+             RETURN NEW;
+         END $$",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER test_refuse BEFORE INSERT ON batches \
+         FOR EACH ROW EXECUTE FUNCTION test_refuse()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let new = |refuse: bool| NewBatch {
+        metadata: Some(
+            [(
+                "refuse".to_owned(),
+                if refuse { "yes" } else { "no" }.to_owned(),
+            )]
+            .into(),
+        ),
+        ..new_batch("alice", file.id, CHAT)
+    };
+    // Polled together on one thread, the ten are queued before the group
+    // writer runs, so they go in one statement.
+    let results =
+        futures_util::future::join_all((0..10).map(|i| store.create_batch(new(i == 6)))).await;
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(b) if i != 6 => assert_eq!(b.request_counts.total, 3),
+            Err(e) if i == 6 => assert!(e.to_string().contains("planted refusal"), "{e}"),
+            other => panic!("create {i}: {other:?}"),
+        }
+    }
+    let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM batches")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let requests: i64 = sqlx::query_scalar("SELECT count(*) FROM requests")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let outputs: i64 = sqlx::query_scalar("SELECT count(*) FROM files WHERE kind <> 'input'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((batches, requests, outputs), (9, 27, 18));
+}

@@ -46,6 +46,7 @@ macro_rules! for_each_case {
                 the_input_file_must_be_the_owners_live_input_file,
                 an_idempotency_key_returns_the_first_batch,
                 concurrent_creates_with_one_key_make_one_batch,
+                creates_sent_at_once_each_get_their_own_answer,
                 batches_of_one_file_have_their_own_requests,
             ],
             coalescing: [

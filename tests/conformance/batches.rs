@@ -430,3 +430,85 @@ pub async fn batches_of_one_file_have_their_own_requests<S: Backend>(store: &S) 
     }
     assert_eq!(ids.len(), 150);
 }
+
+/// Creates sent at once (which PostgreSQL writes in groups) each get their
+/// own answer: every valid file its own batch of its own lines, a file with
+/// refused lines a failed batch, a file that is not the caller's, or is
+/// gone, "not found", and the creates sharing a key one batch.
+pub async fn creates_sent_at_once_each_get_their_own_answer<S: Backend>(store: &S) {
+    let mut sizes = Vec::new();
+    let mut files = Vec::new();
+    for n in 1..=24 {
+        files.push(upload(store, "alice", &valid_file(&format!("f{n}-"), n)).await);
+        sizes.push(n as i64);
+    }
+    let refused = upload(store, "alice", &jsonl(&[line("a"), "not json".into()])).await;
+    let bobs = upload(store, "bob", &valid_file("b", 2)).await;
+    let gone = upload(store, "alice", &valid_file("g", 2)).await;
+    assert!(store.delete_file(Owner::Any, gone.id).await.unwrap());
+
+    let mut news: Vec<NewBatch> = files
+        .iter()
+        .map(|f| new_batch("alice", f.id, CHAT))
+        .collect();
+    news.push(new_batch("alice", refused.id, CHAT));
+    news.push(new_batch("alice", bobs.id, CHAT));
+    news.push(new_batch("alice", gone.id, CHAT));
+    for _ in 0..3 {
+        news.push(NewBatch {
+            idempotency_key: Some("once"),
+            ..new_batch("alice", files[0].id, CHAT)
+        });
+    }
+    news.push(new_batch("bob", bobs.id, CHAT));
+    let results =
+        futures_util::future::join_all(news.into_iter().map(|n| store.create_batch(n))).await;
+
+    let mut made = HashSet::new();
+    for (i, r) in results.iter().take(24).enumerate() {
+        let b = r.as_ref().unwrap();
+        assert_eq!(
+            b.input_file_id, files[i].id,
+            "create {i} got another's batch"
+        );
+        assert_eq!(b.status, BatchStatus::InProgress);
+        assert_eq!(b.request_counts.total, sizes[i]);
+        let custom: Vec<String> = requests_of(store, b.id)
+            .await
+            .iter()
+            .map(|r| r.custom_id.clone().unwrap())
+            .collect();
+        let want: Vec<String> = (0..sizes[i]).map(|k| format!("f{}-{k}", i + 1)).collect();
+        assert_eq!(custom, want);
+        made.insert(b.id);
+    }
+    let failed = results[24].as_ref().unwrap();
+    assert_eq!(failed.status, BatchStatus::Failed);
+    assert_eq!(
+        codes(&failed.errors),
+        vec![("invalid_json_line".into(), Some(2))]
+    );
+    for r in &results[25..27] {
+        let err = r.as_ref().unwrap_err();
+        assert!(
+            matches!(err, StoreError::NotFound { what: "file", .. }),
+            "{err:?}"
+        );
+    }
+    let keyed: HashSet<BatchId> = results[27..30]
+        .iter()
+        .map(|r| r.as_ref().unwrap().id)
+        .collect();
+    assert_eq!(keyed.len(), 1);
+    let bobs_batch = results[30].as_ref().unwrap();
+    assert_eq!(
+        (bobs_batch.owner.as_str(), bobs_batch.request_counts.total),
+        ("bob", 2)
+    );
+    made.extend(keyed);
+    made.insert(failed.id);
+    made.insert(bobs_batch.id);
+    assert_eq!(made.len(), 24 + 3);
+    assert_eq!(all_batches(store).await.len(), 24 + 3);
+    assert_eq!(all_requests(store).await, (1..=24).sum::<i64>() + 1 + 2);
+}

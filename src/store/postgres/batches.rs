@@ -23,7 +23,7 @@ const BATCH_COLUMNS: &str = "b.id, b.owner, b.input_file_id, b.endpoint, b.compl
      b.cancelling_at, b.cancelled_at, b.n_completed, b.n_failed, b.n_canceled, b.input_tokens, b.cached_tokens, b.output_tokens, \
      b.reasoning_tokens, b.total_tokens, b.n_coalesced_identical, b.n_coalesced_packed";
 
-fn batch_from_row(row: &PgRow) -> Result<Batch> {
+pub(super) fn batch_from_row(row: &PgRow) -> Result<Batch> {
     let metadata: Option<Json<BTreeMap<String, String>>> = row.try_get("metadata")?;
     let errors: Option<Json<Vec<BatchError>>> = row.try_get("errors")?;
     Ok(Batch {
@@ -65,46 +65,6 @@ fn batch_from_row(row: &PgRow) -> Result<Batch> {
         },
     })
 }
-
-/// Creates a batch in one statement (one round trip, one commit) when its
-/// file can run as is: the caller's input file, no refused lines, every line
-/// for this endpoint. Returns no row otherwise (no such file, lines to
-/// report, a repeated idempotency key), and the caller takes the long way,
-/// which says why. `$9`/`$10` are the output and error files; their rows and
-/// the batch's references to them are checked at the end of the statement.
-const CREATE_RUNNABLE_SQL: &str = "
-WITH f AS (
-    SELECT id, template_count FROM files
-    WHERE id = $3 AND owner = $2 AND deleted_at IS NULL AND kind = 'input'
-      AND error_count = 0 AND urls <@ ARRAY[$4::text]
-    -- Keeps the file from being deleted while the batch is made.
-    FOR SHARE
-),
-b AS (
-    INSERT INTO batches (id, owner, input_file_id, endpoint, completion_window, metadata,
-                         status, total, idempotency_key, in_progress_at, expires_at,
-                         output_file_id, error_file_id, private)
-    SELECT $1, $2, f.id, $4, $5, $6, 'in_progress', f.template_count, $7, now(), now() + $8,
-           $9, $10, $11
-    FROM f
-    ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING *
-),
-o AS (
-    INSERT INTO files (id, owner, filename, purpose, kind, batch_id)
-    SELECT x.id, b.owner, 'batch_' || replace(b.id::text, '-', '') || x.suffix, 'batch_output',
-           x.kind, b.id
-    FROM b, (VALUES ($9::uuid, '_output.jsonl', 'output'), ($10::uuid, '_error.jsonl', 'error'))
-        AS x(id, suffix, kind)
-),
-r AS (
-    INSERT INTO requests (id, batch_id, template_id, model, custom_id, deadline, private,
-                          prefix_key, owner)
-    SELECT fusillade_request_id(b.id, t.line_number), b.id, t.id, t.model, t.custom_id,
-           b.expires_at, b.private, t.prefix_key, b.owner
-    FROM b JOIN request_templates t ON t.file_id = b.input_file_id
-)
-SELECT * FROM b";
 
 async fn fetch_batch<'e>(
     db: impl PgExecutor<'e>,
@@ -168,35 +128,6 @@ impl PostgresStore {
     /// The checks of a new batch that need no database.
     fn check_new_batch(&self, new: &NewBatch<'_>) -> Result<CompletionWindow> {
         super::rules::check_new_batch(&self.limits, new)
-    }
-
-    /// [`CREATE_RUNNABLE_SQL`]: the batch, or `None` to take the long way.
-    async fn create_runnable_batch(
-        &self,
-        new: &NewBatch<'_>,
-        id: BatchId,
-        window: &CompletionWindow,
-    ) -> Result<Option<Batch>> {
-        // On the `creates` pool: one plan per connection instead of one per
-        // create. Planning this statement cost twice its execution
-        // (measured with pgbench: 2.7 ms of server CPU per create planned
-        // each time, 0.6 ms with a cached plan), and its plan (index lookups
-        // only) suits every file size.
-        let row = sqlx::query(CREATE_RUNNABLE_SQL)
-            .bind(id)
-            .bind(new.owner)
-            .bind(new.input_file_id)
-            .bind(new.endpoint)
-            .bind(new.completion_window)
-            .bind(new.metadata.as_ref().map(Json))
-            .bind(new.idempotency_key)
-            .bind(window.duration())
-            .bind(FileId::new())
-            .bind(FileId::new())
-            .bind(new.private)
-            .fetch_optional(&self.creates)
-            .await?;
-        row.as_ref().map(batch_from_row).transpose()
     }
 
     /// The long way of [`BatchStore::create_batch`]: a repeated idempotency
@@ -351,7 +282,7 @@ impl BatchStore for PostgresStore {
         let mut tries = 0;
         loop {
             let id = BatchId::new();
-            let made = match self.create_runnable_batch(&new, id, &window).await {
+            let made = match self.creates.create(&new, id, window.duration()).await {
                 Ok(Some(batch)) => {
                     self.bell.ring(&self.pools.primary);
                     Ok(batch)

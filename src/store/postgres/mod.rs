@@ -32,6 +32,7 @@
 mod batches;
 mod connect;
 mod copy;
+mod creates;
 mod daemons;
 mod dashboard;
 mod ending;
@@ -113,7 +114,7 @@ const DETACHED_CONNECTIONS: u32 = 2;
 pub const INGEST_CONNECTIONS: u32 = 2;
 
 /// Connections that create batches: each create is one short statement.
-const CREATE_CONNECTIONS: u32 = 4;
+const CREATE_CONNECTIONS: u32 = creates::LANES as u32;
 
 /// Planner settings of the `creates` pool: batch creation's statement
 /// (index lookups and inserts only) keeps one plan per connection, since
@@ -180,8 +181,8 @@ pub struct PostgresStore {
     /// pool's own acquire timeout (the primary's) still catches a database
     /// that is away.
     ingest_turns: std::sync::Arc<tokio::sync::Semaphore>,
-    /// Batch creation (API calls): [`CREATE_SETTINGS`].
-    creates: sqlx::PgPool,
+    /// Batch creation (API calls), in groups, on a pool with [`CREATE_SETTINGS`].
+    creates: creates::CreateGroups,
     /// Reads of one row by primary key on the replica: [`POINT_SETTINGS`].
     points: sqlx::PgPool,
     limits: IngestLimits,
@@ -217,12 +218,12 @@ impl PostgresStore {
             ),
             background: pool_like(&pools.primary, BACKGROUND_CONNECTIONS, default_wait),
             ingest: pool_like(&pools.primary, INGEST_CONNECTIONS, api_wait),
-            creates: pool_with(
+            creates: creates::CreateGroups::new(pool_with(
                 &pools.primary,
                 CREATE_SETTINGS,
                 CREATE_CONNECTIONS,
                 api_wait,
-            ),
+            )),
             points: pool_with(&pools.replica, POINT_SETTINGS, POINT_CONNECTIONS, api_wait),
             ingest_turns: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 INGEST_CONNECTIONS as usize,
