@@ -73,9 +73,9 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     }
     let shutdown = shutdown_on_signals();
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| usage(anyhow!("cannot listen on {listen}: {e}")))?;
+    listener.set_nonblocking(true).map_err(runtime)?;
     let bound = listener.local_addr().map_err(runtime)?;
     tracing::info!(address = %bound, daemon = !args.api_only, "serving the API");
     // On stdout, for scripts and tests that start the server on port 0.
@@ -87,8 +87,24 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     });
     let app = router(ApiState::new(store, config));
     let stop = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
+    // The API runs on a runtime of its own. On one runtime, a hundred
+    // clients polling in step put a hundred handler tasks in the queues the
+    // daemon's tasks wait in, every few milliseconds; apart, the operating
+    // system shares the cores between the two and the daemon's claims,
+    // writes and heartbeat never queue behind API calls. Measured with
+    // `fusillade-bench api-load --scenario poll`: reads' p99 from 44-53 ms
+    // to 32-34 ms.
+    let api_runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("fusillade-api")
+        .enable_all()
+        .build()
+        .map_err(runtime)?;
+    let server = api_runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
     let served = tokio::select! {
         r = server => r,
         // Open connections get a grace period, then the server stops anyway.
@@ -119,5 +135,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
             }
         }
     }
+    // Its tasks have ended or been given their grace period.
+    api_runtime.shutdown_background();
     failure.map_or(Ok(()), Err)
 }
