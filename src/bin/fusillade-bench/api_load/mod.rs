@@ -60,6 +60,12 @@ pub struct Args {
     /// `batch_read_interval_ms = 0` (repeatable).
     #[arg(long = "api-setting", value_name = "LINE")]
     api_settings: Vec<String>,
+    /// Rounds of the poll and small-batches scenarios, run alternately: a
+    /// run of a few seconds varies by 10% or more from one to the next on a
+    /// shared machine, so each round's ratio is printed and their median
+    /// summarised.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     #[command(flatten)]
     poll: poll::PollOptions,
     #[command(flatten)]
@@ -84,7 +90,7 @@ pub async fn run(a: Args) -> Result<()> {
     let mut failures = Vec::new();
     if chosen(Scenario::Poll) {
         println!("\n== poll ==");
-        let r = poll::run(&so, &a.poll, timeout, &mut summary).await;
+        let r = poll::run(&so, &a.poll, a.rounds, timeout, &mut summary).await;
         failures.extend(r.err().map(|e| ("poll", e)));
     }
     if chosen(Scenario::Uploads) {
@@ -95,7 +101,7 @@ pub async fn run(a: Args) -> Result<()> {
     }
     if chosen(Scenario::SmallBatches) {
         println!("\n== small-batches ==");
-        let r = small_batches::run(&so, &a.small, timeout, &mut summary).await;
+        let r = small_batches::run(&so, &a.small, a.rounds, timeout, &mut summary).await;
         failures.extend(r.err().map(|e| ("small-batches", e)));
     }
     for (scenario, e) in &failures {

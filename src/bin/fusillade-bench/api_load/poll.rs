@@ -32,9 +32,6 @@ pub struct PollOptions {
     /// poll: pause between one client's reads, in ms (0: none).
     #[arg(long = "poll-interval-ms", default_value_t = 0)]
     pub interval_ms: u64,
-    /// poll: rounds of (alone, with pollers), run alternately.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
 }
 
 /// What one run measured.
@@ -53,13 +50,14 @@ struct RunFigures {
 pub async fn run(
     so: &StackOptions,
     o: &PollOptions,
+    rounds: usize,
     timeout: Duration,
     summary: &mut Summary,
 ) -> Result<()> {
     let body = super::input(0, o.lines);
     let mut ratios = Vec::new();
     let mut worst_p99 = Duration::ZERO;
-    for round in 1..=o.rounds.max(1) {
+    for round in 1..=rounds.max(1) {
         let deadline = Instant::now() + timeout;
         let alone = one_run(so, &body, 0, o.interval_ms, deadline);
         let alone = super::bounded(deadline, alone).await?;

@@ -67,33 +67,69 @@ pub struct SmallOptions {
     pub stall_secs: u64,
 }
 
-/// Runs every case and prints its figures.
+/// Runs every case, `rounds` times in turn, and prints its figures. A
+/// case's wall time varies by 10% or more from one run to the next on a
+/// shared machine, so each round's ratios are taken between cases of that
+/// round, and their median is the figure.
 pub async fn run(
     so: &StackOptions,
     o: &SmallOptions,
+    rounds: usize,
     timeout: Duration,
     summary: &mut Summary,
 ) -> Result<()> {
-    let mut first_wall = None;
-    for &case in &o.cases {
-        let scenario = format!("small-batches {case}");
-        let deadline = Instant::now() + timeout;
-        let wall = super::bounded(deadline, one_case(so, o, case, deadline, summary))
+    let rounds = rounds.max(1);
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); o.cases.len()];
+    for round in 1..=rounds {
+        let mut first_wall = None;
+        for (i, &case) in o.cases.iter().enumerate() {
+            let scenario = if rounds > 1 {
+                format!("small-batches {case} (round {round})")
+            } else {
+                format!("small-batches {case}")
+            };
+            let deadline = Instant::now() + timeout;
+            let wall = super::bounded(
+                deadline,
+                one_case(so, o, case, &scenario, deadline, summary),
+            )
             .await
             // One case failing does not stop the next.
             .unwrap_or_else(|e| {
                 summary.add(&scenario, "FAILED", format!("{e:#}"));
                 None
             });
-        match (first_wall, wall) {
-            (None, _) => first_wall = Some(wall),
-            (Some(Some(a)), Some(b)) => summary.add(
-                &scenario,
-                &format!("wall ratio to {}", o.cases[0]),
-                format!("{:.2}", b / a),
-            ),
-            _ => summary.add(&scenario, "wall ratio", "n/a (a case did not finish)"),
+            match (first_wall, wall) {
+                (None, _) => first_wall = Some(wall),
+                (Some(Some(a)), Some(b)) => {
+                    ratios[i].push(b / a);
+                    summary.add(
+                        &scenario,
+                        &format!("wall ratio to {}", o.cases[0]),
+                        format!("{:.2}", b / a),
+                    )
+                }
+                _ => summary.add(&scenario, "wall ratio", "n/a (a case did not finish)"),
+            }
         }
+    }
+    for (case, mut r) in o.cases.iter().zip(ratios).skip(1) {
+        if rounds < 2 || r.is_empty() {
+            continue;
+        }
+        r.sort_by(f64::total_cmp);
+        summary.add(
+            &format!("small-batches {case}"),
+            &format!("wall ratio to {}, median of rounds", o.cases[0]),
+            format!(
+                "{:.2} (rounds: {})",
+                r[r.len() / 2],
+                r.iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
     }
     Ok(())
 }
@@ -103,10 +139,11 @@ async fn one_case(
     so: &StackOptions,
     o: &SmallOptions,
     case: Case,
+    scenario: &str,
     deadline: Instant,
     summary: &mut Summary,
 ) -> Result<Option<f64>> {
-    let scenario = format!("small-batches {case}");
+    let scenario = scenario.to_owned();
     let stack = Stack::start(so, &format!("small-{case}"), o.clients).await?;
     let api = &stack.api;
     let clients = o.clients.max(1);
