@@ -19,25 +19,12 @@ async fn a_result_the_database_refuses_fails_its_line_alone_and_the_batch_comple
     let store = store(&pool).await;
     // The database refuses the result of one line for its data, whatever
     // it holds: only its failure (with no body) gets through.
-    sqlx::query(
-        "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NEW.custom_id = 'ok-77' AND NEW.body IS NOT NULL THEN
-                 RAISE EXCEPTION 'planted refusal' USING ERRCODE = '22000';
-             END IF;
-             RETURN NEW;
-         END $$",
+    fail_results_where(
+        &pool,
+        "NEW.custom_id = 'ok-77' AND NEW.body IS NOT NULL",
+        "22000",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER test_refuse BEFORE INSERT ON request_results \
-         FOR EACH ROW EXECUTE FUNCTION test_refuse()",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     let mock = MockUpstream::start(MockBehavior::with_latency(Duration::from_millis(20))).await;
     let batch = batch_from_lines(&store, &lines_for("m", "ok-", 300)).await;
     let cfg = config(

@@ -77,25 +77,13 @@ async fn a_second_row_with_a_unique_key_is_a_typed_duplicate(pool: PgPool) {
 async fn a_create_that_fails_in_a_group_fails_alone(pool: PgPool) {
     let store = store(&pool).await;
     let file = upload(&store, "alice", &valid_file("r", 3)).await;
-    sqlx::query(
-        "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NEW.metadata ->> 'refuse' = 'yes' THEN
-                 RAISE EXCEPTION 'planted refusal' USING ERRCODE = '23514';
-             END IF;
-             RETURN NEW;
-         END $$",
+    fail_inserts_where(
+        &pool,
+        "batches",
+        "NEW.metadata ->> 'refuse' = 'yes'",
+        "23514",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER test_refuse BEFORE INSERT ON batches \
-         FOR EACH ROW EXECUTE FUNCTION test_refuse()",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     let new = |refuse: bool| NewBatch {
         metadata: Some(
             [(
@@ -117,17 +105,12 @@ async fn a_create_that_fails_in_a_group_fails_alone(pool: PgPool) {
             other => panic!("create {i}: {other:?}"),
         }
     }
-    let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM batches")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let requests: i64 = sqlx::query_scalar("SELECT count(*) FROM requests")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let outputs: i64 = sqlx::query_scalar("SELECT count(*) FROM files WHERE kind <> 'input'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!((batches, requests, outputs), (9, 27, 18));
+    let counts: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM batches), (SELECT count(*) FROM requests), \
+                (SELECT count(*) FROM files WHERE kind <> 'input')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(counts, (9, 27, 18));
 }

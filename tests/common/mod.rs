@@ -319,7 +319,14 @@ pub async fn daemon<S: fusillade::store::DaemonStore>(
 /// `condition` (over `NEW`) holds, with SQLSTATE `code`: `23514` (a check
 /// broken) is a refusal of the data, others a fault of the server.
 pub async fn fail_results_where(pool: &sqlx::PgPool, condition: &str, code: &str) {
-    // Classes 22 and 23 are the data's fault; the tests look for the word.
+    fail_inserts_where(pool, "request_results", condition, code).await;
+}
+
+/// Makes PostgreSQL fail every insert into `table` for which the SQL
+/// `condition` (over `NEW`) holds, with SQLSTATE `code` and a message
+/// naming it "planted refusal" (classes 22 and 23, the data's fault) or
+/// "planted failure" (any other). One such trigger per database.
+pub async fn fail_inserts_where(pool: &sqlx::PgPool, table: &str, condition: &str, code: &str) {
     let what = if code.starts_with("22") || code.starts_with("23") {
         "planted refusal"
     } else {
@@ -337,10 +344,10 @@ pub async fn fail_results_where(pool: &sqlx::PgPool, condition: &str, code: &str
     .execute(pool)
     .await
     .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER test_fail BEFORE INSERT ON request_results \
-         FOR EACH ROW EXECUTE FUNCTION test_fail()",
-    )
+    sqlx::query(&format!(
+        "CREATE TRIGGER test_fail BEFORE INSERT ON {table} \
+         FOR EACH ROW EXECUTE FUNCTION test_fail()"
+    ))
     .execute(pool)
     .await
     .unwrap();
