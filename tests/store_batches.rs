@@ -114,3 +114,58 @@ async fn a_create_that_fails_in_a_group_fails_alone(pool: PgPool) {
     .unwrap();
     assert_eq!(counts, (9, 27, 18));
 }
+
+/// While every lane of the grouped creates is held (here by a lock that
+/// keeps their statements waiting), a create that no lane takes is refused
+/// as "unavailable" once the API's wait for a connection is over, instead of
+/// waiting for ever; the held creates are made when the lock goes.
+#[sqlx::test]
+async fn a_create_that_no_lane_takes_in_time_is_refused_as_unavailable(pool: PgPool) {
+    let short = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_millis(500))
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    let store = store(&short).await;
+    let file = upload(&store, "alice", &valid_file("r", 2)).await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE batches IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    // One create at a time, each waiting for the lock before the next is
+    // sent, so that each holds a lane of its own.
+    let mut held = Vec::new();
+    for n in 1..=4i64 {
+        let store = store.clone();
+        held.push(tokio::spawn(async move {
+            store.create_batch(new_batch("alice", file.id, CHAT)).await
+        }));
+        let what = format!("{n} creates waiting for the lock");
+        common::daemon::eventually(std::time::Duration::from_secs(30), &what, || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            waiting == n
+        })
+        .await;
+    }
+    let err = store
+        .create_batch(new_batch("alice", file.id, CHAT))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    lock.commit().await.unwrap();
+    for create in held {
+        assert_eq!(create.await.unwrap().unwrap().request_counts.total, 2);
+    }
+    let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM batches")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(batches, 4);
+}

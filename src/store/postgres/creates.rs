@@ -16,6 +16,7 @@ use crate::domain::file::FileId;
 use crate::store::{NewBatch, Result, StoreError};
 use sqlx::types::Json;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -95,6 +96,25 @@ struct Job {
     window_ms: i64,
     private: bool,
     reply: oneshot::Sender<Result<Option<Batch>>>,
+    /// [`QUEUED`], then [`TAKEN`] by a group or [`GIVEN_UP`] by its caller.
+    state: Arc<AtomicU8>,
+}
+
+/// A create waiting for a lane.
+const QUEUED: u8 = 0;
+/// A create in a group being written: only the group's answer decides it.
+const TAKEN: u8 = 1;
+/// A create whose caller stopped waiting before any group took it.
+const GIVEN_UP: u8 = 2;
+
+impl Job {
+    /// Takes the job into a group, unless its caller gave up on it.
+    fn take(self) -> Option<Self> {
+        self.state
+            .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            .then_some(self)
+    }
 }
 
 /// The group writer of one store: a queue of creates and the task that
@@ -136,7 +156,9 @@ impl CreateGroups {
             window_ms: window.num_milliseconds(),
             private: new.private,
             reply,
+            state: Arc::new(AtomicU8::new(QUEUED)),
         };
+        let state = Arc::clone(&job.state);
         loop {
             let sender = self.sender();
             match sender.send(job) {
@@ -151,13 +173,33 @@ impl CreateGroups {
                 }
             }
         }
-        answer.await.unwrap_or_else(|_| {
+        let interrupted = |_| {
             // The task writing the group ended without an answer (its
             // runtime stopped): whether the batch was made is unknown.
             Err(StoreError::unavailable(
                 "batch creation was interrupted; list batches to see whether it was made",
             ))
-        })
+        };
+        // While every lane is held (by a database that does not answer, or
+        // by huge creates), a create waits no longer than an API call
+        // waits for a connection, and is then refused as the pool would
+        // refuse it; once taken into a group, only the group decides.
+        let mut answer = answer;
+        let wait = self.pool.options().get_acquire_timeout();
+        match tokio::time::timeout(wait, &mut answer).await {
+            Ok(answer) => answer.unwrap_or_else(interrupted),
+            Err(_) => {
+                let gave_up = state
+                    .compare_exchange(QUEUED, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if gave_up {
+                    return Err(StoreError::unavailable(format!(
+                        "no batch create could start within {wait:?}: the database is busy"
+                    )));
+                }
+                answer.await.unwrap_or_else(interrupted)
+            }
+        }
     }
 
     /// The queue of the running dispatcher, starting one if needed.
@@ -186,12 +228,15 @@ async fn dispatch(pool: sqlx::PgPool, mut queue: mpsc::UnboundedReceiver<Job>) {
         let Some(first) = queue.recv().await else {
             return;
         };
-        let mut jobs = vec![first];
+        let mut jobs: Vec<Job> = first.take().into_iter().collect();
         while jobs.len() < MOST {
             match queue.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(job) => jobs.extend(job.take()),
                 Err(_) => break,
             }
+        }
+        if jobs.is_empty() {
+            continue;
         }
         let pool = pool.clone();
         // On a task of its own: callers that go away do not stop a group
