@@ -24,6 +24,7 @@ mod error;
 mod fingerprints;
 mod guards;
 mod holes;
+mod ingest;
 mod open;
 mod postgres;
 mod rules;

@@ -5,11 +5,10 @@ use super::PostgresStore;
 use super::copy::{BinaryCopy, HEADER, TRAILER};
 use crate::domain::file::{
     File, FileId, FileKind, IngestLimits, LineError, LineErrorCode, LineSplitter, RawLine,
-    parse_line,
 };
 use crate::domain::ids::TemplateId;
-use crate::store::fingerprints::{Fingerprints, Seen};
-use crate::store::holes::{decode_holes, missing_body, push_hole};
+use crate::store::holes::{decode_holes, missing_body};
+use crate::store::ingest::{Parse, Part};
 use crate::store::{
     ByteStream, FileListQuery, FileStore, MAX_PAGE, NewFile, Order, Owner, Page, RequestStore,
     Result, StoreError,
@@ -19,8 +18,6 @@ use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
-use std::collections::BTreeSet;
-use std::hash::{BuildHasher, RandomState};
 use tokio::sync::mpsc;
 
 /// Bytes of templates sent to the database at a time, and the most bytes of
@@ -39,148 +36,41 @@ enum Segment {
     Part(Part),
 }
 
-/// A piece of the original file with the bodies of its templates cut out:
-/// each template's body is stored once, in `request_templates`, and spliced
-/// back in on download.
-#[derive(Default)]
-struct Part {
-    /// The bytes, bodies removed.
-    data: Vec<u8>,
-    /// For each body removed, in order: where it goes in `data` (u32) and its
-    /// line number (u64), both big-endian.
-    holes: Vec<u8>,
-}
-
-/// The parser's running state for one upload.
+/// The parser's running state for one upload: the shared part
+/// (`store::ingest`) and the rows of the templates, in COPY's binary format.
 struct Ingest<'l> {
     file_id: FileId,
-    limits: &'l IngestLimits,
+    parse: Parse<'l>,
     copy: BinaryCopy,
-    /// Original bytes not yet moved into `part`, from stream offset `raw_base`;
-    /// those before `raw_pos` are settled (moved or cut out).
-    raw: Vec<u8>,
-    raw_base: u64,
-    raw_pos: usize,
-    part: Part,
-    bytes: u64,
     templates: u64,
-    errors: Vec<LineError>,
-    error_count: u64,
-    urls: BTreeSet<String>,
-    /// Fingerprints of the custom_ids seen, to find duplicates without the
-    /// database; a repeated fingerprint is only a suspicion, confirmed there.
-    fingerprints: Fingerprints,
-    hasher: RandomState,
-    /// Whether the database must look for duplicates: a fingerprint repeated,
-    /// or lines came after the last fingerprint kept.
-    check_duplicates: bool,
 }
 
 impl<'l> Ingest<'l> {
     fn new(file_id: FileId, limits: &'l IngestLimits) -> Self {
         Self {
             file_id,
-            limits,
+            parse: Parse::new(limits, SLICE_BYTES),
             copy: BinaryCopy::with_capacity(SEGMENT_BYTES + (64 << 10)),
-            raw: Vec::with_capacity(SLICE_BYTES),
-            raw_base: 0,
-            raw_pos: 0,
-            part: Part::default(),
-            bytes: 0,
             templates: 0,
-            errors: Vec::new(),
-            error_count: 0,
-            urls: BTreeSet::new(),
-            fingerprints: Fingerprints::new(limits.max_fingerprints),
-            hasher: RandomState::new(),
-            check_duplicates: false,
         }
-    }
-
-    fn error(&mut self, e: LineError) {
-        self.error_count += 1;
-        if self.errors.len() < self.limits.max_kept_errors {
-            self.errors.push(e);
-        }
-    }
-
-    /// Whether no earlier line can have this custom_id. Only such a line's
-    /// body is cut out of the stored bytes: the duplicate check deletes later
-    /// uses of a custom_id, never the first, so the body stays downloadable.
-    fn first_use(&mut self, custom_id: &str) -> bool {
-        match self.fingerprints.insert(self.hasher.hash_one(custom_id)) {
-            Seen::New => true,
-            Seen::Again | Seen::Full => {
-                self.check_duplicates = true;
-                false
-            }
-        }
-    }
-
-    /// Moves the original bytes before stream offset `to` into the part.
-    fn settle(&mut self, to: u64) {
-        let end = (to - self.raw_base) as usize;
-        if end > self.raw_pos {
-            self.part
-                .data
-                .extend_from_slice(&self.raw[self.raw_pos..end]);
-            self.raw_pos = end;
-        }
-    }
-
-    /// Settles what the splitter will not look at again and drops it from `raw`.
-    fn compact(&mut self, splitter: &LineSplitter) {
-        self.settle(splitter.pending_start());
-        self.raw.drain(..self.raw_pos);
-        self.raw_base += self.raw_pos as u64;
-        self.raw_pos = 0;
     }
 
     fn line(&mut self, raw: RawLine<'_>) {
-        let (number, offset, bytes) = match raw {
-            RawLine::Line {
-                number,
-                offset,
-                bytes,
-            } => (number, offset, bytes),
-            RawLine::TooLong { number, len } => {
-                let max = self.limits.max_line_bytes;
-                return self.error(LineError {
-                    line: Some(number),
-                    code: LineErrorCode::LineTooLong,
-                    message: format!("line is {len} bytes long; the limit is {max}"),
-                });
-            }
+        let Some((number, p)) = self.parse.line(raw) else {
+            return;
         };
-        match parse_line(number, bytes, &self.limits.endpoints) {
-            Err(e) => self.error(e),
-            Ok(p) => {
-                if !self.urls.contains(p.url.as_ref()) {
-                    self.urls.insert(p.url.to_string());
-                }
-                if self.first_use(&p.custom_id) {
-                    // The body borrows from the line, so its place in the
-                    // stream follows from the line's.
-                    let start =
-                        offset + (p.body.as_ptr() as usize - bytes.as_ptr() as usize) as u64;
-                    self.settle(start);
-                    push_hole(&mut self.part.holes, self.part.data.len(), number);
-                    self.raw_pos = (start - self.raw_base) as usize + p.body.len();
-                }
-                let c = &mut self.copy;
-                c.row(9);
-                c.uuid(TemplateId::new().0);
-                c.uuid(self.file_id.0);
-                c.int8(number as i64);
-                c.text(&p.custom_id);
-                c.text(&p.url);
-                c.text(p.body);
-                c.text(&p.model);
-                c.int8(p.body.len() as i64);
-                c.int8(crate::domain::prefix::prefix_key(&p.model, p.body));
-                self.templates += 1;
-            }
-        }
+        let c = &mut self.copy;
+        c.row(9);
+        c.uuid(TemplateId::new().0);
+        c.uuid(self.file_id.0);
+        c.int8(number as i64);
+        c.text(&p.custom_id);
+        c.text(&p.url);
+        c.text(p.body);
+        c.text(&p.model);
+        c.int8(p.body.len() as i64);
+        c.int8(crate::domain::prefix::prefix_key(&p.model, p.body));
+        self.templates += 1;
     }
 
     /// Takes the buffered rows, if `force` or if they fill a segment.
@@ -194,9 +84,9 @@ impl<'l> Ingest<'l> {
 
     /// Takes the settled part, if `force` or if it is full.
     fn take_part(&mut self, force: bool) -> Option<Segment> {
-        let len = self.part.data.len() + self.part.holes.len();
+        let len = self.parse.part.len();
         ((force && len > 0) || len >= SEGMENT_BYTES)
-            .then(|| Segment::Part(std::mem::take(&mut self.part)))
+            .then(|| Segment::Part(std::mem::take(&mut self.parse.part)))
     }
 }
 
@@ -371,16 +261,11 @@ impl PostgresStore {
             let mut splitter = LineSplitter::new(limits.max_line_bytes);
             while let Some(chunk) = body.next().await {
                 let chunk = chunk?;
-                st.bytes += chunk.len() as u64;
-                if st.bytes > limits.max_file_bytes {
-                    return Err(StoreError::TooLarge {
-                        limit: limits.max_file_bytes,
-                    });
-                }
+                st.parse.received(chunk.len())?;
                 for slice in chunk.chunks(SLICE_BYTES) {
-                    st.raw.extend_from_slice(slice);
+                    st.parse.keep(slice);
                     splitter.push(slice, |line| st.line(line));
-                    st.compact(&splitter);
+                    st.parse.compact(&splitter);
                     for seg in [st.take_rows(false), st.take_part(false)]
                         .into_iter()
                         .flatten()
@@ -392,8 +277,8 @@ impl PostgresStore {
                 }
             }
             splitter.finish(|line| st.line(line));
-            st.compact(&splitter);
-            debug_assert!(st.raw.is_empty(), "every byte is settled at the end");
+            st.parse.compact(&splitter);
+            debug_assert!(st.parse.all_settled(), "every byte is settled at the end");
             for seg in [st.take_rows(true), st.take_part(true)]
                 .into_iter()
                 .flatten()
@@ -438,13 +323,13 @@ impl FileStore for PostgresStore {
 
         let st = self.ingest(&mut tx, file_id, body).await?;
         let keep = self.limits.max_kept_errors;
-        let (dups, dup_errors) = if st.check_duplicates {
+        let (dups, dup_errors) = if st.parse.check_duplicates {
             remove_duplicates(&mut tx, file_id, keep).await?
         } else {
             (0, Vec::new())
         };
-        let mut error_count = st.error_count + dups;
-        let mut errors = merge_errors(st.errors, dup_errors, keep);
+        let mut error_count = st.parse.error_count + dups;
+        let mut errors = merge_errors(st.parse.errors, dup_errors, keep);
         let templates = st.templates - dups;
         if templates == 0 && error_count == 0 {
             error_count = 1;
@@ -454,13 +339,13 @@ impl FileStore for PostgresStore {
                 message: "the file has no request lines".into(),
             });
         }
-        let urls: Vec<String> = st.urls.into_iter().collect();
+        let urls: Vec<String> = st.parse.urls.into_iter().collect();
         let row = sqlx::query(&format!(
             "UPDATE files SET bytes = $2, template_count = $3, error_count = $4, errors = $5, \
              urls = $6 WHERE id = $1 RETURNING {FILE_COLUMNS}"
         ))
         .bind(file_id)
-        .bind(st.bytes as i64)
+        .bind(st.parse.bytes as i64)
         .bind(templates as i64)
         .bind(error_count as i64)
         .bind(sqlx::types::Json(&errors))

@@ -11,11 +11,10 @@ use super::SqliteStore;
 use super::types::{micros, time, time_opt};
 use crate::domain::file::{
     File, FileId, FileKind, IngestLimits, LineError, LineErrorCode, LineSplitter, RawLine,
-    parse_line,
 };
 use crate::domain::ids::TemplateId;
-use crate::store::fingerprints::{Fingerprints, Seen};
-use crate::store::holes::{decode_holes, missing_body, push_hole};
+use crate::store::holes::{decode_holes, missing_body};
+use crate::store::ingest::{Parse, Part};
 use crate::store::{
     ByteStream, FileListQuery, FileStore, MAX_PAGE, NewFile, Order, Owner, Page, RequestStore,
     Result, StoreError,
@@ -25,8 +24,6 @@ use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt, stream};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-use std::collections::BTreeSet;
-use std::hash::{BuildHasher, RandomState};
 use tokio::sync::mpsc;
 
 /// Bytes of templates, or of the original file, written at a time.
@@ -38,25 +35,6 @@ const SLICE_BYTES: usize = 256 << 10;
 /// SQLite's limit of 32766).
 const ROWS_PER_INSERT: usize = 500;
 
-/// A piece of the original file with the bodies of its templates cut out.
-#[derive(Default)]
-struct Part {
-    /// The bytes, bodies removed.
-    data: Vec<u8>,
-    /// For each body removed, in order: see `store::holes`.
-    holes: Vec<u8>,
-}
-
-impl Part {
-    fn len(&self) -> usize {
-        self.data.len() + self.holes.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.data.is_empty() && self.holes.is_empty()
-    }
-}
-
 /// One valid line, owned until its segment is written.
 struct Template {
     line: i64,
@@ -67,141 +45,53 @@ struct Template {
     prefix_key: i64,
 }
 
-/// The parser's running state for one upload.
+/// The parser's running state for one upload: the shared part
+/// (`store::ingest`) and the templates not yet written.
 struct Ingest<'l> {
-    limits: &'l IngestLimits,
+    parse: Parse<'l>,
     templates: Vec<Template>,
     template_bytes: usize,
-    /// Original bytes not yet moved into `part`, from stream offset
-    /// `raw_base`; those before `raw_pos` are settled (moved or cut out).
-    raw: Vec<u8>,
-    raw_base: u64,
-    raw_pos: usize,
-    /// Original bytes not yet written, bodies cut out.
-    part: Part,
+    /// The next part's number.
     seq: i64,
-    bytes: u64,
     count: u64,
-    errors: Vec<LineError>,
-    error_count: u64,
-    urls: BTreeSet<String>,
-    /// Fingerprints of the custom_ids seen; a repeat is only a suspicion,
-    /// confirmed by the database.
-    fingerprints: Fingerprints,
-    hasher: RandomState,
-    check_duplicates: bool,
 }
 
 impl<'l> Ingest<'l> {
     fn new(limits: &'l IngestLimits) -> Self {
         Self {
-            limits,
+            parse: Parse::new(limits, SLICE_BYTES),
             templates: Vec::new(),
             template_bytes: 0,
-            raw: Vec::with_capacity(SLICE_BYTES),
-            raw_base: 0,
-            raw_pos: 0,
-            part: Part::default(),
             seq: 0,
-            bytes: 0,
             count: 0,
-            errors: Vec::new(),
-            error_count: 0,
-            urls: BTreeSet::new(),
-            fingerprints: Fingerprints::new(limits.max_fingerprints),
-            hasher: RandomState::new(),
-            check_duplicates: false,
         }
-    }
-
-    fn error(&mut self, e: LineError) {
-        self.error_count += 1;
-        if self.errors.len() < self.limits.max_kept_errors {
-            self.errors.push(e);
-        }
-    }
-
-    /// Moves the original bytes before stream offset `to` into the part.
-    fn settle(&mut self, to: u64) {
-        let end = (to - self.raw_base) as usize;
-        if end > self.raw_pos {
-            self.part
-                .data
-                .extend_from_slice(&self.raw[self.raw_pos..end]);
-            self.raw_pos = end;
-        }
-    }
-
-    /// Settles what the splitter will not look at again and drops it from `raw`.
-    fn compact(&mut self, splitter: &LineSplitter) {
-        self.settle(splitter.pending_start());
-        self.raw.drain(..self.raw_pos);
-        self.raw_base += self.raw_pos as u64;
-        self.raw_pos = 0;
     }
 
     fn line(&mut self, raw: RawLine<'_>) {
-        let (number, offset, bytes) = match raw {
-            RawLine::Line {
-                number,
-                offset,
-                bytes,
-            } => (number, offset, bytes),
-            RawLine::TooLong { number, len } => {
-                let max = self.limits.max_line_bytes;
-                return self.error(LineError {
-                    line: Some(number),
-                    code: LineErrorCode::LineTooLong,
-                    message: format!("line is {len} bytes long; the limit is {max}"),
-                });
-            }
+        let Some((number, p)) = self.parse.line(raw) else {
+            return;
         };
-        match parse_line(number, bytes, &self.limits.endpoints) {
-            Err(e) => self.error(e),
-            Ok(p) => {
-                if !self.urls.contains(p.url.as_ref()) {
-                    self.urls.insert(p.url.to_string());
-                }
-                if self
-                    .fingerprints
-                    .insert(self.hasher.hash_one(&*p.custom_id))
-                    == Seen::New
-                {
-                    // The first use of a custom_id keeps its template (the
-                    // duplicate check deletes later ones), so only its body
-                    // is cut out of the stored bytes. The body borrows from
-                    // the line, so its place in the stream follows.
-                    let start =
-                        offset + (p.body.as_ptr() as usize - bytes.as_ptr() as usize) as u64;
-                    self.settle(start);
-                    push_hole(&mut self.part.holes, self.part.data.len(), number);
-                    self.raw_pos = (start - self.raw_base) as usize + p.body.len();
-                } else {
-                    self.check_duplicates = true;
-                }
-                self.template_bytes += p.body.len() + p.custom_id.len() + 64;
-                self.templates.push(Template {
-                    line: number as i64,
-                    custom_id: p.custom_id.into_owned(),
-                    path: p.url.into_owned(),
-                    body: p.body.to_owned(),
-                    prefix_key: crate::domain::prefix::prefix_key(&p.model, p.body),
-                    model: p.model.into_owned(),
-                });
-                self.count += 1;
-            }
-        }
+        self.template_bytes += p.body.len() + p.custom_id.len() + 64;
+        self.templates.push(Template {
+            line: number as i64,
+            custom_id: p.custom_id.into_owned(),
+            path: p.url.into_owned(),
+            body: p.body.to_owned(),
+            prefix_key: crate::domain::prefix::prefix_key(&p.model, p.body),
+            model: p.model.into_owned(),
+        });
+        self.count += 1;
     }
 
     fn full(&self) -> bool {
-        self.template_bytes >= SEGMENT_BYTES || self.part.len() >= SEGMENT_BYTES
+        self.template_bytes >= SEGMENT_BYTES || self.parse.part.len() >= SEGMENT_BYTES
     }
 }
 
 impl SqliteStore {
     /// Writes the buffered templates and original bytes in one transaction.
     async fn write_segment(&self, file_id: FileId, st: &mut Ingest<'_>) -> Result<()> {
-        if st.templates.is_empty() && st.part.is_empty() {
+        if st.templates.is_empty() && st.parse.part.is_empty() {
             return Ok(());
         }
         let mut tx = self.write().await?;
@@ -223,12 +113,12 @@ impl SqliteStore {
             });
             q.build().execute(&mut *tx).await?;
         }
-        if !st.part.is_empty() {
+        if !st.parse.part.is_empty() {
             sqlx::query("INSERT INTO file_parts (file_id, seq, data, holes) VALUES (?, ?, ?, ?)")
                 .bind(file_id)
                 .bind(st.seq)
-                .bind(st.part.data.as_slice())
-                .bind(st.part.holes.as_slice())
+                .bind(st.parse.part.data.as_slice())
+                .bind(st.parse.part.holes.as_slice())
                 .execute(&mut *tx)
                 .await?;
             st.seq += 1;
@@ -236,7 +126,7 @@ impl SqliteStore {
         tx.commit().await?;
         st.templates.clear();
         st.template_bytes = 0;
-        st.part = Part::default();
+        st.parse.part = Part::default();
         Ok(())
     }
 
@@ -250,24 +140,19 @@ impl SqliteStore {
         let mut splitter = LineSplitter::new(limits.max_line_bytes);
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
-            st.bytes += chunk.len() as u64;
-            if st.bytes > limits.max_file_bytes {
-                return Err(StoreError::TooLarge {
-                    limit: limits.max_file_bytes,
-                });
-            }
+            st.parse.received(chunk.len())?;
             for slice in chunk.chunks(SLICE_BYTES) {
-                st.raw.extend_from_slice(slice);
+                st.parse.keep(slice);
                 splitter.push(slice, |line| st.line(line));
-                st.compact(&splitter);
+                st.parse.compact(&splitter);
                 if st.full() {
                     self.write_segment(file_id, &mut st).await?;
                 }
             }
         }
         splitter.finish(|line| st.line(line));
-        st.compact(&splitter);
-        debug_assert!(st.raw.is_empty(), "every byte is settled at the end");
+        st.parse.compact(&splitter);
+        debug_assert!(st.parse.all_settled(), "every byte is settled at the end");
         self.write_segment(file_id, &mut st).await?;
         Ok(st)
     }
@@ -378,13 +263,14 @@ impl FileStore for SqliteStore {
         let keep = self.limits.max_kept_errors;
         let made = async {
             let mut tx = self.write().await?;
-            let (dups, dup_errors) = if st.check_duplicates {
+            let (dups, dup_errors) = if st.parse.check_duplicates {
                 remove_duplicates(&mut tx, file_id, keep).await?
             } else {
                 (0, Vec::new())
             };
-            let mut error_count = st.error_count + dups;
-            let mut errors: Vec<LineError> = st.errors.into_iter().chain(dup_errors).collect();
+            let mut error_count = st.parse.error_count + dups;
+            let mut errors: Vec<LineError> =
+                st.parse.errors.into_iter().chain(dup_errors).collect();
             errors.sort_by_key(|e| e.line);
             errors.truncate(keep);
             let templates = st.count - dups;
@@ -396,7 +282,7 @@ impl FileStore for SqliteStore {
                     message: "the file has no request lines".into(),
                 });
             }
-            let urls: Vec<String> = st.urls.into_iter().collect();
+            let urls: Vec<String> = st.parse.urls.into_iter().collect();
             let row = sqlx::query(&format!(
                 "INSERT INTO files (id, owner, filename, purpose, kind, bytes, template_count, \
                  error_count, errors, urls, created_at, expires_at) \
@@ -405,7 +291,7 @@ impl FileStore for SqliteStore {
             .bind(file_id)
             .bind(&new.owner)
             .bind(&new.filename)
-            .bind(st.bytes as i64)
+            .bind(st.parse.bytes as i64)
             .bind(templates as i64)
             .bind(error_count as i64)
             .bind(serde_json::to_string(&errors).expect("line errors serialize"))
