@@ -7,7 +7,7 @@ use crate::domain::file::{
     File, FileId, FileKind, IngestLimits, LineError, LineErrorCode, LineSplitter, RawLine,
 };
 use crate::domain::ids::TemplateId;
-use crate::store::holes::{decode_holes, missing_body};
+use crate::store::holes::send_part;
 use crate::store::ingest::{Parse, Part};
 use crate::store::{
     ByteStream, FileListQuery, FileStore, MAX_PAGE, NewFile, Order, Owner, Page, RequestStore,
@@ -444,12 +444,9 @@ impl FileStore for PostgresStore {
     }
 }
 
-/// Bytes handed to a download at a time.
-const DOWNLOAD_CHUNK: usize = 256 << 10;
-
 /// Sends the original bytes of input file `id` down `out`, one part at a
-/// time, with the bodies cut out of each part read back from its templates.
-/// Stops quietly when the reader goes away.
+/// time, with the bodies cut out of each part read back from its templates
+/// (`store::holes`). Stops quietly when the reader goes away.
 async fn send_file_content(
     pool: &sqlx::PgPool,
     id: FileId,
@@ -467,56 +464,19 @@ async fn send_file_content(
         };
         let data: Vec<u8> = row.try_get("data")?;
         let holes: Option<Vec<u8>> = row.try_get("holes")?;
-        let holes = decode_holes(holes.as_deref().unwrap_or_default())?;
-        let (Some(&(_, first)), Some(&(_, last))) = (holes.first(), holes.last()) else {
-            if out.send(Ok(Bytes::from(data))).await.is_err() {
-                return Ok(());
-            }
-            continue;
+        let bodies = |first: i64, last: i64| {
+            sqlx::query_as::<_, (i64, String)>(
+                "SELECT line_number, body FROM request_templates \
+                     WHERE file_id = $1 AND line_number BETWEEN $2 AND $3 ORDER BY line_number",
+            )
+            .bind(id)
+            .bind(first)
+            .bind(last)
+            .fetch(pool)
+            .map_err(StoreError::from)
         };
-        // A template in the range whose body was not cut out (a suspected
-        // duplicate) is passed over.
-        let mut bodies = sqlx::query(
-            "SELECT line_number, body FROM request_templates \
-             WHERE file_id = $1 AND line_number BETWEEN $2 AND $3 ORDER BY line_number",
-        )
-        .bind(id)
-        .bind(first)
-        .bind(last)
-        .fetch(pool);
-        let mut buf = Vec::with_capacity(DOWNLOAD_CHUNK);
-        let mut from = 0;
-        for (at, line) in holes {
-            let body: String = loop {
-                let row = bodies
-                    .try_next()
-                    .await?
-                    .ok_or_else(|| missing_body(id, line))?;
-                let n: i64 = row.try_get("line_number")?;
-                if n == line {
-                    break row.try_get("body")?;
-                }
-                if n > line {
-                    return Err(missing_body(id, line));
-                }
-            };
-            let gap = data.get(from..at).ok_or_else(|| {
-                StoreError::Invalid(format!("file {id}: a part's hole at {at} is out of order"))
-            })?;
-            buf.extend_from_slice(gap);
-            buf.extend_from_slice(body.as_bytes());
-            from = at;
-            if buf.len() >= DOWNLOAD_CHUNK {
-                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(DOWNLOAD_CHUNK));
-                if out.send(Ok(Bytes::from(chunk))).await.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        drop(bodies);
-        buf.extend_from_slice(&data[from..]);
-        if out.send(Ok(Bytes::from(buf))).await.is_err() {
-            return Ok(());
+        if !send_part(id, data, holes.as_deref(), bodies, out).await? {
+            break;
         }
     }
     Ok(())

@@ -13,7 +13,7 @@ use crate::domain::file::{
     File, FileId, FileKind, IngestLimits, LineError, LineErrorCode, LineSplitter, RawLine,
 };
 use crate::domain::ids::TemplateId;
-use crate::store::holes::{decode_holes, missing_body};
+use crate::store::holes::send_part;
 use crate::store::ingest::{Parse, Part};
 use crate::store::{
     ByteStream, FileListQuery, FileStore, MAX_PAGE, NewFile, Order, Owner, Page, RequestStore,
@@ -21,7 +21,7 @@ use crate::store::{
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::mpsc;
@@ -399,12 +399,9 @@ impl FileStore for SqliteStore {
     }
 }
 
-/// Bytes handed to a download at a time.
-const DOWNLOAD_CHUNK: usize = 256 << 10;
-
 /// Sends the original bytes of input file `id` down `out`, one part at a
-/// time, with the bodies cut out of each part read back from its templates.
-/// Stops quietly when the reader goes away.
+/// time, with the bodies cut out of each part read back from its templates
+/// (`store::holes`). Stops quietly when the reader goes away.
 async fn send_file_content(
     pool: &sqlx::SqlitePool,
     id: FileId,
@@ -422,54 +419,19 @@ async fn send_file_content(
         };
         let data: Vec<u8> = row.try_get("data")?;
         let holes: Option<Vec<u8>> = row.try_get("holes")?;
-        let holes = decode_holes(holes.as_deref().unwrap_or_default())?;
-        let (Some(&(_, first)), Some(&(_, last))) = (holes.first(), holes.last()) else {
-            if out.send(Ok(Bytes::from(data))).await.is_err() {
-                return Ok(());
-            }
-            continue;
+        let bodies = |first: i64, last: i64| {
+            sqlx::query_as::<_, (i64, String)>(
+                "SELECT line_number, body FROM request_templates \
+                     WHERE file_id = ? AND line_number BETWEEN ? AND ? ORDER BY line_number",
+            )
+            .bind(id)
+            .bind(first)
+            .bind(last)
+            .fetch(pool)
+            .map_err(StoreError::from)
         };
-        // A template in the range whose body was not cut out (a suspected
-        // duplicate) is passed over. A part is written with the templates of
-        // its segment, so its bodies are about a segment's bytes at most.
-        let bodies: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT line_number, body FROM request_templates \
-             WHERE file_id = ? AND line_number BETWEEN ? AND ? ORDER BY line_number",
-        )
-        .bind(id)
-        .bind(first)
-        .bind(last)
-        .fetch_all(pool)
-        .await?;
-        let mut bodies = bodies.into_iter();
-        let mut buf = Vec::with_capacity(DOWNLOAD_CHUNK);
-        let mut from = 0;
-        for (at, line) in holes {
-            let body = loop {
-                let (n, body) = bodies.next().ok_or_else(|| missing_body(id, line))?;
-                if n == line {
-                    break body;
-                }
-                if n > line {
-                    return Err(missing_body(id, line));
-                }
-            };
-            let gap = data.get(from..at).ok_or_else(|| {
-                StoreError::Invalid(format!("file {id}: a part's hole at {at} is out of order"))
-            })?;
-            buf.extend_from_slice(gap);
-            buf.extend_from_slice(body.as_bytes());
-            from = at;
-            if buf.len() >= DOWNLOAD_CHUNK {
-                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(DOWNLOAD_CHUNK));
-                if out.send(Ok(Bytes::from(chunk))).await.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        buf.extend_from_slice(&data[from..]);
-        if out.send(Ok(Bytes::from(buf))).await.is_err() {
-            return Ok(());
+        if !send_part(id, data, holes.as_deref(), bodies, out).await? {
+            break;
         }
     }
     Ok(())
