@@ -8,10 +8,11 @@ mod common;
 use common::daemon::{config, eventually, finished_batch, lines_for, start};
 use common::{CHAT, jsonl, new_batch, store, upload};
 use fusillade::domain::batch::BatchStatus;
-use fusillade::mock::{MockBehavior, MockUpstream};
+use fusillade::mock::{MockBehavior, MockReply, MockUpstream};
 use fusillade::store::Owner;
 use fusillade::{BatchId, BatchStore, PostgresStore};
 use sqlx::PgPool;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Long enough for a busy 2-core machine.
@@ -24,6 +25,34 @@ const RELAXED: &str = "heartbeat_ms = 500\nstale_after_ms = 60000";
 /// would also share its CPU with A's calls, which its time alone did not),
 /// short enough for a quick test.
 const LATENCY: Duration = Duration::from_millis(300);
+
+/// A mock answering every call after [`LATENCY`], except the first 32 calls
+/// of lines tagged `a-`, which take 1/32, 2/32, ... of it: A's calls then
+/// end one after another, as those of a batch that has run a while do,
+/// rather than all together every [`LATENCY`]. (In lockstep, B's first
+/// slot would come anywhere between at once and a whole call later,
+/// depending on when in A's round B arrived: up to 0.14× more of its time
+/// alone, for nothing the scheduler decides.)
+async fn staggered_mock() -> MockUpstream {
+    let a_calls = AtomicU32::new(0);
+    MockUpstream::start(MockBehavior::default().respond(move |call| {
+        let a = call
+            .custom_id
+            .as_deref()
+            .is_some_and(|c| c.starts_with("a-"));
+        let k = if a { a_calls.fetch_add(1, Relaxed) } else { 32 };
+        let delay = if k < 32 {
+            LATENCY * (k + 1) / 32
+        } else {
+            LATENCY
+        };
+        MockReply {
+            delay: Some(delay),
+            ..MockReply::ok_for(call)
+        }
+    }))
+    .await
+}
 
 /// Creates a batch of `n` lines of model `m` for `owner`.
 async fn batch(store: &PostgresStore, owner: &str, tag: &str, n: usize) -> BatchId {
@@ -102,7 +131,7 @@ async fn sample_shares(
 #[sqlx::test]
 async fn a_small_owner_is_not_starved_by_a_large_one(pool: PgPool) {
     let store = store(&pool).await;
-    let mock = MockUpstream::start(MockBehavior::with_latency(LATENCY)).await;
+    let mock = staggered_mock().await;
     let cfg = config(&mock.url(), "concurrency = 32", RELAXED, "");
     let daemons = [start(&store, cfg.clone()), start(&store, cfg)];
 
@@ -121,9 +150,10 @@ async fn a_small_owner_is_not_starved_by_a_large_one(pool: PgPool) {
     })
     .await;
     // ...when B comes with 200. B's fair half of the slots makes it take
-    // about 13 rounds of calls where it took 7 alone (1.86×), so a busy
-    // machine's jitter alone can push one measurement past 2×: B comes up
-    // to three times, one after another, and its best run must be within
+    // 12.5 calls' time where it took 7 alone, and it waits for its first
+    // slots until A's calls end (1.86× to 1.92× on a quiet machine), so a
+    // busy machine's jitter alone can push one measurement past 2×: B comes
+    // up to three times, one after another, and its best run must be within
     // 2× (a scheduler that starves B fails every run, by far).
     let mut best = f64::INFINITY;
     let (mut sum_a, mut sum_b, mut samples) = (0, 0, 0);

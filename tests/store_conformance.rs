@@ -171,6 +171,7 @@ macro_rules! for_each_case {
                 a_models_requests_are_shared_between_owners_by_weight,
                 what_an_owner_cannot_take_is_shared_again,
                 an_owner_holding_requests_gets_fewer_of_the_next_claim,
+                a_newcomer_is_claimed_while_the_queue_is_full_of_others,
                 a_route_pause_is_kept_until_it_ends_and_a_shorter_one_does_not_shorten_it,
             ],
         }

@@ -554,6 +554,7 @@ impl Config {
                 .filter_map(|(o, s)| Some((o.clone(), s.max_in_flight?)))
                 .collect(),
             call_times: BTreeMap::new(),
+            catch_up: false,
         }
     }
 

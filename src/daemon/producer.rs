@@ -21,8 +21,13 @@ use tokio_util::task::TaskTracker;
 /// delay ended, slots freed by other daemons).
 const POLL: Duration = Duration::from_millis(100);
 
+/// How often a claim looks for owners to catch up in models it asks
+/// nothing of (see `domain::schedule`, rule 4): that reads every owner's
+/// load, which a claim of nothing otherwise skips.
+const CATCH_UP: Duration = POLL;
+
 /// Builds the claim from the configuration and this daemon's slots.
-fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
+fn demand<S>(shared: &Shared<S>, max_total: u32, catch_up: bool) -> ClaimRequest {
     let (config, _) = shared.current();
     let peers = shared.peers.load(Ordering::Relaxed).max(1);
     // This daemon's fair share of a limit; the database keeps the sum of
@@ -36,6 +41,7 @@ fn demand<S>(shared: &Shared<S>, max_total: u32) -> ClaimRequest {
     let local: HashMap<String, _> = shared.slots.prepare_claim(own).into_iter().collect();
     let mut schedule = config.schedule();
     shared.slots.set_weights(schedule.weights.clone());
+    schedule.catch_up = catch_up;
     schedule.call_times = local
         .iter()
         .filter_map(|(m, s)| Some((m.clone(), s.call_time?)))
@@ -92,6 +98,7 @@ pub(super) async fn run<S: DaemonBackend>(
     };
     let mut backoff = DbBackoff::default();
     let (mut claims, mut claimed_rows) = (0u64, 0u64);
+    let mut last_catch_up: Option<std::time::Instant> = None;
     while !shutdown.is_cancelled() {
         if shared.standing.is_fenced() {
             // Lost its standing: nothing is claimed until registered again.
@@ -104,7 +111,11 @@ pub(super) async fn run<S: DaemonBackend>(
         fall_back(&shared, &outcomes, &executors).await;
         let generation = shared.standing.generation();
         let max_total = shared.current().0.daemon.claim_batch;
-        let request = demand(&shared, max_total);
+        let catch_up = last_catch_up.is_none_or(|t| t.elapsed() >= CATCH_UP);
+        if catch_up {
+            last_catch_up = Some(std::time::Instant::now());
+        }
+        let request = demand(&shared, max_total, catch_up);
         let claim = match shared.store.claim(&request).await {
             Ok(c) => {
                 backoff.reset();

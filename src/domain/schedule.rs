@@ -20,6 +20,13 @@
 //!    its share.
 //! 3. **Caps.** An owner never holds more than its cap of claimed-or-in-
 //!    flight requests of one model, urgent or not.
+//! 4. **Catching up.** While one owner holds more than its fair share of
+//!    the rows (`AHEAD` per slot) and another less, and none is urgent, a
+//!    claim also takes the short owner's rows up to its fair share, at most
+//!    its part of this daemon's slots' worth, even when the daemon asked
+//!    for nothing (its queue full of the long owner's rows): a newcomer is
+//!    claimed at once and takes the next freed slots, instead of waiting
+//!    until the rows claimed ahead for the others have started.
 //!
 //! Within an owner, requests are taken earliest deadline first, then by
 //! prefix group, then in line order (see `domain::prefix`): a tight-window
@@ -51,6 +58,10 @@ pub struct Schedule {
     /// The observed time of one call, per model (no urgency for models
     /// without one: nothing is known of their rate yet).
     pub call_times: BTreeMap<String, Duration>,
+    /// Look for owners to catch up (rule 4) also in models this claim asks
+    /// nothing of; that reads every owner's load, so daemons ask it only
+    /// now and then.
+    pub catch_up: bool,
 }
 
 impl Schedule {
@@ -200,6 +211,53 @@ pub fn split(
     given
 }
 
+/// Rows each owner of `loads` may claim on top of `given` (what [`split`]
+/// gave it) by rule 4, for a daemon that may use `usable` of the model's
+/// `limit` slots; parallel to `loads`.
+pub fn catch_up(
+    limit: u32,
+    usable: u32,
+    loads: &[OwnerLoad],
+    given: &[u32],
+    schedule: &Schedule,
+    call_time: Option<Duration>,
+    now: DateTime<Utc>,
+) -> Vec<u32> {
+    let mut extra = vec![0u32; loads.len()];
+    let weights: Vec<u64> = loads
+        .iter()
+        .map(|l| u64::from(schedule.weight(&l.owner)))
+        .collect();
+    let total: u64 = weights.iter().sum();
+    if total == 0 {
+        return extra;
+    }
+    let fair = |i: usize| u64::from(AHEAD) * u64::from(limit) * weights[i] / total;
+    let held = |i: usize| u64::from(loads[i].active) + u64::from(given[i]);
+    // An urgent owner is meant to have every slot it needs: nobody catches
+    // up with it (see rule 1).
+    let urgent = loads.iter().enumerate().any(|(i, l)| {
+        let share = f64::from(limit) * weights[i] as f64 / total as f64;
+        urgent_slots(l, share, limit, call_time, now).is_some()
+    });
+    let long = (0..loads.len()).any(|i| held(i) > fair(i));
+    if urgent || !long {
+        return extra;
+    }
+    for (i, l) in loads.iter().enumerate() {
+        let mine = (u64::from(AHEAD) * u64::from(usable) * weights[i]).div_ceil(total);
+        let room = schedule
+            .cap(&l.owner)
+            .map_or(u64::MAX, |c| u64::from(c.saturating_sub(l.active)));
+        let n = fair(i)
+            .saturating_sub(held(i))
+            .min(mine.saturating_sub(u64::from(given[i])))
+            .min(room.saturating_sub(u64::from(given[i])));
+        extra[i] = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    extra
+}
+
 /// Earlier deadline is greater (preferred); no deadline is last.
 fn deadline_first(a: &Option<DateTime<Utc>>, b: &Option<DateTime<Utc>>) -> std::cmp::Ordering {
     match (a, b) {
@@ -286,6 +344,60 @@ mod tests {
         // Plenty of time: fair share.
         tight.deadline = Some(now() + chrono::Duration::seconds(100));
         assert_eq!(split(4, 8, &[load("a", 0), tight], &s, c, now()), [4, 4]);
+    }
+
+    #[test]
+    fn a_newcomer_catches_up_even_when_nothing_is_asked() {
+        let s = Schedule::default();
+        let loads = [load("a", 64), load("b", 0)];
+        // Limit 32 over two daemons of 16 slots: b's fair share is 32 rows,
+        // this daemon's part of it 16.
+        assert_eq!(catch_up(32, 16, &loads, &[0, 0], &s, None, now()), [0, 16]);
+        // What the claim gave it counts.
+        assert_eq!(catch_up(32, 16, &loads, &[0, 10], &s, None, now()), [0, 6]);
+        // The other daemon then tops it up to its fair share.
+        let loads = [load("a", 64), load("b", 20)];
+        assert_eq!(catch_up(32, 16, &loads, &[0, 0], &s, None, now()), [0, 12]);
+    }
+
+    #[test]
+    fn nobody_catches_up_when_no_owner_holds_more_than_its_share() {
+        let s = Schedule::default();
+        let even = [load("a", 20), load("b", 10)];
+        assert_eq!(catch_up(32, 16, &even, &[0, 0], &s, None, now()), [0, 0]);
+        assert_eq!(
+            catch_up(32, 16, &[load("a", 0)], &[0], &s, None, now()),
+            [0]
+        );
+    }
+
+    #[test]
+    fn catching_up_respects_weights_caps_and_urgency() {
+        let weighted = Schedule {
+            weights: [("b".to_owned(), 3)].into(),
+            ..Schedule::default()
+        };
+        let loads = [load("a", 64), load("b", 0)];
+        // b's fair share is 48 rows, this daemon's part 24.
+        assert_eq!(
+            catch_up(32, 16, &loads, &[0, 0], &weighted, None, now()),
+            [0, 24]
+        );
+        let capped = Schedule {
+            caps: [("b".to_owned(), 5)].into(),
+            ..Schedule::default()
+        };
+        assert_eq!(
+            catch_up(32, 16, &loads, &[0, 2], &capped, None, now()),
+            [0, 3]
+        );
+        let mut urgent = load("a", 64);
+        urgent.deadline = Some(now() + chrono::Duration::seconds(10));
+        urgent.remaining = 10_000;
+        let c = Some(Duration::from_millis(100));
+        let loads = [urgent, load("b", 0)];
+        let s = Schedule::default();
+        assert_eq!(catch_up(32, 16, &loads, &[0, 0], &s, c, now()), [0, 0]);
     }
 
     #[test]

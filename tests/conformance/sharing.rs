@@ -105,6 +105,43 @@ pub async fn an_owner_holding_requests_gets_fewer_of_the_next_claim<S: Backend>(
     assert_eq!((of(&next, "alice"), of(&next, "bob")), (0, 6));
 }
 
+pub async fn a_newcomer_is_claimed_while_the_queue_is_full_of_others<S: Backend>(store: &S) {
+    batch_of_owner(store, "alice", 40).await;
+    let d = daemon(store).await;
+    let first = store
+        .claim(&share_demand(d, 6, 12, Schedule::default()))
+        .await
+        .unwrap()
+        .requests;
+    assert_eq!(of(&first, "alice"), 12);
+    // Bob arrives while the daemon's queue is full of alice's rows: it asks
+    // for nothing, and only a claim that catches up takes bob's.
+    batch_of_owner(store, "bob", 20).await;
+    let catch_up = Schedule {
+        catch_up: true,
+        ..Schedule::default()
+    };
+    let plain = store
+        .claim(&share_demand(d, 6, 0, Schedule::default()))
+        .await
+        .unwrap()
+        .requests;
+    assert!(plain.is_empty(), "nothing asked, nothing caught up");
+    let next = store
+        .claim(&share_demand(d, 6, 0, catch_up.clone()))
+        .await
+        .unwrap()
+        .requests;
+    // His fair share of the 12 rows a limit of 6 keeps claimed ahead.
+    assert_eq!((of(&next, "alice"), of(&next, "bob")), (0, 6));
+    let again = store
+        .claim(&share_demand(d, 6, 0, catch_up))
+        .await
+        .unwrap()
+        .requests;
+    assert!(again.is_empty(), "bob holds his share: {again:?}");
+}
+
 pub async fn a_route_pause_is_kept_until_it_ends_and_a_shorter_one_does_not_shorten_it<
     S: Backend,
 >(

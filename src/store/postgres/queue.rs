@@ -9,7 +9,7 @@ use super::ending::{DELETED_RECORD, RECORD, RESULT_RECORD};
 use crate::domain::ids::DaemonId;
 use crate::domain::output::ResultError;
 use crate::domain::request::{RequestId, RequestState};
-use crate::domain::schedule::{OwnerLoad, split};
+use crate::domain::schedule::{OwnerLoad, catch_up, split};
 use crate::domain::usage::Usage;
 use crate::store::{
     Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue, Result,
@@ -365,7 +365,10 @@ impl QueueStore for PostgresStore {
         }
         let rows = slots.fetch_all(&mut *tx).await?;
         let mut claim = Claim::default();
-        let (mut models, mut wants) = (Vec::new(), Vec::new());
+        let (mut models, mut wants, mut usables) = (Vec::new(), Vec::new(), Vec::new());
+        // An unscoped claim may find owners to catch up in a model it asks
+        // nothing of (see `domain::schedule`, rule 4).
+        let catch_up = req.scope.is_none() && req.schedule.catch_up;
         for r in &rows {
             let model: String = r.try_get("model")?;
             let held: i32 = r.try_get("usable")?;
@@ -376,9 +379,10 @@ impl QueueStore for PostgresStore {
                 .find(|d| d.model == model)
                 .map_or(1, |d| d.per_call.max(1));
             let want = want.saturating_mul(clamp_i32(per_call));
-            if r.try_get("pending")? && held > 0 && want > 0 {
+            if r.try_get("pending")? && held > 0 && (want > 0 || catch_up) {
                 models.push(model.clone());
                 wants.push(want);
+                usables.push(held as u32);
                 claim.asked = claim.asked.saturating_add(want as u32);
             }
             claim.slots.push((model, held.max(0) as u32));
@@ -411,7 +415,7 @@ impl QueueStore for PostgresStore {
                                 .map_or(req.default_limit, |d| d.limit)
                         })
                         .collect();
-                    claim_shared(&mut tx, req, &models, &limits, &wants).await?
+                    claim_shared(&mut tx, req, &models, &limits, &usables, &wants).await?
                 }
             };
             if req.grouped {
@@ -541,13 +545,15 @@ impl QueueStore for PostgresStore {
 }
 
 /// Claims `wants[i]` requests of each model `models[i]` (whose limit is
-/// `limits[i]`), shared between their owners by `domain::schedule::split`
-/// (see [`QueueStore::claim`]).
+/// `limits[i]`, of which this daemon may use `usables[i]` slots), shared
+/// between their owners by `domain::schedule::split`, and those of owners
+/// to catch up by `domain::schedule::catch_up` (see [`QueueStore::claim`]).
 async fn claim_shared(
     tx: &mut sqlx::PgConnection,
     req: &ClaimRequest,
     models: &[String],
     limits: &[u32],
+    usables: &[u32],
     wants: &[i32],
 ) -> Result<Vec<ClaimedRequest>> {
     let rows = sqlx::query(OWNERS_SQL)
@@ -576,15 +582,22 @@ async fn claim_shared(
     } else {
         CLAIM_SQL
     };
-    for _ in 0..SHARE_ROUNDS {
-        // (model index, owner index, how many) of this round.
+    for round in 0..SHARE_ROUNDS {
+        // (model index, owner index, how many, how many of them to catch up)
+        // of this round.
         let mut asked = Vec::new();
         for (i, model) in models.iter().enumerate() {
             let call_time = req.schedule.call_times.get(model).copied();
             let given = split(limits[i], left[i], &loads[i], &req.schedule, call_time, now);
-            for (j, k) in given.into_iter().enumerate() {
-                if k > 0 {
-                    asked.push((i, j, k));
+            let extra = if round == 0 {
+                let s = &req.schedule;
+                catch_up(limits[i], usables[i], &loads[i], &given, s, call_time, now)
+            } else {
+                vec![0; given.len()]
+            };
+            for (j, (k, e)) in given.into_iter().zip(extra).enumerate() {
+                if k + e > 0 {
+                    asked.push((i, j, k + e, e));
                 }
             }
         }
@@ -605,24 +618,24 @@ async fn claim_shared(
             .bind(&d_owners)
             .fetch_all(&mut *tx)
             .await?;
-        let round: Vec<ClaimedRequest> =
+        let claimed_now: Vec<ClaimedRequest> =
             rows.iter().map(claimed_from_row).collect::<Result<_>>()?;
-        budget = budget.saturating_sub(round.len() as u32);
+        budget = budget.saturating_sub(claimed_now.len() as u32);
         // Owners that had fewer claimable rows than they were given.
         let mut dry = Vec::new();
-        for &(i, j, k) in &asked {
+        for &(i, j, k, extra) in &asked {
             let load = &loads[i][j];
-            let got = round
+            let got = claimed_now
                 .iter()
                 .filter(|r| r.model == models[i] && r.owner == load.owner)
                 .count() as u32;
-            left[i] = left[i].saturating_sub(got);
+            left[i] = left[i].saturating_sub(got.saturating_sub(extra));
             loads[i][j].active = loads[i][j].active.saturating_add(got);
             if got < k {
                 dry.push((i, j));
             }
         }
-        claimed.extend(round);
+        claimed.extend(claimed_now);
         if dry.is_empty() {
             break;
         }

@@ -138,8 +138,11 @@ impl QueueStore for SqliteStore {
             peers: u32::try_from(peers).unwrap_or(u32::MAX),
             ..Claim::default()
         };
-        // (model, limit, how many to claim)
-        let mut wants: Vec<(String, i64, i64)> = Vec::new();
+        // (model, limit, how many to claim, usable slots)
+        let mut wants: Vec<(String, i64, i64, i64)> = Vec::new();
+        // An unscoped claim may find owners to catch up in a model it asks
+        // nothing of (see `domain::schedule`, rule 4).
+        let catch_up = req.scope.is_none() && req.schedule.catch_up;
         for m in &models {
             let held = if running {
                 let wanted = if m.pending || m.waiting > 0 {
@@ -166,8 +169,8 @@ impl QueueStore for SqliteStore {
             }
             let usable = held.min(m.share);
             let want = (2 * usable - m.in_flight - m.waiting).max(0) * m.per_call;
-            if m.pending && usable > 0 && want > 0 {
-                wants.push((m.model.clone(), m.cap, want));
+            if m.pending && usable > 0 && (want > 0 || catch_up) {
+                wants.push((m.model.clone(), m.cap, want, usable));
                 claim.asked = claim.asked.saturating_add(want.min(u32::MAX as i64) as u32);
             }
             claim
@@ -179,15 +182,19 @@ impl QueueStore for SqliteStore {
             None => {
                 let wanted: Vec<Wanted> = wants
                     .into_iter()
-                    .map(|(model, limit, want)| Wanted {
+                    .map(|(model, limit, want, usable)| Wanted {
                         model,
                         limit: limit.clamp(0, i64::from(u32::MAX)) as u32,
                         want: want.clamp(0, i64::from(u32::MAX)) as u32,
+                        usable: usable.clamp(0, i64::from(u32::MAX)) as u32,
                     })
                     .collect();
                 claim_shared(&mut tx, req, &wanted, req.max_total, now).await?
             }
-            Some(batch) => claim_scoped(&mut tx, req, batch, wants, now).await?,
+            Some(batch) => {
+                let wants = wants.into_iter().map(|(m, l, w, _)| (m, l, w)).collect();
+                claim_scoped(&mut tx, req, batch, wants, now).await?
+            }
         };
         // What to send: each template's line, by primary key, in one statement.
         if !claim.requests.is_empty() {

@@ -3,7 +3,7 @@
 //! `QueueStore::claim`).
 
 use super::types::{NEVER, time};
-use crate::domain::schedule::{OwnerLoad, split};
+use crate::domain::schedule::{OwnerLoad, catch_up, split};
 use crate::store::guards::in_flight;
 use crate::store::{ClaimRequest, ClaimedRequest, Result};
 use sqlx::Row;
@@ -89,6 +89,8 @@ pub(super) struct Wanted {
     pub limit: u32,
     /// Requests to claim of it.
     pub want: u32,
+    /// Its slots this daemon may use.
+    pub usable: u32,
 }
 
 /// Claims each model's wanted requests, shared between their owners, at
@@ -133,14 +135,21 @@ pub(super) async fn claim_shared(
     };
     let mut left: Vec<u32> = wanted.iter().map(|w| w.want).collect();
     let mut claimed = Vec::new();
-    for _ in 0..SHARE_ROUNDS {
+    for round in 0..SHARE_ROUNDS {
         let mut dry = false;
         for (i, w) in wanted.iter().enumerate() {
             let call_time = req.schedule.call_times.get(&w.model).copied();
-            let given = split(w.limit, left[i], &loads[i], &req.schedule, call_time, at);
+            let s = &req.schedule;
+            let given = split(w.limit, left[i], &loads[i], s, call_time, at);
+            let extra = if round == 0 {
+                catch_up(w.limit, w.usable, &loads[i], &given, s, call_time, at)
+            } else {
+                vec![0; given.len()]
+            };
             let mut keep = Vec::with_capacity(loads[i].len());
-            for (mut load, k) in std::mem::take(&mut loads[i]).into_iter().zip(given) {
-                let k = k.min(budget);
+            let taken = std::mem::take(&mut loads[i]);
+            for ((mut load, k), extra) in taken.into_iter().zip(given).zip(extra) {
+                let k = (k + extra).min(budget);
                 if k == 0 {
                     keep.push(load);
                     continue;
@@ -155,7 +164,7 @@ pub(super) async fn claim_shared(
                     .await?;
                 let got = rows.len() as u32;
                 budget -= got;
-                left[i] -= got.min(left[i]);
+                left[i] -= got.saturating_sub(extra).min(left[i]);
                 for r in &rows {
                     claimed.push(claimed_from_row(r)?);
                 }
