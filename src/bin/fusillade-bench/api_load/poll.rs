@@ -117,6 +117,7 @@ async fn one_run(
         .upload(0, body.clone(), 0)
         .await
         .context("upload failed")?;
+    stack.checkpoint().await;
     let batch = api.create_batch(0, &file).await.context("create failed")?;
     let id = batch["id"].as_str().context("no batch id")?.to_owned();
 

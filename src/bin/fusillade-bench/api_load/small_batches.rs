@@ -171,6 +171,8 @@ async fn one_case(
         started.elapsed().as_secs_f64()
     );
 
+    stack.checkpoint().await;
+
     // Every client creates its batches one after another.
     let t0 = Instant::now();
     let t0_wall = chrono::Utc::now();
