@@ -74,6 +74,23 @@ impl Schedule {
     pub fn cap(&self, owner: &str) -> Option<u32> {
         self.caps.get(owner).copied()
     }
+
+    /// The weights of the owners of `loads` (in their order), and their sum.
+    fn weights_of(&self, loads: &[OwnerLoad]) -> (Vec<u64>, u64) {
+        let weights: Vec<u64> = loads
+            .iter()
+            .map(|l| u64::from(self.weight(&l.owner)))
+            .collect();
+        let total = weights.iter().sum();
+        (weights, total)
+    }
+
+    /// How many more requests of the model its cap lets the owner of
+    /// `load` hold.
+    fn room(&self, load: &OwnerLoad) -> u32 {
+        self.cap(&load.owner)
+            .map_or(u32::MAX, |c| c.saturating_sub(load.active))
+    }
 }
 
 /// One owner with claimable work of a model, as the database sees it.
@@ -127,19 +144,8 @@ pub fn split(
     if loads.is_empty() || want == 0 {
         return given;
     }
-    let weights: Vec<u64> = loads
-        .iter()
-        .map(|l| u64::from(schedule.weight(&l.owner)))
-        .collect();
-    let total_weight: u64 = weights.iter().sum();
-    let room: Vec<u32> = loads
-        .iter()
-        .map(|l| {
-            schedule
-                .cap(&l.owner)
-                .map_or(u32::MAX, |c| c.saturating_sub(l.active))
-        })
-        .collect();
+    let (weights, total_weight) = schedule.weights_of(loads);
+    let room: Vec<u32> = loads.iter().map(|l| schedule.room(l)).collect();
     let mut left = want;
 
     // 1. Urgent owners, earliest deadline first, up to what they need.
@@ -224,11 +230,7 @@ pub fn catch_up(
     now: DateTime<Utc>,
 ) -> Vec<u32> {
     let mut extra = vec![0u32; loads.len()];
-    let weights: Vec<u64> = loads
-        .iter()
-        .map(|l| u64::from(schedule.weight(&l.owner)))
-        .collect();
-    let total: u64 = weights.iter().sum();
+    let (weights, total) = schedule.weights_of(loads);
     if total == 0 {
         return extra;
     }
@@ -246,9 +248,7 @@ pub fn catch_up(
     }
     for (i, l) in loads.iter().enumerate() {
         let mine = (u64::from(AHEAD) * u64::from(usable) * weights[i]).div_ceil(total);
-        let room = schedule
-            .cap(&l.owner)
-            .map_or(u64::MAX, |c| u64::from(c.saturating_sub(l.active)));
+        let room = u64::from(schedule.room(l));
         let n = fair(i)
             .saturating_sub(held(i))
             .min(mine.saturating_sub(u64::from(given[i])))

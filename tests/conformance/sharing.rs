@@ -41,6 +41,18 @@ fn share_demand(daemon: DaemonId, limit: u32, want: u32, schedule: Schedule) -> 
     }
 }
 
+/// What [`share_demand`] claims.
+async fn claim_of<S: Backend>(
+    store: &S,
+    daemon: DaemonId,
+    limit: u32,
+    want: u32,
+    schedule: Schedule,
+) -> Vec<ClaimedRequest> {
+    let demand = share_demand(daemon, limit, want, schedule);
+    store.claim(&demand).await.unwrap().requests
+}
+
 fn of(claimed: &[ClaimedRequest], owner: &str) -> usize {
     claimed.iter().filter(|c| c.owner == owner).count()
 }
@@ -53,11 +65,7 @@ pub async fn a_models_requests_are_shared_between_owners_by_weight<S: Backend>(s
         weights: [("alice".to_owned(), 2)].into(),
         ..Schedule::default()
     };
-    let got = store
-        .claim(&share_demand(d, 6, 12, schedule))
-        .await
-        .unwrap()
-        .requests;
+    let got = claim_of(store, d, 6, 12, schedule).await;
     assert_eq!(got.len(), 12);
     assert_eq!((of(&got, "alice"), of(&got, "bob")), (8, 4));
     // Each claimed row names its batch's owner, and is its own line.
@@ -73,11 +81,7 @@ pub async fn what_an_owner_cannot_take_is_shared_again<S: Backend>(store: &S) {
     batch_of_owner(store, "bob", 20).await;
     batch_of_owner(store, "carol", 2).await;
     let d = daemon(store).await;
-    let got = store
-        .claim(&share_demand(d, 6, 12, Schedule::default()))
-        .await
-        .unwrap()
-        .requests;
+    let got = claim_of(store, d, 6, 12, Schedule::default()).await;
     // 4 each, carol has 2: her 2 left go to the others in the next round.
     assert_eq!(
         (of(&got, "alice"), of(&got, "bob"), of(&got, "carol")),
@@ -88,31 +92,19 @@ pub async fn what_an_owner_cannot_take_is_shared_again<S: Backend>(store: &S) {
 pub async fn an_owner_holding_requests_gets_fewer_of_the_next_claim<S: Backend>(store: &S) {
     batch_of_owner(store, "alice", 20).await;
     let d = daemon(store).await;
-    let first = store
-        .claim(&share_demand(d, 6, 6, Schedule::default()))
-        .await
-        .unwrap()
-        .requests;
+    let first = claim_of(store, d, 6, 6, Schedule::default()).await;
     assert_eq!(of(&first, "alice"), 6);
     // Bob arrives: he holds none, so the next claim is all his until he
     // holds as many as alice (counted over rows claimed).
     batch_of_owner(store, "bob", 20).await;
-    let next = store
-        .claim(&share_demand(d, 6, 6, Schedule::default()))
-        .await
-        .unwrap()
-        .requests;
+    let next = claim_of(store, d, 6, 6, Schedule::default()).await;
     assert_eq!((of(&next, "alice"), of(&next, "bob")), (0, 6));
 }
 
 pub async fn a_newcomer_is_claimed_while_the_queue_is_full_of_others<S: Backend>(store: &S) {
     batch_of_owner(store, "alice", 40).await;
     let d = daemon(store).await;
-    let first = store
-        .claim(&share_demand(d, 6, 12, Schedule::default()))
-        .await
-        .unwrap()
-        .requests;
+    let first = claim_of(store, d, 6, 12, Schedule::default()).await;
     assert_eq!(of(&first, "alice"), 12);
     // Bob arrives while the daemon's queue is full of alice's rows: it asks
     // for nothing, and only a claim that catches up takes bob's.
@@ -121,24 +113,12 @@ pub async fn a_newcomer_is_claimed_while_the_queue_is_full_of_others<S: Backend>
         catch_up: true,
         ..Schedule::default()
     };
-    let plain = store
-        .claim(&share_demand(d, 6, 0, Schedule::default()))
-        .await
-        .unwrap()
-        .requests;
+    let plain = claim_of(store, d, 6, 0, Schedule::default()).await;
     assert!(plain.is_empty(), "nothing asked, nothing caught up");
-    let next = store
-        .claim(&share_demand(d, 6, 0, catch_up.clone()))
-        .await
-        .unwrap()
-        .requests;
+    let next = claim_of(store, d, 6, 0, catch_up.clone()).await;
     // His fair share of the 12 rows a limit of 6 keeps claimed ahead.
     assert_eq!((of(&next, "alice"), of(&next, "bob")), (0, 6));
-    let again = store
-        .claim(&share_demand(d, 6, 0, catch_up))
-        .await
-        .unwrap()
-        .requests;
+    let again = claim_of(store, d, 6, 0, catch_up).await;
     assert!(again.is_empty(), "bob holds his share: {again:?}");
 }
 
