@@ -43,10 +43,6 @@ pub struct StackReport {
 }
 
 impl Stack {
-    /// Starts a system named `name` (used for its config and log files)
-    /// with keys for owners `0..owners`, and an upload place for each (the
-    /// server's default is 8 at once; more answer 429, which the clients
-    /// retry after its delay).
     /// Writes out the dirty pages of the setup (uploads) now, so that a
     /// checkpoint does not land at some random point of the measured part
     /// of this run or the next: every run's timing starts from the same
@@ -58,6 +54,10 @@ impl Stack {
         }
     }
 
+    /// Starts a system named `name` (used for its config and log files)
+    /// with keys for owners `0..owners`, and an upload place for each (the
+    /// server's default is 8 at once; more answer 429, which the clients
+    /// retry after its delay).
     pub async fn start(o: &StackOptions, name: &str, owners: usize) -> Result<Self> {
         let pool = connect_bench_db(&o.database_url).await?;
         let mock = MockProcess::start(o.latency_ms)?;
