@@ -122,6 +122,7 @@ impl DaemonStore for PostgresStore {
         // puts its own deadline on every call.
         copy.background = super::pool_like(
             &self.pools.primary,
+            "heartbeat",
             super::DETACHED_CONNECTIONS,
             self.background.options().get_acquire_timeout(),
         );

@@ -136,32 +136,48 @@ const POINT_SETTINGS: &[(&str, &str)] = &[
     ("plan_cache_mode", "force_generic_plan"),
 ];
 
-/// A pool on the same server as `primary` whose sessions use `settings` on
-/// top of [`ORDERED_SETTINGS`], with this acquire timeout.
+/// The connect options of `primary` with the pool's role in the session's
+/// `application_name` ("fusillade queue", or after the name the database
+/// URL gives), so that `pg_stat_activity` shows which part of the process
+/// each connection serves.
+fn options_for(primary: &sqlx::PgPool, role: &str) -> sqlx::postgres::PgConnectOptions {
+    let options = primary.connect_options().as_ref().clone();
+    let name = match options.get_application_name() {
+        Some(given) => format!("{given} {role}"),
+        None => format!("fusillade {role}"),
+    };
+    options.application_name(&name)
+}
+
+/// A pool for `role` on the same server as `primary` whose sessions use
+/// `settings` on top of [`ORDERED_SETTINGS`], with this acquire timeout.
 fn pool_with(
     primary: &sqlx::PgPool,
+    role: &str,
     settings: &[(&str, &str)],
     max: u32,
     acquire: std::time::Duration,
 ) -> sqlx::PgPool {
-    let options = primary
-        .connect_options()
-        .as_ref()
-        .clone()
-        .options(ORDERED_SETTINGS.iter().chain(settings).copied());
+    let options =
+        options_for(primary, role).options(ORDERED_SETTINGS.iter().chain(settings).copied());
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(acquire)
         .connect_lazy_with(options)
 }
 
-/// A pool on the same server as `primary`, with its session settings, at
-/// most `max` connections, and this acquire timeout.
-fn pool_like(primary: &sqlx::PgPool, max: u32, acquire: std::time::Duration) -> sqlx::PgPool {
+/// A pool for `role` on the same server as `primary`, with its session
+/// settings, at most `max` connections, and this acquire timeout.
+fn pool_like(
+    primary: &sqlx::PgPool,
+    role: &str,
+    max: u32,
+    acquire: std::time::Duration,
+) -> sqlx::PgPool {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(acquire)
-        .connect_lazy_with(primary.connect_options().as_ref().clone())
+        .connect_lazy_with(options_for(primary, role))
 }
 
 /// The PostgreSQL store: every store trait over one pair of pools.
@@ -206,25 +222,39 @@ impl PostgresStore {
         Self {
             queue: pool_with(
                 &pools.primary,
+                "queue",
                 QUEUE_SETTINGS,
                 QUEUE_CONNECTIONS,
                 default_wait,
             ),
             ordered: pool_with(
                 &pools.replica,
+                "ordered reads",
                 &[("default_transaction_read_only", "on")],
                 ORDERED_CONNECTIONS,
                 api_wait,
             ),
-            background: pool_like(&pools.primary, BACKGROUND_CONNECTIONS, default_wait),
-            ingest: pool_like(&pools.primary, INGEST_CONNECTIONS, api_wait),
+            background: pool_like(
+                &pools.primary,
+                "background",
+                BACKGROUND_CONNECTIONS,
+                default_wait,
+            ),
+            ingest: pool_like(&pools.primary, "uploads", INGEST_CONNECTIONS, api_wait),
             creates: creates::CreateGroups::new(pool_with(
                 &pools.primary,
+                "creates",
                 CREATE_SETTINGS,
                 CREATE_CONNECTIONS,
                 api_wait,
             )),
-            points: pool_with(&pools.replica, POINT_SETTINGS, POINT_CONNECTIONS, api_wait),
+            points: pool_with(
+                &pools.replica,
+                "point reads",
+                POINT_SETTINGS,
+                POINT_CONNECTIONS,
+                api_wait,
+            ),
             ingest_turns: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 INGEST_CONNECTIONS as usize,
             )),
