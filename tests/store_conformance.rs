@@ -120,6 +120,7 @@ macro_rules! for_each_case {
                 cancel_with_nothing_in_flight_ends_the_batch_at_once,
                 cancel_with_a_call_in_flight_is_finished_by_the_finalizer,
                 finished_requests_complete_the_batch_and_fill_its_files,
+                a_finish_names_the_batches_it_fills_which_complete_at_once,
                 get_batch_respects_the_owner,
                 list_batches_filters_and_paginates,
                 cancel_ends_pending_requests_at_once,

@@ -118,7 +118,9 @@ async fn write<S: DaemonBackend>(
             }
         }
     }
-    count(shared, &settlement.into_settled());
+    let settled = settlement.into_settled();
+    count(shared, &settled);
+    shared.filled.add(&settled.filled);
     // Leases are checked until the database has the outcome.
     let mut held = shared.held.lock().expect("held lock");
     for id in ids {

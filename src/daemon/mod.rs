@@ -119,6 +119,8 @@ struct Shared<S> {
     coalescer: coalesce::Coalescer,
     /// Each route's adaptive limit and pause.
     routes: Arc<adaptive::Routes>,
+    /// Batches whose last result was just written, for the finalizer.
+    filled: finalizer::Filled,
 }
 
 impl<S> Shared<S> {
@@ -235,6 +237,7 @@ impl<S: DaemonBackend> Daemon<S> {
             abandoned: AtomicU64::new(0),
             coalescer: coalesce::Coalescer::default(),
             routes,
+            filled: finalizer::Filled::default(),
         });
         if let Ok(n) = shared.store.live_daemons(initial.daemon.stale_after).await {
             shared.peers.store(n.max(1), Ordering::Relaxed);

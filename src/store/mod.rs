@@ -50,7 +50,7 @@ pub use traits::escalation::{EscalationStore, RoutedAttempt};
 pub use traits::maintenance::{FinalizeReport, MaintenanceStore, RescueReport};
 pub use traits::notify::{WorkNotifier, WorkSignals};
 pub use traits::queue::{
-    Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue,
+    Claim, ClaimRequest, ClaimedRequest, FinishReport, Finished, ModelDemand, QueueStore, Requeue,
 };
 pub use traits::response_steps::ResponseStepStore;
 pub use traits::routes::RouteStore;

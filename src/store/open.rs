@@ -4,8 +4,8 @@
 use super::{
     BackendError, BatchListQuery, BatchSample, BatchStore, ByteStream, Claim, ClaimRequest,
     DaemonRecord, DaemonStats, DaemonStore, DashboardStore, FileListQuery, FileStore,
-    FinalizeReport, Finished, HealthStore, LiveRequestCounts, MaintenanceStore, ModelLoad,
-    NewBatch, NewDaemon, NewFile, Owner, Page, PostgresStore, QueueStore, RequestDetail,
+    FinalizeReport, FinishReport, Finished, HealthStore, LiveRequestCounts, MaintenanceStore,
+    ModelLoad, NewBatch, NewDaemon, NewFile, Owner, Page, PostgresStore, QueueStore, RequestDetail,
     RequestStore, Requeue, RescueReport, ResponseStepStore, Result, RouteStore, SqliteStore,
     WorkNotifier, WorkSignals,
 };
@@ -285,8 +285,8 @@ impl QueueStore for Store {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claim> {
         either!(self, s => s.claim(req).await)
     }
-    async fn finish(&self, items: &[Finished]) -> Result<Vec<RequestId>> {
-        either!(self, s => s.finish(items).await)
+    async fn finish_report(&self, items: &[Finished]) -> Result<FinishReport> {
+        either!(self, s => s.finish_report(items).await)
     }
     async fn requeue(&self, items: &[Requeue]) -> Result<Vec<RequestId>> {
         either!(self, s => s.requeue(items).await)
@@ -311,6 +311,9 @@ impl MaintenanceStore for Store {
     }
     async fn retire_daemon(&self, id: DaemonId) -> Result<u64> {
         either!(self, s => s.retire_daemon(id).await)
+    }
+    async fn complete_batches(&self, ids: &[BatchId]) -> Result<Vec<BatchId>> {
+        either!(self, s => s.complete_batches(ids).await)
     }
     async fn finalize(&self, limit: i64) -> Result<FinalizeReport> {
         either!(self, s => s.finalize(limit).await)

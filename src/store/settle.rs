@@ -16,7 +16,8 @@
 //! ([`FAILURES_BEFORE_SPLIT`]). A row whose failure cannot be written
 //! either is given up and reported: nothing is retried forever.
 
-use super::{BackendError, Finished, QueueStore, Requeue, Result, StoreError};
+use super::{BackendError, FinishReport, Finished, QueueStore, Requeue, Result, StoreError};
+use crate::domain::batch::BatchId;
 use crate::domain::output::{ResultError, codes};
 use crate::domain::request::{RequestId, RequestState};
 
@@ -85,6 +86,8 @@ pub struct Settled {
     pub requeued: Vec<RequestId>,
     /// Rows the database refused.
     pub refused: Vec<Refused>,
+    /// Batches whose last results these were (see [`FinishReport`]).
+    pub filled: Vec<BatchId>,
 }
 
 #[derive(Debug)]
@@ -194,7 +197,7 @@ impl Settlement {
     pub async fn resume<S: QueueStore + ?Sized>(&mut self, store: &S) -> Result<()> {
         while let Some(mut chunk) = self.todo.pop() {
             let written = match &chunk.rows {
-                Rows::Finish(f) => store.finish(f).await,
+                Rows::Finish(f) => store.finish_report(f).await.map(|r| self.filled(r)),
                 Rows::Requeue(r) => store.requeue(r).await,
             };
             match written {
@@ -224,8 +227,9 @@ impl Settlement {
                             failures: 0,
                             replaces: Some((kind(&chunk.rows), why)),
                         };
-                        match store.finish(failure.finishes()).await {
-                            Ok(ids) => {
+                        match store.finish_report(failure.finishes()).await {
+                            Ok(report) => {
+                                let ids = self.filled(report);
                                 self.landed(failure, ids);
                                 continue;
                             }
@@ -241,6 +245,12 @@ impl Settlement {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the batches a finish filled; the requests it wrote.
+    fn filled(&mut self, report: FinishReport) -> Vec<RequestId> {
+        self.done.filled.extend(report.filled);
+        report.accepted
     }
 
     fn landed(&mut self, chunk: Chunk, ids: Vec<RequestId>) {

@@ -123,6 +123,53 @@ pub async fn finished_requests_complete_the_batch_and_fill_its_files<S: Backend>
     assert_eq!(lines_of(store.error_stream(batch.id)).await, 1);
 }
 
+pub async fn a_finish_names_the_batches_it_fills_which_complete_at_once<S: Backend>(store: &S) {
+    let a = batch_of(store, 3).await;
+    let b = batch_of(store, 2).await;
+    let d = daemon(store).await;
+    let got = claim(store, d, 10).await;
+    let of = |batch: &Batch| -> Vec<Finished> {
+        got.iter()
+            .filter(|c| c.batch_id == Some(batch.id))
+            .map(|c| outcome(c, RequestState::Completed))
+            .collect()
+    };
+    let (a_rows, b_rows) = (of(&a), of(&b));
+    assert_eq!((a_rows.len(), b_rows.len()), (3, 2));
+
+    // Two of a's three: nothing is filled yet.
+    let report = store.finish_report(&a_rows[..2]).await.unwrap();
+    assert_eq!(report.accepted.len(), 2);
+    assert!(report.filled.is_empty(), "{report:?}");
+    // a's last with one of b's: a alone is filled.
+    let rows = [a_rows[2].clone(), b_rows[0].clone()];
+    let report = store.finish_report(&rows).await.unwrap();
+    assert_eq!(report.accepted.len(), 2);
+    assert_eq!(report.filled, vec![a.id]);
+    // A result whose lease is gone fills nothing, even written twice.
+    let again = store.finish_report(&[a_rows[2].clone()]).await.unwrap();
+    assert_eq!(again, Default::default());
+
+    // Completing: only a filled batch named moves, and only once.
+    assert!(store.complete_batches(&[b.id]).await.unwrap().is_empty());
+    let completed = store.complete_batches(&[a.id, b.id]).await.unwrap();
+    assert_eq!(completed, vec![a.id]);
+    assert!(store.complete_batches(&[a.id]).await.unwrap().is_empty());
+    let got_a = store.get_batch(Owner::Any, a.id).await.unwrap().unwrap();
+    assert_eq!(got_a.status, BatchStatus::Completed);
+    assert!(got_a.completed_at.is_some());
+    let got_b = store.get_batch(Owner::Any, b.id).await.unwrap().unwrap();
+    assert_eq!(got_b.status, BatchStatus::InProgress);
+
+    // A cancelled batch's last result fills it, but it is not completed.
+    let cancelling = store.cancel_batch(Owner::Any, b.id).await.unwrap();
+    assert_eq!(cancelling.status, BatchStatus::Cancelling);
+    let report = store.finish_report(&b_rows[1..]).await.unwrap();
+    assert_eq!(report.filled, vec![b.id]);
+    assert!(store.complete_batches(&[b.id]).await.unwrap().is_empty());
+    assert!(store.complete_batches(&[]).await.unwrap().is_empty());
+}
+
 pub async fn get_batch_respects_the_owner<S: Backend>(store: &S) {
     let file = upload(store, "alice", &valid_file("r", 1)).await;
     let batch = store

@@ -69,6 +69,30 @@ pub(super) fn cancel_step(batches: &str) -> String {
 }
 
 /// Key of the advisory lock that lets one daemon vacuum at a time.
+/// Completes batches in progress whose every request has ended, among
+/// those `filter` (an expression on `x`) admits, up to `$1` of them. The
+/// counters say when a batch may be done; the queue confirms it.
+fn complete_sql(filter: &str) -> String {
+    format!(
+        "WITH b AS (
+             SELECT id FROM batches x
+             WHERE status IN ({})
+               AND n_completed + n_failed + n_canceled >= total
+               AND ({filter})
+               AND NOT EXISTS (SELECT 1 FROM requests r
+                               WHERE r.id BETWEEN fusillade_batch_lo(x.id)
+                                              AND fusillade_batch_hi(x.id)
+                                 AND r.batch_id = x.id)
+             ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         UPDATE batches x
+         SET status = {}, finalizing_at = COALESCE(finalizing_at, now()),
+             completed_at = now()
+         FROM b WHERE x.id = b.id RETURNING x.id",
+        batch_from(BatchStatus::Completed),
+        batch_word(BatchStatus::Completed),
+    )
+}
+
 const VACUUM_LOCK: i64 = 0x66_75_73_76_61_63; // "fusvac"
 
 impl MaintenanceStore for PostgresStore {
@@ -177,32 +201,27 @@ impl MaintenanceStore for PostgresStore {
         .bind(cancelled_error())
         .fetch_all(&self.background)
         .await?;
-        // The counters say when a batch may be done; the queue confirms it.
-        let completed: Vec<BatchId> = sqlx::query_scalar(&format!(
-            "WITH b AS (
-                 SELECT id FROM batches x
-                 WHERE status IN ({})
-                   AND n_completed + n_failed + n_canceled >= total
-                   AND NOT EXISTS (SELECT 1 FROM requests r
-                                   WHERE r.id BETWEEN fusillade_batch_lo(x.id)
-                                                  AND fusillade_batch_hi(x.id)
-                                     AND r.batch_id = x.id)
-                 ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-             UPDATE batches x
-             SET status = {}, finalizing_at = COALESCE(finalizing_at, now()),
-                 completed_at = now()
-             FROM b WHERE x.id = b.id RETURNING x.id",
-            batch_from(BatchStatus::Completed),
-            batch_word(BatchStatus::Completed),
-        ))
-        .bind(limit)
-        .fetch_all(&self.background)
-        .await?;
+        let completed: Vec<BatchId> = sqlx::query_scalar(&complete_sql("true"))
+            .bind(limit)
+            .fetch_all(&self.background)
+            .await?;
         Ok(FinalizeReport {
             completed,
             cancelled,
             expired,
         })
+    }
+
+    async fn complete_batches(&self, ids: &[BatchId]) -> Result<Vec<BatchId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let completed = sqlx::query_scalar(&complete_sql("x.id = ANY($2)"))
+            .bind(ids.len() as i64)
+            .bind(ids)
+            .fetch_all(&self.background)
+            .await?;
+        Ok(completed)
     }
 
     async fn vacuum_queue(&self, min_dead: i64) -> Result<bool> {

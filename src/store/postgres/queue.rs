@@ -6,14 +6,15 @@
 
 use super::PostgresStore;
 use super::ending::{DELETED_RECORD, RECORD, RESULT_RECORD};
+use crate::domain::batch::BatchId;
 use crate::domain::ids::DaemonId;
 use crate::domain::output::ResultError;
 use crate::domain::request::{RequestId, RequestState};
 use crate::domain::schedule::{OwnerLoad, catch_up, split};
 use crate::domain::usage::Usage;
 use crate::store::{
-    Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue, Result,
-    StoreError,
+    Claim, ClaimRequest, ClaimedRequest, FinishReport, Finished, ModelDemand, QueueStore, Requeue,
+    Result, StoreError,
 };
 use chrono::Utc;
 use sqlx::Row;
@@ -247,7 +248,9 @@ WHERE o.owner IS NOT NULL";
 const SHARE_ROUNDS: usize = 3;
 
 /// Records results: deletes the queue rows whose lease holds, adds to their
-/// batches' counters and token totals, and appends their results.
+/// batches' counters and token totals, and appends their results. Returns
+/// the requests written, then the batches whose counters now hold every
+/// request.
 static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH o AS (
@@ -297,15 +300,21 @@ static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
                               count(*) FILTER (WHERE coalesced = 'packed') AS n_packed
                        FROM done WHERE batch_id IS NOT NULL
                        GROUP BY batch_id) s
-                 WHERE b.id = s.batch_id)
-             INSERT INTO request_results
-                 ({RESULT_RECORD}, state, ok, status_code, upstream_request_id, body, body_bytes,
-                  error)
-             SELECT {RECORD}, state, ok, status_code, upstream_request_id, body, body_bytes,
-                    CASE WHEN ok THEN NULL
-                         ELSE COALESCE(error, '{{\"code\":\"upstream_error\",\"message\":\"\"}}') END
-             FROM done
-             RETURNING request_id"
+                 WHERE b.id = s.batch_id
+                 RETURNING b.id, b.n_completed + b.n_failed + b.n_canceled >= b.total AS filled),
+             written AS (
+                 INSERT INTO request_results
+                     ({RESULT_RECORD}, state, ok, status_code, upstream_request_id, body,
+                      body_bytes, error)
+                 SELECT {RECORD}, state, ok, status_code, upstream_request_id, body, body_bytes,
+                        CASE WHEN ok THEN NULL
+                             ELSE COALESCE(error, '{{\"code\":\"upstream_error\",\"message\":\"\"}}') END
+                 FROM done
+                 RETURNING request_id)
+             -- The results written, then the batches they filled.
+             SELECT request_id, NULL::uuid AS filled FROM written
+             UNION ALL
+             SELECT NULL, id FROM tally WHERE filled"
     )
 });
 
@@ -430,9 +439,9 @@ impl QueueStore for PostgresStore {
         Ok(claim)
     }
 
-    async fn finish(&self, items: &[Finished]) -> Result<Vec<RequestId>> {
+    async fn finish_report(&self, items: &[Finished]) -> Result<FinishReport> {
         if items.is_empty() {
-            return Ok(Vec::new());
+            return Ok(FinishReport::default());
         }
         let ids: Vec<RequestId> = items.iter().map(|i| i.id).collect();
         let attempts: Vec<i32> = items.iter().map(|i| i.attempt).collect();
@@ -460,7 +469,7 @@ impl QueueStore for PostgresStore {
                 .map(|i| i.usage.as_ref().map_or(0, f))
                 .collect()
         };
-        let accepted: Vec<RequestId> = sqlx::query_scalar(FINISH_SQL.as_str())
+        let rows: Vec<(Option<RequestId>, Option<BatchId>)> = sqlx::query_as(FINISH_SQL.as_str())
             .bind(&ids)
             .bind(&attempts)
             .bind(&states)
@@ -478,7 +487,15 @@ impl QueueStore for PostgresStore {
             .fetch_all(&self.queue)
             .await
             .map_err(StoreError::from_write)?;
-        Ok(accepted)
+        let mut report = FinishReport::default();
+        for row in rows {
+            match row {
+                (Some(id), _) => report.accepted.push(id),
+                (None, Some(batch)) => report.filled.push(batch),
+                (None, None) => {}
+            }
+        }
+        Ok(report)
     }
 
     async fn requeue(&self, items: &[Requeue]) -> Result<Vec<RequestId>> {

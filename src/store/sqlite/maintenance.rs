@@ -160,11 +160,31 @@ impl MaintenanceStore for SqliteStore {
         .bind(limit)
         .fetch_all(&self.reader)
         .await?;
-        if candidates.is_empty() {
-            return Ok(report);
+        report.completed = self.complete(&candidates, now).await?;
+        Ok(report)
+    }
+
+    async fn complete_batches(&self, ids: &[BatchId]) -> Result<Vec<BatchId>> {
+        self.complete(ids, now()).await
+    }
+
+    async fn vacuum_queue(&self, _min_dead: i64) -> Result<bool> {
+        // SQLite reuses a deleted row's space by itself; nothing to do.
+        Ok(false)
+    }
+}
+
+impl SqliteStore {
+    /// Completes those of `ids` that are in progress with every request
+    /// ended (by the counters, confirmed by the queue), at `now`; the ones
+    /// completed.
+    async fn complete(&self, ids: &[BatchId], now: i64) -> Result<Vec<BatchId>> {
+        let mut completed = Vec::new();
+        if ids.is_empty() {
+            return Ok(completed);
         }
         let mut tx = self.write().await?;
-        for id in candidates {
+        for &id in ids {
             let live: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM requests WHERE id BETWEEN ?1 AND ?2 \
                  AND batch_id = ?3)",
@@ -179,7 +199,8 @@ impl MaintenanceStore for SqliteStore {
             }
             let moved = sqlx::query(&format!(
                 "UPDATE batches SET status = {}, finalizing_at = COALESCE(finalizing_at, ?2), \
-                 completed_at = ?2 WHERE id = ?1 AND status IN ({})",
+                 completed_at = ?2 WHERE id = ?1 AND status IN ({}) \
+                 AND n_completed + n_failed + n_canceled >= total",
                 batch_word(BatchStatus::Completed),
                 batch_from(BatchStatus::Completed)
             ))
@@ -188,15 +209,10 @@ impl MaintenanceStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
             if moved.rows_affected() == 1 {
-                report.completed.push(id);
+                completed.push(id);
             }
         }
         tx.commit().await?;
-        Ok(report)
-    }
-
-    async fn vacuum_queue(&self, _min_dead: i64) -> Result<bool> {
-        // SQLite reuses a deleted row's space by itself; nothing to do.
-        Ok(false)
+        Ok(completed)
     }
 }

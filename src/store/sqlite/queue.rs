@@ -14,8 +14,8 @@ use crate::domain::ids::{DaemonId, TemplateId};
 use crate::domain::request::{RequestId, RequestState};
 use crate::store::guards::{in_flight, request_word};
 use crate::store::{
-    Claim, ClaimRequest, ClaimedRequest, Finished, ModelDemand, QueueStore, Requeue, Result,
-    StoreError,
+    Claim, ClaimRequest, ClaimedRequest, FinishReport, Finished, ModelDemand, QueueStore, Requeue,
+    Result, StoreError,
 };
 use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet};
@@ -241,9 +241,9 @@ impl QueueStore for SqliteStore {
         Ok(claim)
     }
 
-    async fn finish(&self, items: &[Finished]) -> Result<Vec<RequestId>> {
+    async fn finish_report(&self, items: &[Finished]) -> Result<FinishReport> {
         if items.is_empty() {
-            return Ok(Vec::new());
+            return Ok(FinishReport::default());
         }
         let now = micros(chrono::Utc::now());
         // The rows as one JSON array, so that each step below is one
@@ -288,7 +288,7 @@ impl QueueStore for SqliteStore {
                     .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
             if held.is_empty() {
                 tx.rollback().await?;
-                return Ok::<_, sqlx::Error>(Vec::new());
+                return Ok::<_, sqlx::Error>(FinishReport::default());
             }
             sqlx::query(&format!(
                 "INSERT INTO request_results ({RESULT_RECORD}, state, ok, status_code, \
@@ -345,8 +345,9 @@ impl QueueStore for SqliteStore {
                     None => {}
                 }
             }
+            let mut filled = Vec::new();
             for (batch, t) in tally {
-                sqlx::query(
+                let full: Option<bool> = sqlx::query_scalar(
                     "UPDATE batches SET n_completed = n_completed + ?2, n_failed = n_failed + ?3, \
                          n_canceled = n_canceled + ?4, input_tokens = input_tokens + ?5, \
                          cached_tokens = cached_tokens + ?6, output_tokens = output_tokens + ?7, \
@@ -354,9 +355,10 @@ impl QueueStore for SqliteStore {
                          total_tokens = total_tokens + ?9, \
                          n_coalesced_identical = n_coalesced_identical + ?10, \
                          n_coalesced_packed = n_coalesced_packed + ?11 \
-                     WHERE id = unhex(?1)",
+                     WHERE id = unhex(?1) \
+                     RETURNING n_completed + n_failed + n_canceled >= total",
                 )
-                .bind(batch)
+                .bind(&batch)
                 .bind(t[0])
                 .bind(t[1])
                 .bind(t[2])
@@ -367,11 +369,16 @@ impl QueueStore for SqliteStore {
                 .bind(t[7])
                 .bind(t[8])
                 .bind(t[9])
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
+                if full == Some(true) {
+                    let id = uuid::Uuid::try_parse(&batch)
+                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                    filled.push(BatchId(id));
+                }
             }
             tx.commit().await?;
-            Ok(accepted)
+            Ok(FinishReport { accepted, filled })
         };
         write.await.map_err(StoreError::from_write)
     }

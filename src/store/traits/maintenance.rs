@@ -65,6 +65,13 @@ pub trait MaintenanceStore: Send + Sync {
     /// nothing in flight -> `cancelled`; in progress with every request ended
     /// -> `completed`.
     fn finalize(&self, limit: i64) -> impl Future<Output = Result<FinalizeReport>> + Send;
+    /// Completes those of `ids` that are in progress with every request
+    /// ended, as [`finalize`](Self::finalize) would; the ones completed.
+    /// Run as soon as a finish reports a batch filled.
+    fn complete_batches(
+        &self,
+        ids: &[BatchId],
+    ) -> impl Future<Output = Result<Vec<BatchId>>> + Send;
     /// The queue's own upkeep, which the finalizer runs on its tick: a
     /// backend whose queue needs none does nothing and returns `false`.
     /// `min_dead` is how much garbage makes it worth running; `true` when

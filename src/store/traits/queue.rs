@@ -138,6 +138,16 @@ pub struct Finished {
     pub coalesced: Option<crate::domain::batch::Coalesced>,
 }
 
+/// What one finish wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinishReport {
+    /// The requests whose lease still held: their results are written.
+    pub accepted: Vec<RequestId>,
+    /// Batches whose counters now hold every request: each one's last
+    /// result was among these.
+    pub filled: Vec<BatchId>,
+}
+
 /// A request going back to pending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requeue {
@@ -186,7 +196,16 @@ pub trait QueueStore: Send + Sync {
     /// and are untouched). A row whose data the database refuses fails the
     /// whole statement with [`StoreError::Rejected`](crate::store::StoreError::Rejected);
     /// [`Settlement`](crate::store::Settlement) finds and fails that row alone.
-    fn finish(&self, items: &[Finished]) -> impl Future<Output = Result<Vec<RequestId>>> + Send;
+    fn finish(&self, items: &[Finished]) -> impl Future<Output = Result<Vec<RequestId>>> + Send {
+        async move { Ok(self.finish_report(items).await?.accepted) }
+    }
+    /// [`finish`](Self::finish), also saying which batches the results
+    /// filled: every one of their requests has now ended, so they can be
+    /// completed at once rather than on the finalizer's next tick.
+    fn finish_report(
+        &self,
+        items: &[Finished],
+    ) -> impl Future<Output = Result<FinishReport>> + Send;
     /// Returns requests to pending in one statement; returns the ids whose
     /// lease still held. Refused data is reported as for [`QueueStore::finish`].
     fn requeue(&self, items: &[Requeue]) -> impl Future<Output = Result<Vec<RequestId>>> + Send;
