@@ -34,7 +34,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(2);
 pub struct Tally(Mutex<BTreeMap<(&'static str, u16), u64>>);
 
 impl Tally {
-    fn record(&self, route: &'static str, status: u16) {
+    /// Counts one answer (status 0: none).
+    pub fn record(&self, route: &'static str, status: u16) {
         *self
             .0
             .lock()
@@ -84,7 +85,8 @@ impl Tally {
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
-    base: String,
+    /// `http://host:port` of the server.
+    pub base: String,
     /// Every answer so far.
     pub tally: Arc<Tally>,
 }
@@ -201,27 +203,6 @@ impl Api {
             .get(format!("{}/v1/batches/{id}", self.base))
             .bearer_auth(key(k));
         self.json("GET /v1/batches/{id}", request).await
-    }
-
-    /// Reads batch `id` as owner `k` as a client that waits for it to end
-    /// does: the whole answer, of which it decodes the `status` alone (into
-    /// a typed field, as the SDKs do, rather than a tree of every field).
-    pub async fn batch_status(&self, k: usize, id: &str) -> Option<String> {
-        #[derive(serde::Deserialize)]
-        struct Status {
-            status: String,
-        }
-        let route = "GET /v1/batches/{id}";
-        let request = self
-            .http
-            .get(format!("{}/v1/batches/{id}", self.base))
-            .bearer_auth(key(k));
-        let body = self.send(route, request).await?.bytes().await.ok();
-        let status = body.and_then(|b| serde_json::from_slice::<Status>(&b).ok());
-        if status.is_none() {
-            self.tally.record(route, 0);
-        }
-        status.map(|s| s.status)
     }
 
     /// The `id` of every line of file `file_id`, read as owner `k`.

@@ -16,6 +16,7 @@
 
 mod client;
 mod poll;
+mod poller;
 mod small_batches;
 mod stack;
 mod stats;
