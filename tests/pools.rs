@@ -116,3 +116,38 @@ async fn a_connection_cut_by_the_server_is_unavailable_a_refused_statement_is_no
     assert!(e.is_unavailable(), "{e} ({code:?})");
     assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_unavailable());
 }
+
+/// The application names of the connections open on this test's database.
+async fn names_on(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn each_pool_names_its_role_in_pg_stat_activity(pool: PgPool) {
+    use fusillade::store::MaintenanceStore;
+    // No name in the URL: "fusillade" and the role.
+    let store = PostgresStore::new(pool.clone());
+    store.finalize(10).await.unwrap();
+    let names = names_on(&pool).await;
+    assert!(
+        names.iter().any(|n| n == "fusillade background"),
+        "{names:?}"
+    );
+
+    // A name the URL gives comes first.
+    let named = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .application_name("billing");
+    let named = sqlx::postgres::PgPoolOptions::new().connect_lazy_with(named);
+    let store = PostgresStore::new(named);
+    store.finalize(10).await.unwrap();
+    let names = names_on(&pool).await;
+    assert!(names.iter().any(|n| n == "billing background"), "{names:?}");
+}
