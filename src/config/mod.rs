@@ -260,7 +260,7 @@ impl Default for ApiSettings {
             max_concurrent_uploads: 8,
             upload_idle_timeout: Duration::from_secs(30),
             upload_spool_dir: None,
-            batch_read_interval: Duration::from_millis(20),
+            batch_read_interval: Duration::from_millis(25),
         }
     }
 }

@@ -190,7 +190,7 @@ fn api_section() {
     assert_eq!(paced.api.batch_read_interval, Duration::ZERO);
     assert_eq!(
         parse("").unwrap().api.batch_read_interval,
-        Duration::from_millis(20)
+        Duration::from_millis(25)
     );
 }
 
