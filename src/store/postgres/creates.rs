@@ -21,8 +21,15 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Group statements in flight at once: each holds one connection of the
-/// `creates` pool.
-pub(super) const LANES: usize = 4;
+/// `creates` pool. Each busy lane is one more database process competing
+/// for the cores with the daemon's claims, which then take longer, and the
+/// daemon's rate is bound by them: with 20 clients creating 1,000 batches
+/// of 20 lines while the daemon ran them, claims took 25-108 ms each during
+/// the creates against 12-25 ms after. Two lanes against four (alternated,
+/// `api-load --scenario small-batches`): the 1,000 × 20 wall ratio 1.14 /
+/// 1.15 against 1.21 / 1.23 in median, and more creates a second (1,400 to
+/// 1,600 against 1,240 to 1,480), the groups being larger.
+pub(super) const LANES: usize = 2;
 
 /// The most creates one statement takes.
 const MOST: usize = 64;
