@@ -136,7 +136,7 @@ async fn a_create_that_no_lane_takes_in_time_is_refused_as_unavailable(pool: PgP
     // One create at a time, each waiting for the lock before the next is
     // sent, so that each holds a lane of its own.
     let mut held = Vec::new();
-    for n in 1..=4i64 {
+    for n in 1..=fusillade::store::CREATE_LANES as i64 {
         let store = store.clone();
         held.push(tokio::spawn(async move {
             store.create_batch(new_batch("alice", file.id, CHAT)).await
@@ -167,5 +167,5 @@ async fn a_create_that_no_lane_takes_in_time_is_refused_as_unavailable(pool: PgP
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(batches, 4);
+    assert_eq!(batches, fusillade::store::CREATE_LANES as i64);
 }

@@ -36,8 +36,8 @@ pub use crate::domain::daemon::{DaemonRecord, DaemonStats, DaemonStatus, NewDaem
 pub use error::{BackendError, StoreError, UniqueKey};
 pub use open::{OpenError, Store, open, redact, sqlite_path};
 pub use postgres::{
-    API_CONNECTIONS, BACKGROUND_CONNECTIONS, CLAIM_SQL, DbPools, INGEST_CONNECTIONS, MIGRATOR,
-    PostgresRequestManager, PostgresResponseStepManager, PostgresStore, QUEUE_SETTINGS,
+    API_CONNECTIONS, BACKGROUND_CONNECTIONS, CLAIM_SQL, CREATE_LANES, DbPools, INGEST_CONNECTIONS,
+    MIGRATOR, PostgresRequestManager, PostgresResponseStepManager, PostgresStore, QUEUE_SETTINGS,
     TestDbPools, WORK_CHANNEL, finish_sql, migrate, queue_session_settings,
 };
 pub use settle::{FAILURES_BEFORE_SPLIT, Refused, RefusedEnd, Settled, Settlement, WriteKind};

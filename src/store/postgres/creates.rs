@@ -29,7 +29,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 /// `api-load --scenario small-batches`): the 1,000 × 20 wall ratio 1.14 /
 /// 1.15 against 1.21 / 1.23 in median, and more creates a second (1,400 to
 /// 1,600 against 1,240 to 1,480), the groups being larger.
-pub(super) const LANES: usize = 2;
+pub const LANES: usize = 2;
 
 /// The most creates one statement takes.
 const MOST: usize = 64;

@@ -71,13 +71,16 @@ pub(super) fn cancel_step(batches: &str) -> String {
 /// Key of the advisory lock that lets one daemon vacuum at a time.
 /// Completes batches in progress whose every request has ended, among
 /// those `filter` (an expression on `x`) admits, up to `$1` of them. The
-/// counters say when a batch may be done; the queue confirms it.
+/// counters say when a batch may be done; the queue confirms it. A batch
+/// past its deadline is left to the expiry step: its last requests may
+/// have ended as `batch_expired`, and then it is expired, not completed.
 fn complete_sql(filter: &str) -> String {
     format!(
         "WITH b AS (
              SELECT id FROM batches x
              WHERE status IN ({})
                AND n_completed + n_failed + n_canceled >= total
+               AND expires_at > now()
                AND ({filter})
                AND NOT EXISTS (SELECT 1 FROM requests r
                                WHERE r.id BETWEEN fusillade_batch_lo(x.id)

@@ -49,6 +49,7 @@ mod routes;
 mod types;
 
 pub(crate) use connect::connect;
+pub use creates::LANES as CREATE_LANES;
 pub use notify::WORK_CHANNEL;
 pub use pools::{API_CONNECTIONS, DbPools, TestDbPools};
 pub use queue::{CLAIM_SQL, finish_sql};

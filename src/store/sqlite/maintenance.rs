@@ -176,8 +176,8 @@ impl MaintenanceStore for SqliteStore {
 
 impl SqliteStore {
     /// Completes those of `ids` that are in progress with every request
-    /// ended (by the counters, confirmed by the queue), at `now`; the ones
-    /// completed.
+    /// ended (by the counters, confirmed by the queue) and not past their
+    /// deadline (the expiry step's), at `now`; the ones completed.
     async fn complete(&self, ids: &[BatchId], now: i64) -> Result<Vec<BatchId>> {
         let mut completed = Vec::new();
         if ids.is_empty() {
@@ -200,7 +200,7 @@ impl SqliteStore {
             let moved = sqlx::query(&format!(
                 "UPDATE batches SET status = {}, finalizing_at = COALESCE(finalizing_at, ?2), \
                  completed_at = ?2 WHERE id = ?1 AND status IN ({}) \
-                 AND n_completed + n_failed + n_canceled >= total",
+                 AND n_completed + n_failed + n_canceled >= total AND expires_at > ?2",
                 batch_word(BatchStatus::Completed),
                 batch_from(BatchStatus::Completed)
             ))

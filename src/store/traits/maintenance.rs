@@ -67,6 +67,7 @@ pub trait MaintenanceStore: Send + Sync {
     fn finalize(&self, limit: i64) -> impl Future<Output = Result<FinalizeReport>> + Send;
     /// Completes those of `ids` that are in progress with every request
     /// ended, as [`finalize`](Self::finalize) would; the ones completed.
+    /// One past its deadline is left to `finalize`, which expires it.
     /// Run as soon as a finish reports a batch filled.
     fn complete_batches(
         &self,
