@@ -39,13 +39,25 @@ impl Abort {
         self.token.cancel();
     }
 
+    /// Decides that the call stops for `reason` (unless it was already
+    /// stopped) without waking it yet. A call not yet sent sees the decision
+    /// and is not sent, so a group of calls can all be decided before any
+    /// is woken: otherwise a woken call's slot could start the next call of
+    /// the group before its switch is thrown (see `leases`).
+    pub fn decide(&self, reason: AbortReason) {
+        let _ = self.reason.set(reason);
+    }
+
     /// Why the call was stopped, if it was.
     pub fn reason(&self) -> Option<AbortReason> {
         self.reason.get().copied()
     }
 
-    /// Waits until the call is stopped, and says why.
+    /// Waits until the call is stopped (or decided to be), and says why.
     pub async fn fired(&self) -> AbortReason {
+        if let Some(decided) = self.reason() {
+            return decided;
+        }
         self.token.cancelled().await;
         self.reason()
             .expect("the reason is set before the token fires")
@@ -55,6 +67,18 @@ impl Abort {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decided_stop_is_seen_before_it_is_fired() {
+        use futures_util::FutureExt;
+        let a = Abort::new();
+        assert_eq!(a.fired().now_or_never(), None);
+        a.decide(AbortReason::Cancelled);
+        assert_eq!(a.fired().now_or_never(), Some(AbortReason::Cancelled));
+        // Firing later keeps the decided reason.
+        a.fire(AbortReason::Released);
+        assert_eq!(a.reason(), Some(AbortReason::Cancelled));
+    }
 
     #[tokio::test]
     async fn the_first_reason_wins() {

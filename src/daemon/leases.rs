@@ -44,12 +44,18 @@ async fn check<S: DaemonBackend>(shared: &Shared<S>) {
                 return;
             }
             let asked: std::collections::HashMap<_, _> = held.into_iter().collect();
-            for id in lost {
-                if let Some(h) = map.get(&id)
-                    && asked.get(&id) == Some(&h.attempt)
-                {
-                    h.abort.fire(AbortReason::Cancelled);
-                }
+            let stopped: Vec<_> = lost
+                .iter()
+                .filter_map(|id| map.get(id).filter(|h| asked.get(id) == Some(&h.attempt)))
+                .collect();
+            // Every stop is decided before any call wakes: a woken call's
+            // slot starts the next request waiting for it, which may be one
+            // of these (a cancelled batch's), and must find it stopped.
+            for h in &stopped {
+                h.abort.decide(AbortReason::Cancelled);
+            }
+            for h in &stopped {
+                h.abort.fire(AbortReason::Cancelled);
             }
         }
         Err(e) => tracing::warn!(error = %e, "lease check failed"),
